@@ -1,0 +1,184 @@
+"""Settings, all read from the environment (see README, "Configuration")."""
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_json(name: str, default: dict) -> dict:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object (partner key -> base URL)")
+    return value
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or env_bool("ALLOW_INSECURE_DEFAULTS", True):
+        # Development default; production sets SECRET_KEY (README, "Configuration").
+        SECRET_KEY = "insecure-development-key-change-me"
+    else:
+        raise ImproperlyConfigured("SECRET_KEY must be set")
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
+
+# Partner secrets (API keys, tokens) are encrypted at rest with this key. A Fernet key
+# (32 url-safe base64 bytes); when unset one is derived from SECRET_KEY, so rotating
+# SECRET_KEY without setting this would make stored secrets unreadable.
+SECRETS_ENCRYPTION_KEY = os.environ.get("SECRETS_ENCRYPTION_KEY", "")
+
+# Partner key -> base URL, to point a partner at a local or staging server.
+# "{dc}" in a Mailchimp URL is replaced with the data center of the API key.
+PARTNER_API_BASE_URLS = env_json("PARTNER_API_BASE_URLS", {})
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_celery_beat",
+    "audiences",
+    "outputs",
+    "connections",
+    "forwarding",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite is the embedded default; set DATABASE_URL=postgres://... for PostgreSQL.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Wait for the writer instead of failing with "database is locked" when the web
+    # process and the worker write at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+if os.environ.get("DATABASE_TEST_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["DATABASE_TEST_NAME"]}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+
+# Celery: Redis is the broker. Tasks are idempotent doorbells, so acks_late is safe
+# and a killed worker's task is delivered again.
+CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "forwarding")
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# Forwarding knobs (README, "Configuration").
+FORWARDING = {
+    # Seconds between sweeps that re-ring pending work nobody is handling.
+    "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "15")),
+    # How long one worker may hold a connection's delivery lease without renewing it.
+    "LEASE_SECONDS": int(os.environ.get("FORWARDING_LEASE_SECONDS", "300")),
+    # Exponential backoff with full jitter for transient partner errors.
+    "BACKOFF_BASE_SECONDS": float(os.environ.get("FORWARDING_BACKOFF_BASE_SECONDS", "2")),
+    "BACKOFF_MAX_SECONDS": float(os.environ.get("FORWARDING_BACKOFF_MAX_SECONDS", "900")),
+    # A batch failing this many times in a row faults the connection (Resume sends again).
+    "MAX_ATTEMPTS": int(os.environ.get("FORWARDING_MAX_ATTEMPTS", "10")),
+    # Partner HTTP timeouts (connect, read) in seconds.
+    "HTTP_TIMEOUT": (
+        float(os.environ.get("PARTNER_CONNECT_TIMEOUT", "5")),
+        float(os.environ.get("PARTNER_READ_TIMEOUT", "60")),
+    ),
+}
+# Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
+# copies them into its tables at start-up (and the admin shows them).
+CELERY_BEAT_SCHEDULE = {
+    "forwarding-sweep": {
+        "task": "forwarding.tasks.sweep_pending_work",
+        "schedule": timedelta(seconds=FORWARDING["SWEEP_INTERVAL"]),
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from django.db import models
+
+from audiences.identities import IDENTITY_TYPE_CHOICES
+
+
+class Connection(models.Model):
+    """An audience connected to an output, with the connection settings (e.g. the Mailchimp list id)."""
+
+    class Status(models.TextChoices):
+        SENDING = "sending"
+        PAUSED = "paused"
+        FAULTED = "faulted"  # the partner refused us (credentials, missing list, retries exhausted)
+        ENDING = "ending"  # deleted: cleaning up what the partner holds, then the row goes
+
+    audience = models.ForeignKey("audiences.Audience", on_delete=models.PROTECT, related_name="connections")
+    output = models.ForeignKey("outputs.Output", on_delete=models.PROTECT, related_name="connections")
+    settings = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SENDING)
+    status_reason = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    # One worker delivers a connection at a time, so the partner sees changes in order.
+    delivery_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["audience__name", "output__name"]
+        constraints = [models.UniqueConstraint(fields=["audience", "output"], name="connection_audience_output_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.audience} → {self.output.name}"
+
+
+class ConnectionMember(models.Model):
+    """What the partner holds for a connection, one identity at a time, as the partner last answered."""
+
+    class State(models.TextChoices):
+        ADDED = "added"
+        REMOVED = "removed"
+        REJECTED = "rejected"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="members")
+    identity_type = models.CharField(max_length=40, choices=IDENTITY_TYPE_CHOICES)
+    value = models.CharField(max_length=255)
+    state = models.CharField(max_length=10, choices=State.choices)
+    reason = models.TextField(blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "identity_type", "value"], name="connection_member_identity_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["connection", "state"])]

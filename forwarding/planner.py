@@ -1,0 +1,104 @@
+"""Turns membership deltas into pending changes (the outbox), in the caller's transaction.
+
+For each connection of the audience (whatever its status but "ending": a paused or faulted
+connection keeps its outbox so that resuming catches up), every identity of a type the
+partner accepts becomes one pending change, coalesced per (connection, identity): the last
+word wins. After commit, realtime connections that are sending get a doorbell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import connection as db
+from django.utils import timezone
+
+from audiences.models import Identity
+from connections.models import Connection
+from forwarding.models import PendingChange
+
+UPSERT_SQL = """
+INSERT INTO {table} (connection_id, identity_type, value, action, profile_id, version, attempts,
+                     next_attempt_at, last_error, created_at)
+VALUES (%s, %s, %s, %s, %s, 1, 0, %s, '', %s)
+ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET action = excluded.action, profile_id = excluded.profile_id, version = {table}.version + 1
+"""
+
+BACKFILL_SQL = """
+INSERT INTO {pending} (connection_id, identity_type, value, action, profile_id, version, attempts,
+                       next_attempt_at, last_error, created_at)
+SELECT %s, i.type, i.value, 'add', i.profile_id, 1, 0, %s, '', %s
+FROM {membership} m JOIN {identity} i ON i.profile_id = m.profile_id
+WHERE m.audience_id = %s AND i.type IN ({types})
+ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET action = excluded.action, profile_id = excluded.profile_id, version = {pending}.version + 1
+"""
+
+
+def _planning_connections(audience_id: int) -> list[Connection]:
+    return list(
+        Connection.objects.filter(audience_id=audience_id)
+        .exclude(status=Connection.Status.ENDING)
+        .select_related("output")
+    )
+
+
+def plan_for_profiles(
+    *,
+    audience_id: int,
+    profile_ids: Sequence[int],
+    action: str,
+    identity_ids: Sequence[int] | None = None,
+) -> int:
+    """Queue `action` ("add" / "remove") for these profiles' accepted identities on every
+    connection of the audience. Returns the number of pending changes written."""
+    if not profile_ids:
+        return 0
+    connections = _planning_connections(audience_id)
+    if not connections:
+        return 0
+    identities = Identity.objects.filter(profile_id__in=list(profile_ids))
+    if identity_ids is not None:
+        identities = identities.filter(pk__in=list(identity_ids))
+    rows = list(identities.values_list("type", "value", "profile_id"))
+    now = timezone.now()
+    params = []
+    for connection in connections:
+        accepted = connection.output.partner_class.accepted_identity_types
+        params.extend((connection.pk, t, v, action, p, now, now) for t, v, p in rows if t in accepted)
+    if params:
+        with db.cursor() as cursor:
+            cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
+    _ring_after_commit(connections)
+    return len(params)
+
+
+def plan_backfill(*, connection: Connection) -> int:
+    """Queue an add for every accepted identity of the audience's current members (set-wise)."""
+    from audiences.models import AudienceMembership
+
+    accepted = sorted(connection.output.partner_class.accepted_identity_types)
+    now = timezone.now()
+    sql = BACKFILL_SQL.format(
+        pending=PendingChange._meta.db_table,
+        membership=AudienceMembership._meta.db_table,
+        identity=Identity._meta.db_table,
+        types=", ".join(["%s"] * len(accepted)),
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [connection.pk, now, now, connection.audience_id, *accepted])
+        written = cursor.rowcount
+    _ring_after_commit([connection])
+    return written
+
+
+def _ring_after_commit(connections: Sequence[Connection]) -> None:
+    from forwarding.doorbell import ring_after_commit
+
+    for connection in connections:
+        if (
+            connection.status == Connection.Status.SENDING
+            and connection.output.partner_class.delivery_mode == "realtime"
+        ):
+            ring_after_commit(connection.pk)

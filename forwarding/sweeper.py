@@ -1,0 +1,46 @@
+"""The sweeper re-rings work that no task is handling: a lost task, a killed worker or a
+restarted broker may delay a change, never lose it. Run by beat every FORWARDING_SWEEP_INTERVAL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audiences.models import Audience
+from connections.models import Connection
+from forwarding.doorbell import ring, ring_end, send_safely
+from forwarding.models import DeliveryAttempt, PendingChange
+
+ATTEMPT_LOG_DAYS = 30
+# A recompute this long overdue was lost (its task never ran); ring it again.
+RECOMPUTE_GRACE = timedelta(minutes=5)
+
+
+def sweep() -> dict[str, int]:
+    from audiences.tasks import recompute_audience
+
+    now = timezone.now()
+    free = Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now)
+    due = PendingChange.objects.filter(next_attempt_at__lte=now).values("connection_id")
+    to_deliver = list(
+        Connection.objects.filter(free, status=Connection.Status.SENDING, pk__in=due).values_list("pk", flat=True)
+    )
+    for connection_id in to_deliver:
+        ring(connection_id)
+    to_end = list(Connection.objects.filter(free, status=Connection.Status.ENDING).values_list("pk", flat=True))
+    for connection_id in to_end:
+        ring_end(connection_id)
+    stale = list(
+        Audience.objects.filter(updated_at__lt=now - RECOMPUTE_GRACE)
+        .filter(
+            Q(last_calculated_at__isnull=True, status=Audience.Status.ACTIVE)
+            | Q(last_calculated_at__lt=F("updated_at"))
+        )
+        .values_list("pk", "criteria_version")
+    )
+    for audience_id, version in stale:
+        send_safely(recompute_audience, audience_id, version)
+    purged, _ = DeliveryAttempt.objects.filter(at__lt=now - timedelta(days=ATTEMPT_LOG_DAYS)).delete()
+    return {"delivering": len(to_deliver), "ending": len(to_end), "recomputing": len(stale), "purged": purged}

@@ -1,0 +1,247 @@
+"""Mailchimp Marketing API v3: list pattern, email only, realtime (reference/PARTNERS.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import requests
+from django.core.exceptions import ValidationError
+
+from outputs.partners.base import (
+    Action,
+    MemberChange,
+    MemberResult,
+    Outcome,
+    Partner,
+    Setting,
+    SettingKind,
+)
+from outputs.partners.http import PartnerClient, PermanentError, TransientError
+
+API_KEY_RE = re.compile(r"^[A-Za-z0-9]+-(?P<dc>[a-z]+[0-9]+)$")
+MERGE_TAG_MAX = 10
+# mParticle's reserved user attributes and the Mailchimp merge fields every list has.
+RESERVED_MERGE_TAGS = {"$firstname": "FNAME", "$lastname": "LNAME", "$mobile": "PHONE", "$address": "ADDRESS"}
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member id: lower-case hex MD5 of the trimmed, lower-cased address."""
+    return hashlib.md5(email.strip().lower().encode(), usedforsecurity=False).hexdigest()
+
+
+def data_center(api_key: str) -> str:
+    match = API_KEY_RE.match(api_key.strip())
+    if not match:
+        raise ValidationError(
+            "A Mailchimp API key ends with its data center after a dash, e.g. 0123456789abcdef-us6.",
+            code="invalid_api_key",
+        )
+    return match["dc"]
+
+
+def merge_tag(attribute: str) -> str | None:
+    """Merge field tag for a user attribute: upper case letters, digits and _, at most 10 characters."""
+    reserved = RESERVED_MERGE_TAGS.get(attribute.lower())
+    if reserved:
+        return reserved
+    if attribute.startswith("$"):
+        return None  # other reserved mParticle attributes have no Mailchimp counterpart
+    tag = re.sub(r"[^A-Z0-9_]", "", attribute.upper())[:MERGE_TAG_MAX]
+    return tag or None
+
+
+def merge_fields(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, value in attributes.items():
+        tag = merge_tag(str(name))
+        if tag is None or value is None or isinstance(value, dict | list):
+            continue
+        fields[tag] = value if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+    return fields
+
+
+class MailchimpClient(PartnerClient):
+    def __init__(self, base_url: str, api_key: str, *, session: requests.Session | None = None):
+        super().__init__(base_url, session=session)
+        # HTTP Basic with any user name and the key as password.
+        self.session.auth = ("audience-forwarding", api_key)
+
+    def error_message(self, response: requests.Response) -> str:
+        try:
+            problem = response.json()
+        except ValueError:
+            return super().error_message(response)
+        if isinstance(problem, dict) and ("title" in problem or "detail" in problem):
+            return ": ".join(str(p) for p in (problem.get("title"), problem.get("detail")) if p)
+        return super().error_message(response)
+
+    def raise_for_status(self, response: requests.Response) -> None:
+        # Under very high load Mailchimp answers 403 without a body: that is throttling.
+        if response.status_code == 403 and not response.content:
+            raise TransientError("HTTP 403 without a body (Mailchimp throttling)", status=403)
+        super().raise_for_status(response)
+
+
+# Per-member error texts (lower case) and what they mean for an add and for a remove.
+MEMBER_ERRORS: tuple[tuple[str, Outcome, Outcome], ...] = (
+    ("already a list member", Outcome.DELIVERED, Outcome.DELIVERED),
+    ("forgotten email", Outcome.REJECTED, Outcome.DELIVERED),
+    ("permanently deleted", Outcome.REJECTED, Outcome.DELIVERED),
+    ("signed up to a lot of lists very recently", Outcome.RETRY, Outcome.RETRY),
+    ("compliance state", Outcome.REJECTED, Outcome.DELIVERED),
+)
+
+
+def classify_member_error(error: Mapping[str, Any], action: Action) -> Outcome:
+    text = str(error.get("error", "")).lower()
+    if error.get("error_code") == "ERROR_CONTACT_EXISTS":
+        return Outcome.DELIVERED
+    for needle, on_add, on_remove in MEMBER_ERRORS:
+        if needle in text:
+            return on_add if action is Action.ADD else on_remove
+    # Fake-looking addresses, merge field errors and anything unknown: permanent for that member.
+    return Outcome.REJECTED
+
+
+class Mailchimp(Partner):
+    key = "mailchimp"
+    name = "Mailchimp"
+    description = "Keeps a Mailchimp list (audience) in sync: members are subscribed and unsubscribed."
+    pattern = "list"
+    accepted_identity_types = frozenset({"email"})
+    configuration_settings = (
+        Setting(
+            "api_key",
+            "API Key",
+            SettingKind.SECRET,
+            help_text="From Account > Extras > API keys; ends with -us6 or similar.",
+        ),
+        Setting(
+            "email_type",
+            "Email Type",
+            SettingKind.CHOICE,
+            default="html",
+            choices=(("html", "HTML"), ("text", "Text")),
+        ),
+        Setting(
+            "double_opt_in",
+            "Double Opt-In",
+            SettingKind.BOOLEAN,
+            default=True,
+            help_text="New members are added as 'pending' and receive a confirmation email.",
+        ),
+        Setting(
+            "delete_on_subscription_end",
+            "Delete on Subscription End",
+            SettingKind.BOOLEAN,
+            default=True,
+            help_text="When the connection is deleted, archive every member it added to the list.",
+        ),
+        Setting(
+            "send_merge_fields",
+            "Send user attributes as merge fields",
+            SettingKind.BOOLEAN,
+            default=True,
+            help_text="Attribute names become merge tags: upper case, at most 10 characters ($FirstName -> FNAME).",
+        ),
+    )
+    connection_settings = (
+        Setting(
+            "list_id",
+            "Audience ID",
+            help_text="The Mailchimp list id (Audience > Settings > Audience name and defaults).",
+            max_length=100,
+        ),
+    )
+    delivery_mode = "realtime"
+    batch_limit = 500
+    default_base_url = "https://{dc}.api.mailchimp.com/3.0"
+
+    @classmethod
+    def clean_configuration(cls, values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
+        cleaned = super().clean_configuration(values, partial_secrets=partial_secrets)
+        if "api_key" in cleaned:
+            try:
+                data_center(cleaned["api_key"])
+            except ValidationError as exc:
+                raise ValidationError({"api_key": exc.messages}) from None
+        return cleaned
+
+    def client(self) -> MailchimpClient:
+        api_key = self.configuration["api_key"]
+        base_url = self.base_url().replace("{dc}", data_center(api_key))
+        return MailchimpClient(base_url, api_key)
+
+    def test_connection(self, connection_settings: Mapping[str, Any]) -> str:
+        list_id = connection_settings["list_id"]
+        try:
+            data = self.client().request("GET", f"/lists/{list_id}").json()
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise PermanentError(f"Mailchimp has no list with id '{list_id}' ({exc.message})", status=404) from exc
+            raise
+        stats = data.get("stats", {})
+        return (
+            f"Mailchimp list '{data.get('name', list_id)}' is reachable: "
+            f"{stats.get('member_count', 0)} subscribed, {stats.get('unsubscribe_count', 0)} unsubscribed."
+        )
+
+    def member_payload(self, change: MemberChange) -> dict[str, Any]:
+        member: dict[str, Any] = {"email_address": change.value, "email_type": self.configuration["email_type"]}
+        if change.action is Action.REMOVE:
+            member["status"] = "unsubscribed"
+            return member
+        joined = "pending" if self.configuration["double_opt_in"] else "subscribed"
+        # status_if_new leaves a confirmed member confirmed; status re-subscribes one we had removed.
+        member["status_if_new"] = joined
+        member["status"] = joined
+        if self.configuration.get("send_merge_fields", True):
+            fields = merge_fields(change.attributes)
+            if fields:
+                member["merge_fields"] = fields
+        return member
+
+    def apply_batch(
+        self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]
+    ) -> list[MemberResult]:
+        if len(changes) > self.batch_limit:
+            raise ValueError(f"Mailchimp takes at most {self.batch_limit} members per call")
+        if not changes:
+            return []
+        body = {"members": [self.member_payload(c) for c in changes], "update_existing": True}
+        response = self.client().request("POST", f"/lists/{connection_settings['list_id']}", json=body)
+        errors = {str(e.get("email_address", "")).strip().lower(): e for e in response.json().get("errors") or []}
+        results = []
+        for change in changes:
+            error = errors.get(change.value)
+            if error is None:
+                results.append(MemberResult(change, Outcome.DELIVERED))
+                continue
+            reason = str(error.get("error") or error.get("error_code") or "rejected by Mailchimp")
+            if error.get("field"):
+                reason = f"{reason} (field {error['field']}: {error.get('field_message', '')})".strip()
+            results.append(MemberResult(change, classify_member_error(error, change.action), reason[:500]))
+        return results
+
+    def wants_cleanup_on_end(self) -> bool:
+        return bool(self.configuration.get("delete_on_subscription_end"))
+
+    def end_connection(
+        self, connection_settings: Mapping[str, Any], held: Sequence[MemberChange]
+    ) -> list[MemberResult]:
+        if not self.wants_cleanup_on_end():
+            return super().end_connection(connection_settings, held)
+        client = self.client()
+        list_id = connection_settings["list_id"]
+        results = []
+        for change in held:
+            try:
+                client.request("DELETE", f"/lists/{list_id}/members/{subscriber_hash(change.value)}")
+            except PermanentError as exc:
+                if exc.status != 404:  # already gone is what we wanted
+                    raise
+            results.append(MemberResult(change, Outcome.DELIVERED))
+        return results

@@ -1,0 +1,69 @@
+"""Writes for outputs: create and update, with settings validated by the partner's schema."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from outputs.crypto import decrypt_secrets, encrypt_secrets
+from outputs.models import Output
+from outputs.partners.registry import get_partner_class
+
+
+def _split(partner_cls, cleaned: Mapping[str, Any]) -> tuple[dict, dict]:
+    secret_names = partner_cls.secret_setting_names()
+    public = {k: v for k, v in cleaned.items() if k not in secret_names}
+    secrets = {k: v for k, v in cleaned.items() if k in secret_names and v != ""}
+    return public, secrets
+
+
+def _check_name(name: str, *, exclude_id: int | None = None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": ["This field is required."]})
+    if len(name) > 100:
+        raise ValidationError({"name": ["Ensure this value has at most 100 characters."]})
+    clash = Output.objects.filter(name=name)
+    if exclude_id is not None:
+        clash = clash.exclude(pk=exclude_id)
+    if clash.exists():
+        raise ValidationError({"name": [f"An output named '{name}' already exists."]})
+    return name
+
+
+def output_create(*, name: str, partner_key: str, settings: Mapping[str, Any]) -> Output:
+    try:
+        partner_cls = get_partner_class(partner_key)
+    except LookupError as exc:
+        raise ValidationError({"partner": [str(exc)]}) from None
+    name = _check_name(name)
+    cleaned = partner_cls.clean_configuration(settings)
+    public, secrets = _split(partner_cls, cleaned)
+    return Output.objects.create(
+        name=name, partner_key=partner_key, settings=public, encrypted_secrets=encrypt_secrets(secrets)
+    )
+
+
+@transaction.atomic
+def output_update(*, output: Output, name: str | None = None, settings: Mapping[str, Any] | None = None) -> Output:
+    """Update name and/or settings. Secrets left blank keep their stored value."""
+    output = Output.objects.select_for_update().get(pk=output.pk)
+    if name is not None:
+        output.name = _check_name(name, exclude_id=output.pk)
+    if settings is not None:
+        partner_cls = output.partner_class
+        stored_secrets = decrypt_secrets(output.encrypted_secrets)
+        # Required secrets already stored need not be typed again.
+        submitted = dict(settings)
+        for secret in partner_cls.secret_setting_names():
+            if submitted.get(secret) in (None, "") and secret in stored_secrets:
+                submitted[secret] = stored_secrets[secret]
+        cleaned = partner_cls.clean_configuration(submitted)
+        public, secrets = _split(partner_cls, cleaned)
+        output.settings = public
+        output.encrypted_secrets = encrypt_secrets({**stored_secrets, **secrets})
+    output.save()
+    return output
