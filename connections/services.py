@@ -25,10 +25,12 @@ END_BATCH = 500
 
 def connection_create(*, audience: Audience, output: Output, settings: Mapping[str, Any]) -> Connection:
     """Connect an audience to an output; its whole current membership is queued for sending."""
-    if audience.status == Audience.Status.ARCHIVED:
-        raise ValidationError({"audience": [f"Audience '{audience.name}' is archived; it cannot be connected."]})
     cleaned = output.partner_class.clean_connection_settings(settings)
     with transaction.atomic():
+        # Locked and read afresh, so an audience archived meanwhile is not connected.
+        audience = Audience.objects.select_for_update().get(pk=audience.pk)
+        if audience.status == Audience.Status.ARCHIVED:
+            raise ValidationError({"audience": [f"Audience '{audience.name}' is archived; it cannot be connected."]})
         if Connection.objects.filter(audience=audience, output=output).exists():
             raise ValidationError(
                 {"output": [f"Audience '{audience.name}' is already connected to output '{output.name}'."]}

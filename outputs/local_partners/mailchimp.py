@@ -304,7 +304,8 @@ class LocalMailchimpServer:
             self._serving = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            # stop() waits up to one poll interval; keep it short so test teardown is quick.
+            kwargs={"poll_interval": 0.02},
             name="local-mailchimp",
             daemon=True,
         )
@@ -359,7 +360,10 @@ class LocalMailchimpServer:
             self._lists[list_id] = _AudienceList(list_id, name or list_id, next(self._ids), _now())
 
     def members(self, list_id: str, *, include_archived: bool = False) -> dict[str, dict[str, Any]]:
-        """subscriber_hash -> member (deep copy). Archived members are left out unless asked for."""
+        """subscriber_hash -> member (deep copy). Archived members are left out unless asked for.
+
+        Raises KeyError for an unknown list.
+        """
         with self._lock:
             lst = self._lists[list_id]
             return {h: copy.deepcopy(m) for h, m in lst.members.items() if include_archived or m["status"] != ARCHIVED}

@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests that need PostgreSQL or Redis skip when they are absent, unless
+REQUIRE_SERVICES=1 (as CI sets), where they fail instead."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
+
+
+def service_missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _no_partner_overrides(settings):
+    # Tests talk to partners' real URLs (faked with `responses`) unless a test points elsewhere.
+    settings.PARTNER_API_BASE_URLS = {}
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+
+
+@pytest.fixture
+def rings(monkeypatch):
+    """Record doorbell rings instead of queueing them: for tests of the services, not the broker
+    (the end-to-end tests ring a real Redis)."""
+    calls: list[tuple[str, tuple, float | None]] = []
+
+    def record(task, *args, countdown=None):
+        calls.append((task.name, args, countdown))
+
+    monkeypatch.setattr("forwarding.doorbell.send_safely", record)
+    return calls

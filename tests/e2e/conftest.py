@@ -1,0 +1,119 @@
+"""End-to-end fixtures: real PostgreSQL, real Redis, a real Celery worker process, and the
+local Mailchimp server. Each test session uses its own Redis queue, so a running demo's worker
+never takes the tests' tasks (and the other way round)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.celery import app as celery_app
+from outputs.local_partners.mailchimp import LocalMailchimpServer
+from tests.conftest import service_missing
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "0123456789abcdef0123456789abcdef-us6"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float = 20.0, interval: float = 0.05) -> object:
+    """Poll until predicate() is truthy; fail with its last value after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def _reset_broker_connections() -> None:
+    """Drop pooled broker connections so the next publish uses the current broker_url."""
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis is not reachable at {TEST_REDIS_URL}: {exc}")
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def mailchimp_server() -> Iterator[LocalMailchimpServer]:
+    server = LocalMailchimpServer(api_keys=[API_KEY]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_queue(redis_url) -> str:
+    """This session's queue on the test Redis; the test process publishes there from now on."""
+    queue = f"e2e-{uuid.uuid4().hex[:8]}"
+    celery_app.conf.update(broker_url=redis_url, task_default_queue=queue, task_always_eager=False)
+    _reset_broker_connections()
+    return queue
+
+
+@pytest.fixture
+def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings) -> Iterator[dict]:
+    """A Celery worker process on the test database, and this process publishing to it."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        service_missing("end-to-end tests need PostgreSQL: set DATABASE_URL=postgres://...")
+    queue = broker_queue
+    base_urls = {"mailchimp": mailchimp_server.base_url}
+    settings.PARTNER_API_BASE_URLS = base_urls
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_CONN_MAX_AGE": "0",
+        "REDIS_URL": redis_url,
+        "CELERY_QUEUE": queue,
+        "PARTNER_API_BASE_URLS": __import__("json").dumps(base_urls),
+        "FORWARDING_BACKOFF_BASE_SECONDS": "0.2",
+        "FORWARDING_BACKOFF_MAX_SECONDS": "1",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "SECRETS_ENCRYPTION_KEY": settings.SECRETS_ENCRYPTION_KEY,
+    }
+    env.pop("DATABASE_TEST_NAME", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=INFO",
+         "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # The worker is ready when it answers a ping on its own queue.
+        wait_until(lambda: celery_app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5), timeout=30)
+        yield {"queue": queue, "process": process}
+    finally:
+        process.terminate()
+        try:
+            output, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        mailchimp_server.reset()
+        if os.environ.get("E2E_WORKER_LOG"):
+            print(output)
