@@ -1,0 +1,55 @@
+# The two commands: `make run` (set up and run everything) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WEB_PORT ?= 8000
+LOCAL_MAILCHIMP_PORT ?= 8025
+
+.PHONY: run test lint setup migrate demo services clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(BIN)/.installed
+
+services:
+	./scripts/ensure-services.sh
+
+migrate: setup
+	$(BIN)/python manage.py migrate --noinput
+
+demo: migrate
+	$(BIN)/python manage.py demo
+
+# Web (gunicorn), Celery worker, Celery beat and the local Mailchimp server, together.
+# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS).
+run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0"}
+run: export WEB_BIND = 127.0.0.1:$(WEB_PORT)
+run: export LOCAL_MAILCHIMP_PORT := $(LOCAL_MAILCHIMP_PORT)
+run: setup services
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/python manage.py demo
+	@echo ""
+	@echo "  Admin:            http://127.0.0.1:$(WEB_PORT)/admin/  (user and password above)"
+	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: $(BIN)/python manage.py drf_create_token admin)"
+	@echo "  Local Mailchimp:  curl -s -u any:d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6 \\"
+	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
+	@echo "  Stop with Ctrl-C."
+	@echo ""
+	$(BIN)/honcho start
+
+# Tests use DATABASE_URL when set (CI: PostgreSQL, REQUIRE_SERVICES=1); otherwise SQLite,
+# and the end-to-end tests that need PostgreSQL skip with a reason.
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache
