@@ -78,7 +78,7 @@ def _validate_condition(node: Mapping, path: str) -> None:
     if len(attribute) > 256:
         _fail(f"{path}.attribute", "attribute names are at most 256 characters")
     operator = node.get("operator")
-    if operator not in OPERATORS:
+    if not isinstance(operator, str) or operator not in OPERATORS:
         _fail(f"{path}.operator", f"unknown operator {operator!r}; expected one of {sorted(OPERATORS)}")
     value = node.get("value")
     if operator in PRESENCE_OPERATORS:

@@ -306,16 +306,19 @@ def audience_create(
         raise ValidationError({"status": [f"'{status}' is not one of {', '.join(Audience.Status.values)}."]})
     if Audience.objects.filter(name=name.strip()).exists():
         raise ValidationError({"name": [f"An audience named '{name.strip()}' already exists."]})
-    with transaction.atomic():
-        audience = Audience.objects.create(
-            name=name.strip(),
-            external_name=(external_name or "").strip(),
-            description=description or "",
-            criteria=criteria,
-            status=status,
-        )
-        if status == Audience.Status.ACTIVE:
-            _schedule_recompute(audience)
+    try:
+        with transaction.atomic():
+            audience = Audience.objects.create(
+                name=name.strip(),
+                external_name=(external_name or "").strip(),
+                description=description or "",
+                criteria=criteria,
+                status=status,
+            )
+            if status == Audience.Status.ACTIVE:
+                _schedule_recompute(audience)
+    except IntegrityError:  # the same name created meanwhile by someone else
+        raise ValidationError({"name": [f"An audience named '{name.strip()}' already exists."]}) from None
     return audience
 
 

@@ -47,26 +47,28 @@ def connection_create(*, audience: Audience, output: Output, settings: Mapping[s
 
 
 def _set_status(connection: Connection, status: str, reason: str = "") -> Connection:
-    Connection.objects.filter(pk=connection.pk).update(
-        status=status, status_reason=reason, status_changed_at=timezone.now()
+    """Change the status, unless the connection is ending (a delete may have committed since
+    the caller loaded it): an ending connection is never revived."""
+    changed = (
+        Connection.objects.filter(pk=connection.pk)
+        .exclude(status=Connection.Status.ENDING)
+        .update(status=status, status_reason=reason, status_changed_at=timezone.now())
     )
+    if not changed:
+        raise ValidationError({"status": ["This connection is being deleted."]})
     connection.refresh_from_db()
     return connection
 
 
 def connection_pause(*, connection: Connection) -> Connection:
-    if connection.status == Connection.Status.ENDING:
-        raise ValidationError({"status": ["This connection is being deleted."]})
     return _set_status(connection, Connection.Status.PAUSED, "Paused by a user.")
 
 
 @transaction.atomic
 def connection_resume(*, connection: Connection) -> Connection:
     """Send again: clears a fault, makes every pending change due now, and rings delivery."""
-    if connection.status == Connection.Status.ENDING:
-        raise ValidationError({"status": ["This connection is being deleted."]})
-    PendingChange.objects.filter(connection=connection).update(next_attempt_at=timezone.now(), attempts=0)
     connection = _set_status(connection, Connection.Status.SENDING)
+    PendingChange.objects.filter(connection=connection).update(next_attempt_at=timezone.now(), attempts=0)
     ring_after_commit(connection.pk)
     return connection
 
@@ -87,6 +89,7 @@ def connection_delete(*, connection: Connection) -> Connection:
 
     with transaction.atomic():
         connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
+
         PendingChange.objects.filter(connection=connection).delete()
         transaction.on_commit(lambda: ring_end(connection.pk))
     return connection

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from outputs.crypto import decrypt_secrets, encrypt_secrets
 from outputs.models import Output
@@ -42,9 +42,13 @@ def output_create(*, name: str, partner_key: str, settings: Mapping[str, Any]) -
     name = _check_name(name)
     cleaned = partner_cls.clean_configuration(settings)
     public, secrets = _split(partner_cls, cleaned)
-    return Output.objects.create(
-        name=name, partner_key=partner_key, settings=public, encrypted_secrets=encrypt_secrets(secrets)
-    )
+    try:
+        with transaction.atomic():
+            return Output.objects.create(
+                name=name, partner_key=partner_key, settings=public, encrypted_secrets=encrypt_secrets(secrets)
+            )
+    except IntegrityError:  # the same name created meanwhile by someone else
+        raise ValidationError({"name": [f"An output named '{name}' already exists."]}) from None
 
 
 @transaction.atomic

@@ -76,8 +76,22 @@ class PartnerClient:
             raise TransientError(f"{method} {path} timed out") from exc
         except requests.ConnectionError as exc:
             raise TransientError(f"{method} {path}: could not connect ({exc.__class__.__name__})") from exc
+        except requests.RequestException as exc:  # a bad base URL and the like: fix the settings
+            raise PermanentError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
         self.raise_for_status(response)
         return response
+
+    def json(self, response: requests.Response) -> dict:
+        """The body as a JSON object; anything else is a permanent error (e.g. a wrong base URL)."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise PermanentError(
+                f"{response.request.method} {response.url}: the answer is not a JSON object", status=response.status_code
+            )
+        return data
 
     def error_message(self, response: requests.Response) -> str:
         return response.text[:500] or response.reason or f"HTTP {response.status_code}"

@@ -178,7 +178,8 @@ class Mailchimp(Partner):
     def test_connection(self, connection_settings: Mapping[str, Any]) -> str:
         list_id = connection_settings["list_id"]
         try:
-            data = self.client().request("GET", f"/lists/{list_id}").json()
+            client = self.client()
+            data = client.json(client.request("GET", f"/lists/{list_id}"))
         except PermanentError as exc:
             if exc.status == 404:
                 raise PermanentError(f"Mailchimp has no list with id '{list_id}' ({exc.message})", status=404) from exc
@@ -212,8 +213,13 @@ class Mailchimp(Partner):
         if not changes:
             return []
         body = {"members": [self.member_payload(c) for c in changes], "update_existing": True}
-        response = self.client().request("POST", f"/lists/{connection_settings['list_id']}", json=body)
-        errors = {str(e.get("email_address", "")).strip().lower(): e for e in response.json().get("errors") or []}
+        client = self.client()
+        answer = client.json(client.request("POST", f"/lists/{connection_settings['list_id']}", json=body))
+        errors = {
+            str(e.get("email_address", "")).strip().lower(): e
+            for e in answer.get("errors") or []
+            if isinstance(e, dict)
+        }
         results = []
         for change in changes:
             error = errors.get(change.value)

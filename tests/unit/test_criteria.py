@@ -57,6 +57,7 @@ def test_numbers_lists_and_booleans():
         ({"attribute": "age", "operator": "exists", "value": 1}, "criteria.value"),
         ({"attribute": "age", "operator": "in", "value": []}, "criteria.value"),
         ({"attribute": "age", "operator": "equals", "value": 1, "unit": "y"}, "criteria.unit"),
+        ({"attribute": "age", "operator": ["equals"], "value": 1}, "criteria.operator"),
     ],
 )
 def test_validation_points_into_the_tree(tree, path):

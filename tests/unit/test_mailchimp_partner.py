@@ -223,3 +223,17 @@ def test_merge_fields_skip_nested_and_reserved_values():
         "FNAME": "A",
         "VERY_LONG_": "v",
     }
+
+
+@responses.activate
+def test_an_answer_that_is_not_json_is_a_permanent_error_not_a_crash():
+    responses.get(LIST_URL, body="<html>not mailchimp</html>", content_type="text/html")
+    with pytest.raises(PermanentError) as excinfo:
+        partner().test_connection({"list_id": "abc123"})
+    assert "not a JSON object" in excinfo.value.message
+
+
+def test_a_malformed_base_url_is_a_permanent_error(settings):
+    settings.PARTNER_API_BASE_URLS = {"mailchimp": "not a url"}
+    with pytest.raises(PermanentError):
+        partner().test_connection({"list_id": "abc123"})

@@ -1,0 +1,116 @@
+"""API views for profiles and audiences: check the request shape, call one service, serialize."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch, ProtectedError, QuerySet
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from audiences import services
+from audiences.models import Audience, AudienceMembership, Identity, Profile
+from audiences.serializers import (
+    AudienceMemberSerializer,
+    AudienceSerializer,
+    ProfileDetailSerializer,
+    ProfileLookupSerializer,
+    ProfileSerializer,
+    ProfileUpsertSerializer,
+)
+from config.api_errors import ServiceErrorsMixin
+
+
+class ProfileViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """POST upserts by identities; GET ?identity_type=&identity_value= looks one up."""
+
+    serializer_class = ProfileSerializer
+
+    def get_queryset(self) -> QuerySet[Profile]:
+        # What ProfileSerializer reads, in two extra queries per page instead of two per profile.
+        return Profile.objects.prefetch_related(
+            Prefetch("identities", queryset=Identity.objects.order_by("id")),
+            Prefetch(
+                "memberships",
+                queryset=AudienceMembership.objects.filter(audience__status=Audience.Status.ACTIVE),
+                to_attr="active_memberships",
+            ),
+        )
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        if self.action == "retrieve":
+            return ProfileDetailSerializer
+        if self.action == "create":
+            return ProfileUpsertSerializer
+        return ProfileSerializer
+
+    def filter_queryset(self, queryset: QuerySet[Profile]) -> QuerySet[Profile]:
+        if self.action != "list":
+            return queryset
+        lookup = ProfileLookupSerializer(data=self.request.query_params)
+        lookup.is_valid(raise_exception=True)
+        if lookup.validated_data:
+            queryset = queryset.filter(
+                identities__type=lookup.validated_data["identity_type"],
+                identities__value=lookup.validated_data["identity_value"],
+            )
+        return queryset
+
+    def create(self, request: Request) -> Response:
+        body = ProfileUpsertSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = services.profile_upsert(
+            identities=body.validated_data["identities"], attributes=body.validated_data.get("attributes")
+        )
+        profile = self.get_queryset().get(pk=result.profile.pk)
+        data = {**ProfileSerializer(profile).data, "entered": result.entered, "left": result.left}
+        return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class AudienceViewSet(
+    ServiceErrorsMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = AudienceSerializer
+    queryset = Audience.objects.prefetch_related("connections")
+
+    def list(self, request: Request) -> Response:
+        # REST_FRAMEWORK sets PAGE_SIZE, so there always is a page.
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        # Sizes of the whole page in one query (the serializer would count one audience at a time).
+        context = {
+            **self.get_serializer_context(),
+            "audience_sizes": services.audience_members_count(a.pk for a in page),
+        }
+        return self.get_paginated_response(self.get_serializer(page, many=True, context=context).data)
+
+    def create(self, request: Request) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        audience = services.audience_create(**serializer.validated_data)
+        return Response(self.get_serializer(audience).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        serializer = self.get_serializer(self.get_object(), data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        # validated_data holds only the fields sent: the changed ones.
+        audience = services.audience_update(audience=serializer.instance, **serializer.validated_data)
+        return Response(self.get_serializer(audience).data)
+
+    def perform_destroy(self, instance: Audience) -> None:
+        # Connection.audience is PROTECT: deleting would orphan what partners hold.
+        try:
+            instance.delete()
+        except ProtectedError:
+            raise serializers.ValidationError(
+                {"detail": "This audience has connections; delete them before deleting the audience."}
+            ) from None
+
+    @action(detail=True, methods=["get"], serializer_class=AudienceMemberSerializer)
+    def members(self, request: Request, pk: str | None = None) -> Response:
+        audience = self.get_object()
+        page = self.paginate_queryset(AudienceMembership.objects.filter(audience=audience).order_by("profile_id"))
+        return self.get_paginated_response(AudienceMemberSerializer(page, many=True).data)

@@ -1,0 +1,141 @@
+"""API shapes for profiles and audiences.
+
+Request serializers check the shape only (types, presence); the rules (identity formats,
+criteria, name lengths and uniqueness) live in audiences.services, which names the field
+of every error, so they are not repeated here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from audiences import services
+from audiences.identities import normalise_identity
+from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from config.api_errors import RejectUnknownFieldsMixin
+
+MEMBERSHIP_CHANGES_SHOWN = 50
+
+
+# --- profiles --------------------------------------------------------------------------------
+
+
+class ProfileUpsertSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    # Any JSON: services.clean_identities / clean_attributes check it and name e.g. "identities[1].value".
+    identities = serializers.JSONField()
+    attributes = serializers.JSONField(required=False, allow_null=True)
+
+
+class ProfileLookupSerializer(serializers.Serializer):
+    """?identity_type=email&identity_value=A@x.com: the value is normalised as it is stored."""
+
+    identity_type = serializers.CharField(required=False)
+    identity_value = serializers.CharField(required=False, trim_whitespace=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            return attrs
+        for name in ("identity_type", "identity_value"):
+            if name not in attrs:
+                raise serializers.ValidationError({name: ["Give identity_type and identity_value together."]})
+        try:
+            attrs["identity_value"] = normalise_identity(attrs["identity_type"], attrs["identity_value"])
+        except DjangoValidationError as exc:
+            field = "identity_type" if exc.code == "unknown_type" else "identity_value"
+            raise serializers.ValidationError({field: exc.messages}) from None
+        return attrs
+
+
+class IdentitySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Identity
+        fields = ["type", "value"]
+
+
+class MembershipChangeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MembershipChange
+        fields = ["audience", "kind", "reason", "at"]
+
+
+class ProfileSerializer(serializers.ModelSerializer):
+    """A profile; views prefetch `identities` (ordered) and `active_memberships` (see audiences.api)."""
+
+    identities = IdentitySerializer(many=True, read_only=True)
+    audiences = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Profile
+        fields = ["id", "identities", "attributes", "audiences"]
+
+    def get_audiences(self, profile: Profile) -> list[int]:
+        memberships = getattr(profile, "active_memberships", None)
+        if memberships is None:
+            memberships = profile.memberships.filter(audience__status=Audience.Status.ACTIVE)
+        return sorted(m.audience_id for m in memberships)
+
+
+class ProfileDetailSerializer(ProfileSerializer):
+    membership_changes = serializers.SerializerMethodField()
+
+    class Meta(ProfileSerializer.Meta):
+        fields = [*ProfileSerializer.Meta.fields, "membership_changes"]
+
+    def get_membership_changes(self, profile: Profile) -> list[dict[str, Any]]:
+        # Newest first (MembershipChange.Meta.ordering); the full history can be long.
+        changes = profile.membership_changes.all()[:MEMBERSHIP_CHANGES_SHOWN]
+        return MembershipChangeSerializer(changes, many=True).data
+
+
+# --- audiences -------------------------------------------------------------------------------
+
+
+class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+    """Read and write. Writable fields are declared by hand so that DRF adds no validators of its
+    own (max length, unique name): services.audience_create / audience_update decide."""
+
+    name = serializers.CharField(allow_blank=True)
+    external_name = serializers.CharField(required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    # Not a ChoiceField: the service checks the status with the same message everywhere.
+    status = serializers.CharField(required=False)
+    criteria = serializers.JSONField()
+    size = serializers.SerializerMethodField()
+    connections = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Audience
+        fields = [
+            "id",
+            "name",
+            "external_name",
+            "description",
+            "status",
+            "criteria",
+            "criteria_version",
+            "last_calculated_at",
+            "size",
+            "connections",
+        ]
+        read_only_fields = ["criteria_version", "last_calculated_at"]
+
+    def get_size(self, audience: Audience) -> int:
+        # A list view counts a whole page in one query and passes the counts in the context.
+        sizes = self.context.get("audience_sizes")
+        if sizes is None:
+            sizes = services.audience_members_count([audience.pk])
+        return sizes.get(audience.pk, 0)
+
+    def get_connections(self, audience: Audience) -> list[int]:
+        return sorted(c.pk for c in audience.connections.all())
+
+
+class AudienceMemberSerializer(serializers.ModelSerializer):
+    profile = serializers.IntegerField(source="profile_id", read_only=True)
+
+    class Meta:
+        model = AudienceMembership
+        fields = ["profile", "entered_at"]

@@ -1,0 +1,79 @@
+"""API shapes for connections, their delivery attempts and rejected members."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from audiences.models import Audience
+from config.api_errors import RejectUnknownFieldsMixin
+from connections.models import Connection, ConnectionMember
+from connections.selectors import connection_stats
+from forwarding.models import DeliveryAttempt
+from outputs.models import Output
+
+
+class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+    """Read, and create (audience, output, settings); connections.services decides the rest."""
+
+    # An unknown id is a 400 naming the field ('Invalid pk "9" - object does not exist.').
+    audience = serializers.PrimaryKeyRelatedField(queryset=Audience.objects.all())
+    output = serializers.PrimaryKeyRelatedField(queryset=Output.objects.all())
+    # Checked against the partner's connection settings by the service (errors name e.g. "list_id").
+    settings = serializers.DictField(required=False, default=dict)
+    stats = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Connection
+        fields = [
+            "id",
+            "audience",
+            "output",
+            "settings",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "last_delivered_at",
+            "created_at",
+            "stats",
+        ]
+        read_only_fields = ["status", "status_reason", "status_changed_at", "last_delivered_at", "created_at"]
+        # DRF would add a unique-together check on (audience, output); the service answers that
+        # one, naming "output".
+        validators: list = []
+
+    def get_stats(self, connection: Connection) -> dict[str, int]:
+        return connection_stats(connection).as_dict()
+
+
+class ConnectionFilterSerializer(serializers.Serializer):
+    """Query parameters of the connection list."""
+
+    audience = serializers.IntegerField(required=False, min_value=1)
+
+
+class ConnectionTestResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "id",
+            "kind",
+            "at",
+            "duration_ms",
+            "sent",
+            "delivered",
+            "rejected",
+            "retried",
+            "result",
+            "error",
+        ]
+
+
+class RejectionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConnectionMember
+        fields = ["identity_type", "value", "reason", "updated_at"]
