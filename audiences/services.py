@@ -115,20 +115,28 @@ def clean_attributes(attributes: Any) -> dict[str, Any]:
     return cleaned
 
 
-def clean_audience_fields(*, name: str | None, external_name: str | None, criteria: Any) -> None:
+def clean_audience_fields(fields: Mapping[str, Any]) -> None:
+    """Validate the audience fields given (only those); every error names its field."""
     errors: dict[str, list[str]] = {}
-    if name is not None:
-        if not name.strip():
+    for key in ("name", "external_name", "description"):
+        if key in fields and fields[key] is not None and not isinstance(fields[key], str):
+            errors[key] = ["Expected a string."]
+    if "name" in fields and not errors.get("name"):
+        name = fields["name"]
+        if name is None or not name.strip():
             errors["name"] = ["This field may not be blank."]
-        elif len(name) > 100:
+        elif len(name.strip()) > 100:
             errors["name"] = ["Ensure this field has no more than 100 characters."]
-    if external_name is not None and len(external_name) > 100:
+    external_name = fields.get("external_name")
+    if isinstance(external_name, str) and len(external_name.strip()) > 100:
         errors["external_name"] = ["Ensure this field has no more than 100 characters."]
-    if criteria is not None:
+    if "criteria" in fields:
         try:
-            criteria_lang.validate_criteria(criteria)
+            criteria_lang.validate_criteria(fields["criteria"])
         except ValidationError as exc:
             errors["criteria"] = exc.messages
+    if "status" in fields and fields["status"] not in Audience.Status.values:
+        errors["status"] = [f"'{fields['status']}' is not one of {', '.join(Audience.Status.values)}."]
     if errors:
         raise ValidationError(errors)
 
@@ -301,9 +309,15 @@ def audience_create(
     description: str = "",
     status: str = Audience.Status.DRAFT,
 ) -> Audience:
-    clean_audience_fields(name=name, external_name=external_name, criteria=criteria)
-    if status not in Audience.Status.values:
-        raise ValidationError({"status": [f"'{status}' is not one of {', '.join(Audience.Status.values)}."]})
+    clean_audience_fields(
+        {
+            "name": name,
+            "external_name": external_name,
+            "description": description,
+            "criteria": criteria,
+            "status": status,
+        }
+    )
     if Audience.objects.filter(name=name.strip()).exists():
         raise ValidationError({"name": [f"An audience named '{name.strip()}' already exists."]})
     try:
@@ -332,12 +346,8 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown field."]})
-    clean_audience_fields(
-        name=changes.get("name"), external_name=changes.get("external_name"), criteria=changes.get("criteria")
-    )
+    clean_audience_fields(changes)
     status = changes.get("status", audience.status)
-    if status not in Audience.Status.values:
-        raise ValidationError({"status": [f"'{status}' is not one of {', '.join(Audience.Status.values)}."]})
     with transaction.atomic():
         audience = Audience.objects.select_for_update().get(pk=audience.pk)
         if "name" in changes and Audience.objects.filter(name=changes["name"].strip()).exclude(pk=audience.pk).exists():

@@ -107,12 +107,14 @@ def deliver_connection(*, connection_id: int) -> DeliveryReport:
 
 
 def _drain(connection_id: int, report: DeliveryReport) -> None:
+    partner = None
     while True:
         connection = Connection.objects.select_related("output").get(pk=connection_id)
         if connection.status != Connection.Status.SENDING:
             report.stopped = f"connection is {connection.status}"
             return
-        partner = connection.output.partner()
+        # One partner (and so one keep-alive HTTP session) for the whole drain.
+        partner = partner or connection.output.partner()
         batch = list(
             PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).order_by(
                 "id"
@@ -128,14 +130,11 @@ def _drain(connection_id: int, report: DeliveryReport) -> None:
 
 def _held_values(connection_id: int, batch: list[PendingChange]) -> set[tuple[str, str]]:
     """The batch's identities that the partner currently holds (we delivered them as added)."""
-    query = Q()
-    for p in batch:
-        query |= Q(identity_type=p.identity_type, value=p.value)
-    return set(
-        ConnectionMember.objects.filter(
-            query, connection_id=connection_id, state=ConnectionMember.State.ADDED
-        ).values_list("identity_type", "value")
-    )
+    wanted = {(p.identity_type, p.value) for p in batch}
+    rows = ConnectionMember.objects.filter(
+        connection_id=connection_id, value__in={v for _, v in wanted}, state=ConnectionMember.State.ADDED
+    ).values_list("identity_type", "value")
+    return {row for row in rows if row in wanted}
 
 
 def _send_batch(connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport) -> bool:
@@ -248,10 +247,11 @@ def _delete_if_unchanged(done: list[PendingChange]) -> None:
     """Delete delivered pending changes, except those a newer word replaced while we sent."""
     if not done:
         return
-    query = Q()
-    for pending in done:
-        query |= Q(pk=pending.pk, version=pending.version)
-    PendingChange.objects.filter(query).delete()
+    sent_versions = {p.pk: p.version for p in done}
+    # Locked, so a newer word cannot slip in between reading the versions and deleting.
+    current = PendingChange.objects.select_for_update().filter(pk__in=sent_versions).values_list("pk", "version")
+    unchanged = [pk for pk, version in current if sent_versions[pk] == version]
+    PendingChange.objects.filter(pk__in=unchanged).delete()
 
 
 def _record_failure(connection, batch, error: PartnerError, duration_ms: int, report: DeliveryReport) -> bool:

@@ -39,8 +39,18 @@ def output_create(*, name: str, partner_key: str, settings: Mapping[str, Any]) -
         partner_cls = get_partner_class(partner_key)
     except LookupError as exc:
         raise ValidationError({"partner": [str(exc)]}) from None
-    name = _check_name(name)
-    cleaned = partner_cls.clean_configuration(settings)
+    # Name and settings errors are reported together, so a form is corrected in one go.
+    errors: dict[str, list[str]] = {}
+    try:
+        name = _check_name(name)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    try:
+        cleaned = partner_cls.clean_configuration(settings)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    if errors:
+        raise ValidationError(errors)
     public, secrets = _split(partner_cls, cleaned)
     try:
         with transaction.atomic():

@@ -93,7 +93,9 @@ def test_last_word_wins_and_removing_an_undelivered_member_sends_nothing(setup):
     audience, output = setup
     connection = factories.connect(audience, output)
     factories.parisian("flip@x.com")
-    audience_services.profile_upsert(identities=[{"type": "email", "value": "flip@x.com"}], attributes={"status": "Free"})
+    audience_services.profile_upsert(
+        identities=[{"type": "email", "value": "flip@x.com"}], attributes={"status": "Free"}
+    )
     assert list(PendingChange.objects.values_list("action", "version")) == [("remove", 2)]
     report = deliver_connection(connection_id=connection.pk)
     assert report.skipped == 1 and len(responses.calls) == 0
@@ -205,7 +207,10 @@ def test_rejected_members_are_recorded_with_mailchimps_reason(setup):
         LIST_URL,
         json={
             "errors": [
-                {"email_address": "fake@x.com", "error": "fake@x.com looks fake or invalid, please enter a real email address."}
+                {
+                    "email_address": "fake@x.com",
+                    "error": "fake@x.com looks fake or invalid, please enter a real email address.",
+                }
             ],
             "error_count": 1,
         },

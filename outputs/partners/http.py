@@ -89,7 +89,8 @@ class PartnerClient:
             data = None
         if not isinstance(data, dict):
             raise PermanentError(
-                f"{response.request.method} {response.url}: the answer is not a JSON object", status=response.status_code
+                f"{response.request.method} {response.url}: the answer is not a JSON object",
+                status=response.status_code,
             )
         return data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import requests
@@ -162,18 +163,30 @@ class Mailchimp(Partner):
 
     @classmethod
     def clean_configuration(cls, values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
-        cleaned = super().clean_configuration(values, partial_secrets=partial_secrets)
-        if "api_key" in cleaned:
+        errors: dict[str, list[str]] = {}
+        try:
+            cleaned = super().clean_configuration(values, partial_secrets=partial_secrets)
+        except ValidationError as exc:
+            errors, cleaned = exc.message_dict, {}
+        api_key = cleaned.get("api_key", values.get("api_key"))
+        if isinstance(api_key, str) and api_key and "api_key" not in errors:
             try:
-                data_center(cleaned["api_key"])
+                data_center(api_key)
             except ValidationError as exc:
-                raise ValidationError({"api_key": exc.messages}) from None
+                errors["api_key"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
         return cleaned
 
-    def client(self) -> MailchimpClient:
+    @cached_property
+    def _client(self) -> MailchimpClient:
         api_key = self.configuration["api_key"]
         base_url = self.base_url().replace("{dc}", data_center(api_key))
         return MailchimpClient(base_url, api_key)
+
+    def client(self) -> MailchimpClient:
+        """One client (one keep-alive session) per partner instance."""
+        return self._client
 
     def test_connection(self, connection_settings: Mapping[str, Any]) -> str:
         list_id = connection_settings["list_id"]

@@ -83,7 +83,9 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": (
+            f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        ),
         "DATABASE_CONN_MAX_AGE": "0",
         "REDIS_URL": redis_url,
         "CELERY_QUEUE": queue,
@@ -95,8 +97,23 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
     }
     env.pop("DATABASE_TEST_NAME", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=INFO",
-         "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{queue}@%h"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{queue}@%h",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -105,7 +122,9 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
     )
     try:
         # The worker is ready when it answers a ping on its own queue.
-        wait_until(lambda: celery_app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5), timeout=30)
+        wait_until(
+            lambda: celery_app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5), timeout=30
+        )
         yield {"queue": queue, "process": process}
     finally:
         process.terminate()

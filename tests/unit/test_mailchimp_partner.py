@@ -94,7 +94,12 @@ def test_without_double_opt_in_members_are_subscribed_as_text():
             matchers.json_params_matcher(
                 {
                     "members": [
-                        {"email_address": "a@x.com", "email_type": "text", "status_if_new": "subscribed", "status": "subscribed"}
+                        {
+                            "email_address": "a@x.com",
+                            "email_type": "text",
+                            "status_if_new": "subscribed",
+                            "status": "subscribed",
+                        }
                     ],
                     "update_existing": True,
                 }
@@ -118,16 +123,48 @@ def test_per_member_errors_are_classified_and_never_fail_the_batch():
         json={
             "new_members": [{"email_address": "ok@x.com"}],
             "errors": [
-                {"email_address": "fake@x.com", "error": "fake@x.com looks fake or invalid, please enter a real email address.", "error_code": "ERROR_GENERIC"},
-                {"email_address": "dup@x.com", "error": "dup@x.com is already a list member.", "error_code": "ERROR_CONTACT_EXISTS"},
-                {"email_address": "busy@x.com", "error": "busy@x.com has signed up to a lot of lists very recently; we're not allowing more signups for now", "error_code": "ERROR_GENERIC"},
-                {"email_address": "gone@x.com", "error": "gone@x.com was permanently deleted and cannot be re-imported.", "error_code": "ERROR_GENERIC"},
-                {"email_address": "merge@x.com", "error": "Invalid merge field", "error_code": "ERROR_GENERIC", "field": "AGE", "field_message": "Please enter a number"},
+                {
+                    "email_address": "fake@x.com",
+                    "error": "fake@x.com looks fake or invalid, please enter a real email address.",
+                    "error_code": "ERROR_GENERIC",
+                },
+                {
+                    "email_address": "dup@x.com",
+                    "error": "dup@x.com is already a list member.",
+                    "error_code": "ERROR_CONTACT_EXISTS",
+                },
+                {
+                    "email_address": "busy@x.com",
+                    "error": (
+                        "busy@x.com has signed up to a lot of lists very recently; "
+                        "we're not allowing more signups for now"
+                    ),
+                    "error_code": "ERROR_GENERIC",
+                },
+                {
+                    "email_address": "gone@x.com",
+                    "error": "gone@x.com was permanently deleted and cannot be re-imported.",
+                    "error_code": "ERROR_GENERIC",
+                },
+                {
+                    "email_address": "merge@x.com",
+                    "error": "Invalid merge field",
+                    "error_code": "ERROR_GENERIC",
+                    "field": "AGE",
+                    "field_message": "Please enter a number",
+                },
             ],
             "error_count": 5,
         },
     )
-    changes = [add("ok@x.com"), add("fake@x.com"), add("dup@x.com"), add("busy@x.com"), remove("gone@x.com"), add("merge@x.com")]
+    changes = [
+        add("ok@x.com"),
+        add("fake@x.com"),
+        add("dup@x.com"),
+        add("busy@x.com"),
+        remove("gone@x.com"),
+        add("merge@x.com"),
+    ]
     results = {r.change.value: r for r in partner().apply_batch({"list_id": "abc123"}, changes)}
     assert results["ok@x.com"].outcome is Outcome.DELIVERED
     assert results["fake@x.com"].outcome is Outcome.REJECTED
@@ -145,7 +182,13 @@ def test_401_is_an_auth_error_with_mailchimps_words():
         LIST_URL,
         status=401,
         content_type="application/problem+json",
-        json={"type": "x", "title": "API Key Invalid", "status": 401, "detail": "Your API key may be invalid.", "instance": "i"},
+        json={
+            "type": "x",
+            "title": "API Key Invalid",
+            "status": 401,
+            "detail": "Your API key may be invalid.",
+            "instance": "i",
+        },
     )
     with pytest.raises(AuthError) as excinfo:
         partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
@@ -183,7 +226,9 @@ def test_connection_errors_are_transient_and_redirects_not_followed():
 
 @responses.activate
 def test_test_connection_reads_the_list_and_names_a_missing_one():
-    responses.get(LIST_URL, json={"id": "abc123", "name": "Parisians", "stats": {"member_count": 3, "unsubscribe_count": 1}})
+    responses.get(
+        LIST_URL, json={"id": "abc123", "name": "Parisians", "stats": {"member_count": 3, "unsubscribe_count": 1}}
+    )
     assert "Parisians" in partner().test_connection({"list_id": "abc123"})
     responses.get(
         "https://us6.api.mailchimp.com/3.0/lists/nope",

@@ -48,7 +48,9 @@ class Command(BaseCommand):
         if password:
             self.stdout.write(f"Admin user: {admin_user}  password: {password}")
         else:
-            self.stdout.write(f"Admin user: {admin_user} (password unchanged; reset it with `manage.py changepassword`)")
+            self.stdout.write(
+                f"Admin user: {admin_user} (password unchanged; reset it with `manage.py changepassword`)"
+            )
 
     def _admin(self, username: str) -> str | None:
         user_model = get_user_model()
@@ -83,7 +85,10 @@ class Command(BaseCommand):
                     {"type": "email", "value": f"other{n:03d}@example.com"},
                     {"type": "google_advertising_id", "value": demo_gaid(1000 + n)},
                 ],
-                attributes={"status": "Free" if n % 2 else "Premium", "favourite_city": "Lyon" if n % 2 == 0 else "Paris"},
+                attributes={
+                    "status": "Free" if n % 2 else "Premium",
+                    "favourite_city": "Lyon" if n % 2 == 0 else "Paris",
+                },
             )
         # Activate, then compute now rather than waiting for the worker: the connection's
         # backfill below then queues the 50 emails at once.
@@ -92,7 +97,12 @@ class Command(BaseCommand):
         output = output_create(
             name="Mailchimp (local)",
             partner_key="mailchimp",
-            settings={"api_key": DEMO_API_KEY, "email_type": "html", "double_opt_in": True, "delete_on_subscription_end": True},
+            settings={
+                "api_key": DEMO_API_KEY,
+                "email_type": "html",
+                "double_opt_in": True,
+                "delete_on_subscription_end": True,
+            },
         )
         connection_create(audience=audience, output=output, settings={"list_id": DEMO_LIST_ID})
         self.stdout.write(

@@ -1,0 +1,305 @@
+"""Audiences and profiles in the admin, and the tutorial's "Connect your Audience" flow.
+
+Audiences are written by audience_create / audience_update (the form calls them while it
+validates, as explained in outputs/forms.py); profiles only through the API's upsert, so
+their admin is read-only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+
+from audiences import criteria as criteria_lang
+from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from audiences.services import audience_create, audience_update
+from connections.forms import ConnectSettingsForm
+from connections.models import Connection
+from connections.selectors import connection_stats
+from outputs.forms import add_service_errors
+from outputs.models import Output
+
+CRITERIA_HELP = format_html(
+    "A JSON criteria tree. Operators: {}.<pre>{}</pre>",
+    ", ".join(sorted(criteria_lang.OPERATORS)),
+    (criteria_lang.__doc__ or "").strip(),
+)
+EXAMPLE_CRITERIA = {"and": []}
+
+
+def count_of(model: type, fk: str, **filters: Any) -> Coalesce:
+    """Rows of `model` pointing at the outer row, as a correlated subquery: one count per row
+    without joining (and multiplying) several related tables in one GROUP BY."""
+    rows = (
+        model.objects.filter(**{fk: OuterRef("pk")}, **filters)
+        .order_by()
+        .values(fk)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
+
+
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """Lists and pages to look at; the data is written by the services only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- audiences ------------------------------------------------------------------------------
+
+
+class CriteriaField(forms.JSONField):
+    """A JSON textarea that shows the tree indented."""
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value  # what the user typed, to fix it
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+class AudienceForm(forms.ModelForm):
+    """Name, external name, description, status and criteria; saved by the audience services."""
+
+    criteria = CriteriaField(
+        help_text=CRITERIA_HELP,
+        initial=EXAMPLE_CRITERIA,
+        widget=forms.Textarea(attrs={"rows": 12, "cols": 80, "class": "vLargeTextField"}),
+    )
+
+    class Meta:
+        model = Audience
+        fields = ["name", "external_name", "description", "status", "criteria"]
+
+    def _post_clean(self) -> None:
+        # Replaces the model validation: the service validates and writes (outputs/forms.py).
+        if self.errors:
+            return
+        values = {name: self.cleaned_data[name] for name in self._meta.fields if name in self.cleaned_data}
+        try:
+            if self.instance.pk is None:
+                self.instance = audience_create(**values)
+            elif self.has_changed():
+                changed = {name: values[name] for name in self.changed_data if name in values}
+                self.instance = audience_update(audience=self.instance, **changed)
+        except ValidationError as exc:
+            add_service_errors(self, exc)
+
+
+@admin.register(Audience)
+class AudienceAdmin(admin.ModelAdmin):
+    form = AudienceForm
+    list_display = ("name", "status", "size", "connections_count", "last_calculated_at")
+    list_filter = ("status",)
+    search_fields = ("name", "external_name")
+    readonly_fields = ("size", "criteria_version", "last_calculated_at", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "external_name", "description", "status")}),
+        ("Criteria", {"fields": ("criteria",)}),
+        ("Calculation", {"fields": ("size", "criteria_version", "last_calculated_at", "created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Audience]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                size=count_of(AudienceMembership, "audience"),
+                connections_count=count_of(Connection, "audience"),
+            )
+        )
+
+    @admin.display(description="size", ordering="size")
+    def size(self, obj: Audience) -> int:
+        return getattr(obj, "size", 0)
+
+    @admin.display(description="connections", ordering="connections_count")
+    def connections_count(self, obj: Audience) -> int:
+        return getattr(obj, "connections_count", 0)
+
+    def save_model(self, request: HttpRequest, obj: Audience, form: Any, change: bool) -> None:
+        # Already saved by audience_create / audience_update while the form validated.
+        pass
+
+    def has_delete_permission(self, request: HttpRequest, obj: Audience | None = None) -> bool:
+        # No service deletes audiences (membership and partners would be left behind): archive instead.
+        return False
+
+    # --- the Connections section of the change page ---------------------------------------
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Audience | None = None,
+    ) -> HttpResponse:
+        if obj is not None and obj.pk:
+            context["connection_rows"] = [
+                {
+                    "connection": connection,
+                    "stats": connection_stats(connection),
+                    "url": reverse("admin:connections_connection_change", args=[connection.pk]),
+                }
+                for connection in Connection.objects.filter(audience=obj).select_related("output")
+            ]
+            context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
+            context["can_connect"] = request.user.has_perm("connections.add_connection")
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # --- "Connect output" -----------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        connect = path(
+            "<path:object_id>/connect/",
+            self.admin_site.admin_view(self.connect_view),
+            name="audiences_audience_connect",
+        )
+        return [connect, *super().get_urls()]
+
+    def connect_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Step 1 lists the outputs (links to ?output=<id>); step 2 asks for that output's
+        connection settings and calls connection_create."""
+        audience = self.get_object(request, unquote(object_id))
+        if audience is None:
+            raise Http404("No such audience.")
+        if not (self.has_view_permission(request, audience) and request.user.has_perm("connections.add_connection")):
+            raise PermissionDenied
+        audience_url = reverse("admin:audiences_audience_change", args=[audience.pk])
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "title": f"Connect an output to “{audience}”",
+            "subtitle": None,
+            "opts": self.opts,
+            "original": audience,
+            "audience": audience,
+            "audience_url": audience_url,
+        }
+        output_id = request.GET.get("output")
+        if not output_id or not output_id.isdigit():
+            connected = dict(Connection.objects.filter(audience=audience).values_list("output_id", "pk"))
+            context["outputs"] = [
+                {
+                    "output": output,
+                    # An audience connects to an output once: link to the existing connection instead.
+                    "connection_url": (
+                        reverse("admin:connections_connection_change", args=[connected[output.pk]])
+                        if output.pk in connected
+                        else None
+                    ),
+                }
+                for output in Output.objects.order_by("name")
+            ]
+            context["directory_url"] = reverse("admin:outputs_output_directory")
+            return TemplateResponse(request, "admin/audiences/audience/connect_choose_output.html", context)
+
+        output = get_object_or_404(Output, pk=output_id)
+        form = ConnectSettingsForm(request.POST or None, audience=audience, output=output)
+        if request.method == "POST" and form.is_valid():
+            messages.success(
+                request, f"Connected “{audience}” to “{output.name}”; its current members are queued for sending."
+            )
+            return redirect(f"{audience_url}#connections")
+        context.update(
+            {
+                "output": output,
+                "form": form,
+                "adminform": admin.helpers.AdminForm(
+                    form, [("Connection Settings", {"fields": list(form.fields)})] if form.fields else [], {}
+                ),
+                "errors": admin.helpers.AdminErrorList(form, []),
+                "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
+            }
+        )
+        return TemplateResponse(request, "admin/audiences/audience/connect_settings.html", context)
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+class IdentityInline(admin.TabularInline):
+    model = Identity
+    fields = ("type", "value", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Profile)
+class ProfileAdmin(ReadOnlyModelAdmin):
+    """Profiles change through the API's upsert, which also re-evaluates audiences."""
+
+    list_display = ("__str__", "identities_summary", "memberships_count", "updated_at")
+    search_fields = ("=identities__value",)
+    inlines = (IdentityInline,)
+    fields = ("attributes_display", "memberships_display", "created_at", "updated_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Profile]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(memberships_count=count_of(AudienceMembership, "profile"))
+            .prefetch_related("identities")
+        )
+
+    @admin.display(description="identities")
+    def identities_summary(self, obj: Profile) -> str:
+        return ", ".join(str(identity) for identity in obj.identities.all()) or "—"
+
+    @admin.display(description="audiences", ordering="memberships_count")
+    def memberships_count(self, obj: Profile) -> int:
+        return getattr(obj, "memberships_count", 0)
+
+    @admin.display(description="attributes")
+    def attributes_display(self, obj: Profile) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.attributes, indent=2, ensure_ascii=False, sort_keys=True))
+
+    @admin.display(description="audiences")
+    def memberships_display(self, obj: Profile) -> str:
+        memberships = obj.memberships.select_related("audience").order_by("audience__name")
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> since {}</li>',
+            (
+                (reverse("admin:audiences_audience_change", args=[m.audience_id]), m.audience.name, m.entered_at)
+                for m in memberships
+            ),
+        )
+        return format_html("<ul>{}</ul>", rows) if rows else "None"
+
+
+@admin.register(MembershipChange)
+class MembershipChangeAdmin(ReadOnlyModelAdmin):
+    list_display = ("at", "audience", "profile", "kind", "reason")
+    list_filter = ("kind", "audience", "at")
+    list_select_related = ("audience", "profile")
+    date_hierarchy = "at"
+    search_fields = ("=profile__identities__value", "audience__name")

@@ -1,0 +1,42 @@
+"""The outbox and the delivery log, to look at: only the planner and the workers write them."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from audiences.admin import ReadOnlyModelAdmin
+from forwarding.models import DeliveryAttempt, PendingChange
+
+
+class RetryingFilter(admin.SimpleListFilter):
+    title = "retrying"
+    parameter_name = "retrying"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Retrying after an error"), ("no", "Not tried yet")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PendingChange]) -> QuerySet[PendingChange]:
+        if self.value() == "yes":
+            return queryset.filter(attempts__gt=0)
+        if self.value() == "no":
+            return queryset.filter(attempts=0)
+        return queryset
+
+
+@admin.register(PendingChange)
+class PendingChangeAdmin(ReadOnlyModelAdmin):
+    list_display = ("connection", "identity_type", "value", "action", "attempts", "next_attempt_at", "last_error")
+    list_filter = ("action", RetryingFilter, "connection__status", "connection", "identity_type")
+    list_select_related = ("connection__audience", "connection__output")
+    search_fields = ("=value",)
+    ordering = ("next_attempt_at", "id")
+
+
+@admin.register(DeliveryAttempt)
+class DeliveryAttemptAdmin(ReadOnlyModelAdmin):
+    list_display = ("at", "connection", "kind", "result", "sent", "delivered", "rejected", "retried", "duration_ms")
+    list_filter = ("result", "kind", "connection", "at")
+    list_select_related = ("connection__audience", "connection__output")
+    date_hierarchy = "at"
