@@ -1,14 +1,26 @@
 from __future__ import annotations
 
+import secrets
+
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 from audiences.identities import IDENTITY_TYPE_CHOICES
 
 
-class Profile(models.Model):
-    """One user (mParticle's MPID): identities, user attributes and, later, events."""
+def new_mpid() -> int:
+    """A random positive signed 64-bit id, as mParticle's MPIDs are."""
+    return secrets.randbits(63) or 1
 
+
+class Profile(models.Model):
+    """One user: identities, user attributes and events. `mpid` is the id partners and the
+    Events API know it by (mParticle's MPID).
+
+    Attribute names are case-insensitive: they are stored lower-cased."""
+
+    mpid = models.BigIntegerField(unique=True, default=new_mpid)
     attributes = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -49,6 +61,9 @@ class Audience(models.Model):
     description = models.TextField(blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     criteria = models.JSONField(default=dict)
+    # True when membership can change with the clock alone (event recency, "within the last"):
+    # the periodic recompute looks at these audiences only.
+    depends_on_time = models.BooleanField(default=False, editable=False)
     # Bumped on every criteria change so a stale recompute is a no-op.
     criteria_version = models.PositiveIntegerField(default=1)
     last_calculated_at = models.DateTimeField(null=True, blank=True)
@@ -99,3 +114,77 @@ class MembershipChange(models.Model):
 
 
 ACTIVE_AUDIENCES = Q(status=Audience.Status.ACTIVE)
+
+
+class Input(models.Model):
+    """A source of data for the Events API, authenticated with its key and secret (HTTP Basic).
+
+    The secret is random and high-entropy, so a fast SHA-256 digest is enough to store it: a slow
+    password hash would cost every request hundreds of milliseconds."""
+
+    name = models.CharField(max_length=100, unique=True)
+    key = models.CharField(max_length=64, unique=True)
+    secret_sha256 = models.CharField(max_length=64, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Event(models.Model):
+    """One event of a profile, kept for EVENT_RETENTION_DAYS."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="events")
+    input = models.ForeignKey(Input, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    event_type = models.CharField(max_length=40)
+    # event_name for custom and commerce events, screen_name for screen views, else the event_type.
+    name = models.CharField(max_length=256)
+    custom_event_type = models.CharField(max_length=40, blank=True)
+    # Custom attributes, names lower-cased.
+    attributes = models.JSONField(default=dict, blank=True)
+    timestamp = models.DateTimeField()
+    source_message_id = models.CharField(max_length=128, blank=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["profile", "timestamp"], name="event_profile_time_idx"),
+            models.Index(Lower("name"), "timestamp", name="event_name_time_idx"),
+            models.Index(fields=["timestamp"], name="event_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.event_type}) at {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+
+class BatchReceipt(models.Model):
+    """A batch accepted by the Events API, by its source_request_id: a repeat is not stored twice."""
+
+    input = models.ForeignKey(Input, on_delete=models.CASCADE, related_name="+")
+    source_request_id = models.CharField(max_length=128)
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["input", "source_request_id"], name="batch_receipt_unique")]
+
+
+class IdentityConflict(models.Model):
+    """A batch whose identities pointed to more than one profile, and what the rule decided."""
+
+    at = models.DateTimeField(db_index=True)
+    input = models.ForeignKey(Input, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    source_request_id = models.CharField(max_length=128, blank=True)
+    identities = models.JSONField(default=list)  # ["email:a@x.com", ...] as sent
+    profile_ids = models.JSONField(default=list)  # every profile they pointed to
+    chosen_profile = models.ForeignKey(Profile, on_delete=models.SET_NULL, null=True, related_name="+")
+    # Identities left on the other profiles (not moved), as "type:value".
+    not_attached = models.JSONField(default=list)
+    rule = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["-at"]

@@ -109,7 +109,8 @@ def clean_attributes(attributes: Any) -> dict[str, Any]:
         elif isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE:
             errors[path] = [f"Values are at most {MAX_ATTRIBUTE_VALUE} characters."]
             continue
-        cleaned[name] = value
+        # Attribute names are case-insensitive: stored lower-cased (docs/criteria.md).
+        cleaned[name.lower()] = value
     if errors:
         raise ValidationError(errors)
     return cleaned

@@ -167,12 +167,27 @@ FORWARDING = {
         float(os.environ.get("PARTNER_READ_TIMEOUT", "60")),
     ),
 }
+# Events are kept this many days (mParticle's default audience look-back is 30 days).
+EVENT_RETENTION_DAYS = int(os.environ.get("EVENT_RETENTION_DAYS", "30"))
+# Events API: requests over this size are refused with 413, as mParticle does.
+EVENTS_API_MAX_BYTES = int(os.environ.get("EVENTS_API_MAX_BYTES", str(256 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, EVENTS_API_MAX_BYTES * 2)
+
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
 CELERY_BEAT_SCHEDULE = {
     "forwarding-sweep": {
         "task": "forwarding.tasks.sweep_pending_work",
         "schedule": timedelta(seconds=FORWARDING["SWEEP_INTERVAL"]),
+    },
+    # Audiences whose membership changes with the clock (event recency, "within the last").
+    "audiences-recompute-time-based": {
+        "task": "audiences.tasks.recompute_time_based_audiences",
+        "schedule": timedelta(seconds=float(os.environ.get("TIME_BASED_RECOMPUTE_INTERVAL", "300"))),
+    },
+    "audiences-purge-events": {
+        "task": "audiences.tasks.purge_expired_events",
+        "schedule": timedelta(hours=1),
     },
 }
 
