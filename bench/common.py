@@ -1,0 +1,38 @@
+"""Shared bits of the benchmarks: a scratch PostgreSQL database and Django set up on it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def use_database(name: str, *, fresh: bool) -> str:
+    """Point Django at the PostgreSQL database `name` on 127.0.0.1 (created if missing, or anew
+    with fresh=True) unless BENCH_DATABASE_URL says otherwise. Returns the URL."""
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if not url:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if fresh and exists:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            if fresh or not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgres://postgres@127.0.0.1:5432/{name}"
+    os.environ["DATABASE_URL"] = url
+    import django
+
+    django.setup()
+    return url
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
