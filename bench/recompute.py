@@ -52,6 +52,19 @@ SELECT (SELECT count(*) FROM fresh),
 """
 
 
+def reset_population() -> None:
+    """Undo the churn flips of an earlier run, so that every run starts from the generated data."""
+    from django.db import connection
+
+    generated = "CASE WHEN ((hashtext(id::text || 's') & 2147483647) % 1000) < 300 THEN 'Premium' ELSE 'Free' END"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE audiences_profile SET attributes = attributes || jsonb_build_object('status', {generated}) "
+            f"WHERE attributes ->> 'status' IS DISTINCT FROM {generated}"
+        )
+        cursor.execute("VACUUM ANALYZE audiences_profile")
+
+
 def churn(audience_id: int, members: int, now: datetime) -> None:
     """Half of 10% of the members stop being Premium; as many qualifying Free users become Premium."""
     from django.db import connection
@@ -101,6 +114,7 @@ def main() -> None:
     if not connection.cursor().execute("SELECT 1 FROM audiences_profile LIMIT 1").fetchone():
         raise SystemExit(f"No data: run bench/generate.py --profiles {args.profiles} first")
     now = datetime.now(UTC)
+    reset_population()
     # A clean slate for the audience side (the population is left as generated, but for churn flips).
     PendingChange.objects.all().delete()
     Connection.objects.all().delete()
