@@ -13,6 +13,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -23,7 +24,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from audiences import criteria as criteria_lang
+from audiences.download import zip_response
+from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from connections.forms import ConnectSettingsForm
 from connections.models import Connection
@@ -105,17 +109,70 @@ class AudienceForm(forms.ModelForm):
             add_service_errors(self, exc)
 
 
+class AudienceChangeList(ChangeList):
+    """Attaches each listed audience's metrics, computed for the whole page in one query."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        metrics = audience_metrics(audience.pk for audience in self.result_list)
+        for audience in self.result_list:
+            audience.metrics = metrics.get(audience.pk)
+
+
+class AudienceDownloadForm(forms.Form):
+    identity_types = forms.MultipleChoiceField(
+        choices=IDENTITY_TYPE_CHOICES,
+        widget=forms.CheckboxSelectMultiple,
+        initial=["email"],
+        help_text="One CSV row per member and identity of a chosen type.",
+    )
+
+
 @admin.register(Audience)
 class AudienceAdmin(admin.ModelAdmin):
     form = AudienceForm
-    list_display = ("name", "status", "size", "connections_count", "last_calculated_at")
+    list_display = (
+        "name",
+        "status",
+        "size",
+        "adds_24h",
+        "drops_24h",
+        "volatility",
+        "connections_count",
+        "last_calculated_at",
+    )
     list_filter = ("status",)
     search_fields = ("name", "external_name")
-    readonly_fields = ("size", "criteria_version", "last_calculated_at", "created_at", "updated_at")
+    readonly_fields = (
+        "size",
+        "adds_24h",
+        "drops_24h",
+        "volatility",
+        "connected_outputs",
+        "criteria_version",
+        "last_calculated_at",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
         (None, {"fields": ("name", "external_name", "description", "status")}),
         ("Criteria", {"fields": ("criteria",)}),
-        ("Calculation", {"fields": ("size", "criteria_version", "last_calculated_at", "created_at", "updated_at")}),
+        (
+            "Calculation",
+            {
+                "fields": (
+                    "size",
+                    "adds_24h",
+                    "drops_24h",
+                    "volatility",
+                    "connected_outputs",
+                    "criteria_version",
+                    "last_calculated_at",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Audience]:
@@ -128,9 +185,43 @@ class AudienceAdmin(admin.ModelAdmin):
             )
         )
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AudienceChangeList
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Audience | None:
+        audience = super().get_object(request, object_id, from_field)
+        if audience is not None:
+            audience.metrics = audience_metrics([audience.pk]).get(audience.pk)
+        return audience
+
+    def metrics(self, obj: Audience) -> AudienceMetrics | None:
+        # Attached by AudienceChangeList / get_object; an unsaved audience has none.
+        return getattr(obj, "metrics", None)
+
     @admin.display(description="size", ordering="size")
     def size(self, obj: Audience) -> int:
         return getattr(obj, "size", 0)
+
+    @admin.display(description="Adds (24 h)")
+    def adds_24h(self, obj: Audience) -> int | str:
+        metrics = self.metrics(obj)
+        return metrics.adds_24h if metrics else "—"
+
+    @admin.display(description="Drops (24 h)")
+    def drops_24h(self, obj: Audience) -> int | str:
+        metrics = self.metrics(obj)
+        return metrics.drops_24h if metrics else "—"
+
+    @admin.display(description="volatility")
+    def volatility(self, obj: Audience) -> str:
+        # (adds + drops) / size over the last 24 hours.
+        metrics = self.metrics(obj)
+        return f"{metrics.volatility:.1%}" if metrics else "—"
+
+    @admin.display(description="connected outputs")
+    def connected_outputs(self, obj: Audience) -> int | str:
+        metrics = self.metrics(obj)
+        return metrics.connected_outputs if metrics else "—"
 
     @admin.display(description="connections", ordering="connections_count")
     def connections_count(self, obj: Audience) -> int:
@@ -166,6 +257,7 @@ class AudienceAdmin(admin.ModelAdmin):
             ]
             context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
             context["can_connect"] = request.user.has_perm("connections.add_connection")
+            context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- "Connect output" -----------------------------------------------------------------
@@ -176,7 +268,36 @@ class AudienceAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.connect_view),
             name="audiences_audience_connect",
         )
-        return [connect, *super().get_urls()]
+        download = path(
+            "<path:object_id>/download/",
+            self.admin_site.admin_view(self.download_view),
+            name="audiences_audience_download",
+        )
+        return [connect, download, *super().get_urls()]
+
+    def download_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Choose identity types, then answer the ZIP (one CSV and a manifest), streamed."""
+        audience = self.get_object(request, unquote(object_id))
+        if audience is None:
+            raise Http404("No such audience.")
+        if not self.has_view_permission(request, audience):
+            raise PermissionDenied
+        # Not `request.POST or None`: a POST with no box ticked must show the error.
+        form = AudienceDownloadForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            return zip_response([audience.pk], form.cleaned_data["identity_types"], stem=f"audience_{audience.pk}")
+        audience_url = reverse("admin:audiences_audience_change", args=[audience.pk])
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "title": f"Download “{audience}”",
+            "subtitle": None,
+            "opts": self.opts,
+            "original": audience,
+            "audience": audience,
+            "audience_url": audience_url,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/audiences/audience/download.html", context)
 
     def connect_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Step 1 lists the outputs (links to ?output=<id>); step 2 asks for that output's
@@ -215,7 +336,7 @@ class AudienceAdmin(admin.ModelAdmin):
             return TemplateResponse(request, "admin/audiences/audience/connect_choose_output.html", context)
 
         output = get_object_or_404(Output, pk=output_id)
-        form = ConnectSettingsForm(request.POST or None, audience=audience, output=output)
+        form = ConnectSettingsForm(request.POST if request.method == "POST" else None, audience=audience, output=output)
         if request.method == "POST" and form.is_valid():
             messages.success(
                 request, f"Connected “{audience}” to “{output.name}”; its current members are queued for sending."
@@ -303,3 +424,6 @@ class MembershipChangeAdmin(ReadOnlyModelAdmin):
     list_select_related = ("audience", "profile")
     date_hierarchy = "at"
     search_fields = ("=profile__identities__value", "audience__name")
+
+
+from audiences import admin_inputs  # noqa: E402, F401  (registers InputAdmin)

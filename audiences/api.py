@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, ProtectedError, QuerySet
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audiences import services
+from audiences import selectors, services
+from audiences.download import zip_response
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from audiences.serializers import (
     AudienceMemberSerializer,
     AudienceSerializer,
+    HistoryEntrySerializer,
     ProfileDetailSerializer,
     ProfileLookupSerializer,
     ProfileSerializer,
     ProfileUpsertSerializer,
 )
 from config.api_errors import ServiceErrorsMixin
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """For the ZIP downloads: answer whatever the client accepts (a browser asks for anything,
+    a client may ask for application/zip), and errors in JSON, instead of 406."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0]
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> tuple:
+        return (renderers[0], renderers[0].media_type)
+
+
+def query_identity_types(request: Request) -> str:
+    # ?identity_types=email,google_advertising_id (or the parameter repeated).
+    return ",".join(request.query_params.getlist("identity_types"))
 
 
 class ProfileViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -66,6 +90,14 @@ class ProfileViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveM
         data = {**ProfileSerializer(profile).data, "entered": result.entered, "left": result.left}
         return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, pk: str | None = None) -> Response:
+        """When and why this profile entered or left each audience, newest first."""
+        profile = get_object_or_404(Profile.objects.only("pk"), pk=pk)
+        page = self.paginate_queryset(selectors.profile_history_queryset(profile.pk))
+        entries = [selectors.history_entry(change) for change in page]
+        return self.get_paginated_response(HistoryEntrySerializer(entries, many=True).data)
+
 
 class AudienceViewSet(
     ServiceErrorsMixin,
@@ -80,10 +112,10 @@ class AudienceViewSet(
     def list(self, request: Request) -> Response:
         # REST_FRAMEWORK sets PAGE_SIZE, so there always is a page.
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        # Sizes of the whole page in one query (the serializer would count one audience at a time).
+        # Metrics of the whole page in one query (the serializer would count one audience at a time).
         context = {
             **self.get_serializer_context(),
-            "audience_sizes": services.audience_members_count(a.pk for a in page),
+            "audience_metrics": selectors.audience_metrics(a.pk for a in page),
         }
         return self.get_paginated_response(self.get_serializer(page, many=True, context=context).data)
 
@@ -114,3 +146,24 @@ class AudienceViewSet(
         audience = self.get_object()
         page = self.paginate_queryset(AudienceMembership.objects.filter(audience=audience).order_by("profile_id"))
         return self.get_paginated_response(AudienceMemberSerializer(page, many=True).data)
+
+    @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
+    def download(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
+        """GET ?identity_types=email,google_advertising_id: the members as a streamed ZIP."""
+        audience = self.get_object()
+        return zip_response([audience.pk], query_identity_types(request), stem=f"audience_{audience.pk}")
+
+    @action(
+        detail=False,
+        methods=["get"],
+        url_path="download",
+        url_name="download-many",
+        content_negotiation_class=FirstRendererNegotiation,
+    )
+    def download_many(self, request: Request) -> StreamingHttpResponse:
+        """GET ?audiences=1,2&identity_types=email: several audiences in one ZIP, one CSV each."""
+        raw = ",".join(request.query_params.getlist("audiences"))
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        if not parts or not all(part.isdigit() for part in parts):
+            raise ValidationError({"audiences": ["Give audience ids separated by commas, e.g. ?audiences=1,2."]})
+        return zip_response([int(part) for part in parts], query_identity_types(request), stem="audiences")

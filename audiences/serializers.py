@@ -12,7 +12,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from audiences import services
+from audiences import selectors
 from audiences.identities import normalise_identity
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from config.api_errors import RejectUnknownFieldsMixin
@@ -104,6 +104,10 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     status = serializers.CharField(required=False)
     criteria = serializers.JSONField()
     size = serializers.SerializerMethodField()
+    adds_24h = serializers.SerializerMethodField()
+    drops_24h = serializers.SerializerMethodField()
+    volatility = serializers.SerializerMethodField()
+    connected_outputs = serializers.SerializerMethodField()
     connections = serializers.SerializerMethodField()
 
     class Meta:
@@ -118,19 +122,49 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
             "criteria_version",
             "last_calculated_at",
             "size",
+            "adds_24h",
+            "drops_24h",
+            "volatility",
+            "connected_outputs",
             "connections",
         ]
         read_only_fields = ["criteria_version", "last_calculated_at"]
 
+    def _metrics(self, audience: Audience) -> selectors.AudienceMetrics:
+        # A list view computes a whole page's metrics in one query and passes them in the context;
+        # otherwise they are computed once for this audience and kept there for the other fields.
+        metrics = self.context.setdefault("audience_metrics", {})
+        if audience.pk not in metrics:
+            metrics.update(selectors.audience_metrics([audience.pk]))
+        return metrics[audience.pk]
+
     def get_size(self, audience: Audience) -> int:
-        # A list view counts a whole page in one query and passes the counts in the context.
-        sizes = self.context.get("audience_sizes")
-        if sizes is None:
-            sizes = services.audience_members_count([audience.pk])
-        return sizes.get(audience.pk, 0)
+        return self._metrics(audience).size
+
+    def get_adds_24h(self, audience: Audience) -> int:
+        return self._metrics(audience).adds_24h
+
+    def get_drops_24h(self, audience: Audience) -> int:
+        return self._metrics(audience).drops_24h
+
+    def get_volatility(self, audience: Audience) -> float:
+        return self._metrics(audience).volatility
+
+    def get_connected_outputs(self, audience: Audience) -> int:
+        return self._metrics(audience).connected_outputs
 
     def get_connections(self, audience: Audience) -> list[int]:
         return sorted(c.pk for c in audience.connections.all())
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    """One audiences.selectors.HistoryEntry: when and why a profile entered or left an audience."""
+
+    audience = serializers.IntegerField(source="audience_id")
+    audience_name = serializers.CharField()
+    kind = serializers.CharField()
+    reason = serializers.CharField()
+    at = serializers.DateTimeField()
 
 
 class AudienceMemberSerializer(serializers.ModelSerializer):

@@ -10,9 +10,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
-from django.utils import timezone
 
 from audiences import criteria as criteria_lang
+from audiences import evaluation
 from audiences.identities import normalise_identity
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from forwarding import planner
@@ -116,8 +116,9 @@ def clean_attributes(attributes: Any) -> dict[str, Any]:
     return cleaned
 
 
-def clean_audience_fields(fields: Mapping[str, Any]) -> None:
-    """Validate the audience fields given (only those); every error names its field."""
+def clean_audience_fields(fields: Mapping[str, Any], *, audience_id: int | None = None) -> None:
+    """Validate the audience fields given (only those); every error names its field. `audience_id`: the
+    audience being edited (None for a new one), so criteria referring back to it are refused."""
     errors: dict[str, list[str]] = {}
     for key in ("name", "external_name", "description"):
         if key in fields and fields[key] is not None and not isinstance(fields[key], str):
@@ -133,7 +134,7 @@ def clean_audience_fields(fields: Mapping[str, Any]) -> None:
         errors["external_name"] = ["Ensure this field has no more than 100 characters."]
     if "criteria" in fields:
         try:
-            criteria_lang.validate_criteria(fields["criteria"])
+            criteria_lang.validate_criteria(fields["criteria"], audience_id=audience_id)
         except ValidationError as exc:
             errors["criteria"] = exc.messages
     if "status" in fields and fields["status"] not in Audience.Status.values:
@@ -203,92 +204,77 @@ def _profile_upsert(pairs: list[tuple[str, str]], attributes: dict[str, Any]) ->
 
 def _evaluate_profile(result: ProfileUpsertResult, *, new_identity_ids: list[int], attributes_changed: bool) -> None:
     profile = result.profile
-    now = timezone.now()
-    audiences = list(Audience.objects.filter(status=Audience.Status.ACTIVE).only("id", "criteria"))
-    current = set(AudienceMembership.objects.filter(profile=profile).values_list("audience_id", flat=True))
-    for audience in audiences:
-        member_now = criteria_lang.matches(audience.criteria, profile.attributes)
-        was_member = audience.id in current
-        if member_now and not was_member:
-            _apply_delta(audience.id, entered=[profile.pk], left=[], now=now, reason="profile update")
-            result.entered.append(audience.id)
-        elif was_member and not member_now:
-            _apply_delta(audience.id, entered=[], left=[profile.pk], now=now, reason="profile update")
-            result.left.append(audience.id)
-        elif member_now:
-            # Still a member: partners get new identities, and fresh attributes where they changed.
-            if attributes_changed:
-                planner.plan_for_profiles(audience_id=audience.id, profile_ids=[profile.pk], action="add")
-            elif new_identity_ids:
-                planner.plan_for_profiles(
-                    audience_id=audience.id, profile_ids=[profile.pk], action="add", identity_ids=new_identity_ids
-                )
+    entered, left = evaluation.evaluate_profiles([profile.pk], reason="profile update").get(profile.pk, ([], []))
+    result.entered.extend(entered)
+    result.left.extend(left)
+    if not (attributes_changed or new_identity_ids):
+        return
+    # Members who stay: partners get new identities, and fresh attributes where they changed.
+    stayed = (
+        AudienceMembership.objects.filter(profile=profile, audience__status=Audience.Status.ACTIVE)
+        .exclude(audience_id__in=entered)
+        .values_list("audience_id", flat=True)
+    )
+    for audience_id in stayed:
+        if attributes_changed:
+            planner.plan_for_profiles(audience_id=audience_id, profile_ids=[profile.pk], action="add")
+        else:
+            planner.plan_for_profiles(
+                audience_id=audience_id, profile_ids=[profile.pk], action="add", identity_ids=new_identity_ids
+            )
 
 
 # --- membership ------------------------------------------------------------------------------
 
 
 def _apply_delta(audience_id: int, *, entered: Sequence[int], left: Sequence[int], now, reason: str) -> None:
-    """Write membership rows and the change log, and plan the partner messages (same transaction)."""
-    if entered:
-        AudienceMembership.objects.bulk_create(
-            [AudienceMembership(audience_id=audience_id, profile_id=p, entered_at=now) for p in entered]
-        )
-        MembershipChange.objects.bulk_create(
-            [
-                MembershipChange(audience_id=audience_id, profile_id=p, kind="entered", reason=reason, at=now)
-                for p in entered
-            ]
-        )
-        planner.plan_for_profiles(audience_id=audience_id, profile_ids=entered, action="add")
-    if left:
-        # Plan before deleting: the planner reads who held what through the identities.
-        planner.plan_for_profiles(audience_id=audience_id, profile_ids=left, action="remove")
-        AudienceMembership.objects.filter(audience_id=audience_id, profile_id__in=left).delete()
-        MembershipChange.objects.bulk_create(
-            [MembershipChange(audience_id=audience_id, profile_id=p, kind="left", reason=reason, at=now) for p in left]
-        )
+    """Write one audience's membership changes (see apply_membership_deltas)."""
+    apply_membership_deltas({audience_id: (entered, left)}, now=now, reason=reason)
+
+
+def apply_membership_deltas(deltas: Mapping[int, tuple[Sequence[int], Sequence[int]]], *, now, reason: str) -> None:
+    """Write membership rows and the change log, and plan the partner messages, for several
+    audiences at once (audience id -> (entered profile ids, left profile ids)), in the caller's
+    transaction. A fixed handful of statements whatever the number of audiences: real-time
+    evaluation of a bulk request changes many audiences at once."""
+    deltas = {a: (list(e), list(lf)) for a, (e, lf) in deltas.items() if e or lf}
+    if not deltas:
+        return
+    memberships = [
+        AudienceMembership(audience_id=a, profile_id=p, entered_at=now)
+        for a, (entered, _) in deltas.items()
+        for p in entered
+    ]
+    AudienceMembership.objects.bulk_create(memberships)
+    leaving = Q()
+    for audience_id, (_, left) in deltas.items():
+        if left:
+            leaving |= Q(audience_id=audience_id, profile_id__in=left)
+    if leaving:
+        AudienceMembership.objects.filter(leaving).delete()
+    MembershipChange.objects.bulk_create(
+        [
+            MembershipChange(audience_id=a, profile_id=p, kind=kind, reason=reason, at=now)
+            for a, (entered, left) in deltas.items()
+            for kind, profiles in (("entered", entered), ("left", left))
+            for p in profiles
+        ]
+    )
+    planner.plan_membership_changes(
+        [(a, entered, "add") for a, (entered, _) in deltas.items() if entered]
+        + [(a, left, "remove") for a, (_, left) in deltas.items() if left]
+    )
 
 
 def audience_recompute(*, audience_id: int, criteria_version: int | None = None) -> dict[str, int]:
-    """Recompute an audience's whole membership and apply only the difference, chunk by chunk.
+    """Recompute an audience's whole membership and apply only the difference (audiences.recompute).
 
     A stale request (criteria changed since it was queued) is a no-op. Returns counts.
     """
-    audience = Audience.objects.get(pk=audience_id)
-    if criteria_version is not None and criteria_version != audience.criteria_version:
-        return {"entered": 0, "left": 0, "skipped": 1}
-    entered_total = left_total = 0
-    active = audience.status == Audience.Status.ACTIVE
-    tree = audience.criteria
-    last_id = 0
-    while True:
-        # Each chunk in its own transaction: memory and lock time stay flat with audience size.
-        with transaction.atomic():
-            rows = list(
-                # Locked, so a concurrent profile upsert cannot enter the same profile twice.
-                Profile.objects.select_for_update()
-                .filter(pk__gt=last_id)
-                .order_by("pk")
-                .values_list("pk", "attributes")[:RECOMPUTE_CHUNK]
-            )
-            if not rows:
-                break
-            last_id = rows[-1][0]
-            ids = [pk for pk, _ in rows]
-            members = set(
-                AudienceMembership.objects.filter(audience_id=audience_id, profile_id__in=ids).values_list(
-                    "profile_id", flat=True
-                )
-            )
-            should = {pk for pk, attrs in rows if active and criteria_lang.matches(tree, attrs)}
-            entered = sorted(should - members)
-            left = sorted(members - should)
-            _apply_delta(audience_id, entered=entered, left=left, now=timezone.now(), reason="recomputed")
-            entered_total += len(entered)
-            left_total += len(left)
-    Audience.objects.filter(pk=audience_id).update(last_calculated_at=timezone.now())
-    return {"entered": entered_total, "left": left_total, "skipped": 0}
+    from audiences import recompute
+
+    result = recompute.recompute_audience(audience_id, criteria_version=criteria_version)
+    return {"entered": result.entered, "left": result.left, "skipped": int(result.skipped)}
 
 
 # --- audiences -------------------------------------------------------------------------------
@@ -328,6 +314,7 @@ def audience_create(
                 external_name=(external_name or "").strip(),
                 description=description or "",
                 criteria=criteria,
+                depends_on_time=criteria_lang.depends_on_time(criteria),
                 status=status,
             )
             if status == Audience.Status.ACTIVE:
@@ -347,7 +334,7 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationError({sorted(unknown)[0]: ["Unknown field."]})
-    clean_audience_fields(changes)
+    clean_audience_fields(changes, audience_id=audience.pk)
     status = changes.get("status", audience.status)
     with transaction.atomic():
         audience = Audience.objects.select_for_update().get(pk=audience.pk)
@@ -362,6 +349,7 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
                 setattr(audience, name, (changes[name] or "").strip())
         if criteria_changed:
             audience.criteria = changes["criteria"]
+            audience.depends_on_time = criteria_lang.depends_on_time(audience.criteria)
             audience.criteria_version += 1
         audience.status = status
         audience.save()

@@ -1,8 +1,20 @@
+from datetime import datetime
+
 from celery import shared_task
 
-from audiences import services
+from audiences import recompute
 
 
 @shared_task(name="audiences.tasks.recompute_audience", acks_late=True)
 def recompute_audience(audience_id: int, criteria_version: int | None = None) -> dict:
-    return services.audience_recompute(audience_id=audience_id, criteria_version=criteria_version)
+    return recompute.recompute_audience(audience_id, criteria_version=criteria_version).as_dict()
+
+
+@shared_task(name="audiences.tasks.recompute_time_based_audiences")
+def recompute_time_based_audiences(now: datetime | None = None) -> dict:
+    return recompute.recompute_time_based_audiences(now=now)
+
+
+@shared_task(name="audiences.tasks.purge_expired_events")
+def purge_expired_events(now: datetime | None = None) -> dict:
+    return recompute.purge_expired_events(now=now)

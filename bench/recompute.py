@@ -103,10 +103,10 @@ def main() -> None:
     use_database(f"af_bench_{args.profiles}", fresh=False)
     from datetime import timedelta
 
-    from audiences.recompute import recompute_audience
     from django.db import connection
 
     from audiences.models import Audience, AudienceMembership, MembershipChange
+    from audiences.recompute import recompute_audience
     from connections.models import Connection
     from forwarding.models import PendingChange
     from outputs.services import output_create

@@ -169,6 +169,8 @@ FORWARDING = {
 }
 # Events are kept this many days (mParticle's default audience look-back is 30 days).
 EVENT_RETENTION_DAYS = int(os.environ.get("EVENT_RETENTION_DAYS", "30"))
+# PostgreSQL work_mem for a recompute's transaction (hash tables of member ids).
+RECOMPUTE_WORK_MEM = os.environ.get("RECOMPUTE_WORK_MEM", "128MB")
 # Events API: requests over this size are refused with 413, as mParticle does.
 EVENTS_API_MAX_BYTES = int(os.environ.get("EVENTS_API_MAX_BYTES", str(256 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, EVENTS_API_MAX_BYTES * 2)

@@ -36,6 +36,22 @@ SET action = excluded.action, profile_id = excluded.profile_id, version = {pendi
 """
 
 
+PROFILE_TABLE_SQL = """
+INSERT INTO {pending} (connection_id, identity_type, value, action, profile_id, version, attempts,
+                       next_attempt_at, last_error, created_at)
+SELECT %s, i.type, i.value, %s, i.profile_id, 1, 0, %s, '', %s
+FROM {profiles} t
+-- LATERAL: one index probe per changed profile. A plain join lets the planner merge-scan the
+-- whole identity index (measured 1.6 s instead of 0.05 s for 1,300 of 1,000,000 profiles).
+CROSS JOIN LATERAL (
+    SELECT i.type, i.value, i.profile_id FROM {identity} i
+    WHERE i.profile_id = t.profile_id AND i.type IN ({types})
+) i
+ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET action = excluded.action, profile_id = excluded.profile_id, version = {pending}.version + 1
+"""
+
+
 def _planning_connections(audience_id: int) -> list[Connection]:
     return list(
         Connection.objects.filter(audience_id=audience_id)
@@ -74,6 +90,45 @@ def plan_for_profiles(
     return len(params)
 
 
+def plan_membership_changes(changes: Sequence[tuple[int, Sequence[int], str]]) -> int:
+    """Queue (audience id, profile ids, action) changes for every connection of those audiences, in
+    three statements whatever their number: connections, identities, one batched upsert."""
+    changes = [(a, list(p), action) for a, p, action in changes if p]
+    if not changes:
+        return 0
+    by_audience: dict[int, list[Connection]] = {}
+    for connection in (
+        Connection.objects.filter(audience_id__in={a for a, _, _ in changes})
+        .exclude(status=Connection.Status.ENDING)
+        .select_related("output")
+    ):
+        by_audience.setdefault(connection.audience_id, []).append(connection)
+    changes = [c for c in changes if c[0] in by_audience]
+    if not changes:
+        return 0
+    identities: dict[int, list[tuple[str, str]]] = {}
+    for t, v, p in Identity.objects.filter(profile_id__in={p for _, ps, _ in changes for p in ps}).values_list(
+        "type", "value", "profile_id"
+    ):
+        identities.setdefault(p, []).append((t, v))
+    now = timezone.now()
+    params = []
+    for audience_id, profile_ids, action in changes:
+        for connection in by_audience[audience_id]:
+            accepted = connection.output.partner_class.accepted_identity_types
+            params.extend(
+                (connection.pk, t, v, action, p, now, now)
+                for p in profile_ids
+                for t, v in identities.get(p, ())
+                if t in accepted
+            )
+    if params:
+        with db.cursor() as cursor:
+            cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
+    _ring_after_commit([c for a in {a for a, _, _ in changes} for c in by_audience[a]])
+    return len(params)
+
+
 def plan_backfill(*, connection: Connection) -> int:
     """Queue an add for every accepted identity of the audience's current members (set-wise)."""
     from audiences.models import AudienceMembership
@@ -90,6 +145,34 @@ def plan_backfill(*, connection: Connection) -> int:
         cursor.execute(sql, [connection.pk, now, now, connection.audience_id, *accepted])
         written = cursor.rowcount
     _ring_after_commit([connection])
+    return written
+
+
+def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
+    """Queue `action` ("add" / "remove") for the accepted identities of the profiles listed in
+    `table` (a table with a `profile_id` column, e.g. a recompute's temporary table) on every
+    connection of the audience: one INSERT ... SELECT per connection, nothing read into Python.
+    `table` is an identifier chosen by the caller, never user input. Returns the rows written."""
+    now = timezone.now()
+    written = 0
+    with_news = []
+    with db.cursor() as cursor:
+        for connection in _planning_connections(audience_id):
+            accepted = sorted(connection.output.partner_class.accepted_identity_types)
+            if not accepted:
+                continue
+            sql = PROFILE_TABLE_SQL.format(
+                pending=PendingChange._meta.db_table,
+                profiles=db.ops.quote_name(table),
+                identity=Identity._meta.db_table,
+                types=", ".join(["%s"] * len(accepted)),
+            )
+            cursor.execute(sql, [connection.pk, action, now, now, *accepted])
+            if cursor.rowcount > 0:
+                written += cursor.rowcount
+                with_news.append(connection)
+    # Only connections given something new need a doorbell.
+    _ring_after_commit(with_news)
     return written
 
 

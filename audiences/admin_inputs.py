@@ -1,0 +1,46 @@
+"""Inputs in the admin: create one (its secret is shown once, in a message), rename, deactivate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from audiences.inputs import input_create
+from audiences.models import Input
+
+
+class InputForm(forms.ModelForm):
+    class Meta:
+        model = Input
+        fields = ["name", "is_active"]
+
+
+@admin.register(Input)
+class InputAdmin(admin.ModelAdmin):
+    form = InputForm
+    list_display = ("name", "key", "is_active", "created_at", "last_used_at")
+    list_filter = ("is_active",)
+    search_fields = ("name", "=key")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Input | None = None) -> tuple[str, ...]:
+        # The key is made on creation; the secret is never shown after it.
+        return ("key", "created_at", "last_used_at") if obj else ()
+
+    def save_model(self, request: HttpRequest, obj: Input, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created, secret = input_create(obj.name)
+        if not obj.is_active:
+            Input.objects.filter(pk=created.pk).update(is_active=False)
+            created.is_active = False
+        obj.__dict__.update({f.attname: getattr(created, f.attname) for f in Input._meta.concrete_fields})
+        obj._state.adding = False
+        messages.warning(
+            request,
+            f"Input '{created.name}': key {created.key}, secret {secret}. "
+            "Copy the secret now: it is stored hashed and will not be shown again.",
+        )

@@ -1,0 +1,241 @@
+"""Store parsed Events API batches: profiles, identities, attributes, events, receipts, conflicts; then
+re-evaluate the active audiences for the touched profiles. One transaction per request.
+
+Set-wise, so a bulk request costs a fixed handful of queries whatever its size: receipts (1), lookup of
+every mpid and identity (2), lock of the existing profiles touched (1), new profiles (1), changed
+attributes (1), new identities (1), events (1, COPY on PostgreSQL), conflicts (0-1), then one `evaluate_profiles` call.
+
+A batch repeating a `source_request_id` already received from the same input is skipped (it answered 202
+the first time); so is a repeat inside one request. Two requests creating the same identity or mpid at
+once: the loser's transaction fails on the unique constraint and is retried once, when it finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from audiences.evaluation import evaluate_profiles
+from audiences.events_api.parsing import ParsedBatch
+from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
+from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile, new_mpid
+
+logger = logging.getLogger(__name__)
+
+# Input.last_used_at is a hint for people, not an audit log: written at most once a minute.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass
+class IngestResult:
+    stored: list[int] = field(default_factory=list)  # indexes (in the batches given) stored
+    duplicates: list[int] = field(default_factory=list)  # indexes skipped as repeats of a source_request_id
+    profile_ids: list[int] = field(default_factory=list)  # touched profiles
+    events: int = 0
+    conflicts: int = 0
+
+
+def ingest_batches(input: Input, batches: Sequence[ParsedBatch], *, now: datetime | None = None) -> IngestResult:
+    """Store these (already validated) batches from `input` and evaluate the audiences of the profiles they
+    touched, in one transaction."""
+    now = now or timezone.now()
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                result = _ingest(input, batches, now)
+            break
+        except IntegrityError:
+            if attempt:
+                raise
+            logger.info("events api: a concurrent request created the same identity or mpid; retrying")
+    if input.last_used_at is None or now - input.last_used_at > LAST_USED_RESOLUTION:
+        Input.objects.filter(pk=input.pk).update(last_used_at=now)
+        input.last_used_at = now
+    return result
+
+
+def _new_receipts(input: Input, source_request_ids: list[str], now: datetime) -> set[str]:
+    """Insert receipts, skipping those already there (ON CONFLICT DO NOTHING); return the ids inserted.
+
+    A concurrent request inserting the same id waits for ours to commit and then skips it, so a batch is
+    stored once. PostgreSQL, and SQLite >= 3.35, both speak this SQL."""
+    if not source_request_ids:
+        return set()
+    table = connection.ops.quote_name(BatchReceipt._meta.db_table)
+    rows = ", ".join(["(%s, %s, %s)"] * len(source_request_ids))
+    params: list[Any] = []
+    # Sorted, like the identities below: two requests inserting the same keys wait for each other in one
+    # order, instead of deadlocking.
+    for source_request_id in sorted(source_request_ids):
+        params += [input.pk, source_request_id, now]
+    sql = (
+        f"INSERT INTO {table} (input_id, source_request_id, received_at) VALUES {rows} "  # noqa: S608 (table name)
+        "ON CONFLICT (input_id, source_request_id) DO NOTHING RETURNING source_request_id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _update_attributes(profiles: list[Profile], now: datetime) -> None:
+    """Write the merged attributes of existing profiles: one UPDATE ... FROM (VALUES ...) on PostgreSQL
+    (Django's bulk_update builds a CASE per row, several times slower), bulk_update elsewhere."""
+    if connection.vendor != "postgresql":
+        Profile.objects.bulk_update(profiles, ["attributes", "updated_at"])
+        return
+    table = connection.ops.quote_name(Profile._meta.db_table)
+    rows = ", ".join(["(%s, %s::jsonb)"] * len(profiles))
+    params: list[Any] = [now]
+    for profile in profiles:
+        params += [profile.pk, json.dumps(profile.attributes)]
+    sql = (
+        f"UPDATE {table} AS p SET attributes = v.attributes, updated_at = %s "  # noqa: S608 (table name)
+        f"FROM (VALUES {rows}) AS v(id, attributes) WHERE p.id = v.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+EVENT_COLUMNS = (
+    "profile_id",
+    "input_id",
+    "event_type",
+    "name",
+    "custom_event_type",
+    "attributes",
+    "timestamp",
+    "source_message_id",
+    "received_at",
+)
+
+
+def _insert_events(rows: list[tuple]) -> None:
+    """Insert events given as tuples in EVENT_COLUMNS order: COPY on PostgreSQL (the bulk of a request's
+    rows, and the fastest way in; no model instances either), else bulk_create."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Event.objects.bulk_create([Event(**dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows])
+        return
+    from psycopg.types.json import Jsonb
+
+    table = connection.ops.quote_name(Event._meta.db_table)
+    attributes = EVENT_COLUMNS.index("attributes")
+    with connection.cursor() as cursor:
+        # The psycopg cursor under Django's wrapper: COPY is not part of the DB-API.
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((*row[:attributes], Jsonb(row[attributes]), *row[attributes + 1 :]))
+
+
+def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> IngestResult:
+    result = IngestResult()
+    # Deduplicate: repeats inside this request, then those received before.
+    seen: set[str] = set()
+    first_of_id: list[str] = []
+    candidates: list[int] = []
+    for index, batch in enumerate(batches):
+        srid = batch.source_request_id
+        if srid and srid in seen:
+            result.duplicates.append(index)
+            continue
+        if srid:
+            seen.add(srid)
+            first_of_id.append(srid)
+        candidates.append(index)
+    inserted = _new_receipts(input, first_of_id, now)
+    kept: list[int] = []
+    for index in candidates:
+        srid = batches[index].source_request_id
+        (kept if not srid or srid in inserted else result.duplicates).append(index)
+    result.duplicates.sort()
+    if not kept:
+        return result
+
+    resolver = Resolver(lookup(batches[i] for i in kept))
+    resolutions: list[tuple[ParsedBatch, Resolution]] = [(batches[i], resolver.resolve(batches[i])) for i in kept]
+    result.stored = kept
+
+    # Lock the existing profiles in id order (no deadlock between requests), and read their attributes.
+    existing_ids = sorted({r.target.profile_id for _, r in resolutions if not r.target.new})
+    current = dict(
+        Profile.objects.select_for_update().filter(pk__in=existing_ids).order_by("pk").values_list("pk", "attributes")
+    )
+
+    # Merge attributes, batch after batch: set user_attributes, then delete deleted_user_attributes
+    # (a name in both is deleted: the deletion is the explicit word).
+    merged: dict[Target, dict[str, Any]] = {}
+    for batch, resolution in resolutions:
+        target = resolution.target
+        if target not in merged:
+            merged[target] = {} if target.new else dict(current.get(target.profile_id) or {})
+        attributes = merged[target]
+        attributes.update(batch.attributes)
+        for name in batch.deleted_attributes:
+            attributes.pop(name, None)
+
+    new_targets = [t for t in merged if t.new]
+    if new_targets:
+        profiles = [Profile(mpid=t.mpid or new_mpid(), attributes=merged[t]) for t in new_targets]
+        Profile.objects.bulk_create(profiles)
+        for target, profile in zip(new_targets, profiles, strict=True):
+            target.profile_id = profile.pk
+    changed = [
+        Profile(pk=t.profile_id, attributes=merged[t], updated_at=now)
+        for t in merged
+        if not t.new and merged[t] != (current.get(t.profile_id) or {})
+    ]
+    if changed:
+        _update_attributes(changed, now)
+
+    new_identities = sorted(
+        (identity_type, value, r.target.profile_id) for _, r in resolutions for identity_type, value in r.new_identities
+    )
+    Identity.objects.bulk_create([Identity(profile_id=p, type=t, value=v) for t, v, p in new_identities])
+    events = [
+        (
+            resolution.target.profile_id,
+            input.pk,
+            event.event_type,
+            event.name,
+            event.custom_event_type,
+            event.attributes,
+            event.timestamp,
+            event.source_message_id,
+            now,
+        )
+        for batch, resolution in resolutions
+        for event in batch.events
+    ]
+    _insert_events(events)
+    result.events = len(events)
+
+    conflicts = [
+        IdentityConflict(
+            at=now,
+            input=input,
+            source_request_id=batch.source_request_id,
+            identities=r.conflict.identities,
+            profile_ids=sorted(t.profile_id for t in r.conflict.targets),
+            chosen_profile_id=r.conflict.chosen.profile_id,
+            not_attached=r.conflict.not_attached,
+            rule=r.conflict.rule,
+        )
+        for batch, r in resolutions
+        if r.conflict is not None
+    ]
+    if conflicts:
+        IdentityConflict.objects.bulk_create(conflicts)
+        logger.info("events api: %d identity conflict(s) recorded", len(conflicts))
+    result.conflicts = len(conflicts)
+
+    result.profile_ids = sorted({t.profile_id for t in merged})
+    evaluate_profiles(result.profile_ids, now=now, reason="events api")
+    return result
