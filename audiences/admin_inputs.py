@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from audiences.inputs import input_create
-from audiences.models import Input
+from audiences.models import IdentityConflict, Input
 
 
 class InputForm(forms.ModelForm):
@@ -44,3 +44,28 @@ class InputAdmin(admin.ModelAdmin):
             f"Input '{created.name}': key {created.key}, secret {secret}. "
             "Copy the secret now: it is stored hashed and will not be shown again.",
         )
+
+
+@admin.register(IdentityConflict)
+class IdentityConflictAdmin(admin.ModelAdmin):
+    """Batches whose identities pointed to several profiles: what the resolution rule decided."""
+
+    list_display = ("at", "input", "source_request_id", "chosen_profile", "rule")
+    list_filter = ("input",)
+    search_fields = ("source_request_id",)
+    readonly_fields = (
+        "at",
+        "input",
+        "source_request_id",
+        "identities",
+        "profile_ids",
+        "chosen_profile",
+        "not_attached",
+        "rule",
+    )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTE_VALUE = 4096
 MAX_ATTRIBUTE_LIST = 1000
-RECOMPUTE_CHUNK = 2000
 
 
 class ProfileConflict(Exception):

@@ -1,35 +1,75 @@
-"""Load the tutorial's demo: "Potential Parisians" (100 members: 50 with an email, 80 with an
-Android advertising id), 40 profiles that do not match, a Mailchimp output pointed at the local
-Mailchimp server, the connection, and an admin user whose password is printed."""
+"""Load the tutorial's demo through the product's own paths.
+
+The audience "Potential Parisians" (mParticle's example: played a "Destination Intro" video about Paris
+at least once in the last 30 days AND status is Premium) ends up with 100 members, of which 50 have an
+email and 80 an Android advertising id, beside 40 profiles that do not match (Free users, and Premium
+users whose video was about Rome). The data goes in as Events API batches of an input "Demo app", a
+Mailchimp output points at the local Mailchimp server and is connected to the list
+`potential-parisians`, and an admin user is created, its password printed."""
 
 from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from audiences import services as audience_services
+from audiences.events_api.ingest import ingest_batches
+from audiences.events_api.parsing import parse_batch
+from audiences.inputs import input_create
 from audiences.models import Audience
-from connections.models import Connection
 from connections.services import connection_create
-from outputs.models import Output
 from outputs.services import output_create
 
 DEMO_API_KEY = "d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6"
 DEMO_LIST_ID = "potential-parisians"
 CRITERIA = {
     "and": [
+        {
+            "event": "Destination Intro",
+            "attributes": [{"attribute": "city", "operator": "equals", "value": "Paris"}],
+            "frequency": {"operator": "at_least", "count": 1},
+            "recency": {"within_last": {"amount": 30, "unit": "days"}},
+        },
         {"attribute": "status", "operator": "equals", "value": "Premium"},
-        {"attribute": "favourite_city", "operator": "equals", "value": "Paris"},
     ]
 }
 
 
 def demo_gaid(n: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo-gaid-{n}"))
+
+
+def demo_batch(n: int, *, email: bool, gaid: bool, status: str, city: str, days_ago: int) -> dict:
+    """One Events API batch, as the mParticle SDKs send them."""
+    played_at = timezone.now() - timedelta(days=days_ago)
+    batch: dict = {
+        "environment": "production",
+        "source_request_id": f"demo-{n}",
+        "user_identities": {"customer_id": f"demo-{n}"},
+        "user_attributes": {"status": status, "$FirstName": f"Traveller {n}"},
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {
+                    "event_name": "Destination Intro",
+                    "custom_event_type": "media",
+                    "timestamp_unixtime_ms": int(played_at.timestamp() * 1000),
+                    "custom_attributes": {"city": city},
+                },
+            }
+        ],
+    }
+    if email:
+        batch["user_identities"]["email"] = f"traveller{n:03d}@example.com"
+    if gaid:
+        batch["device_info"] = {"platform": "Android", "android_advertising_id": demo_gaid(n)}
+    return batch
 
 
 class Command(BaseCommand):
@@ -65,48 +105,45 @@ class Command(BaseCommand):
         audience = audience_services.audience_create(
             name="Potential Parisians",
             external_name="Potential Parisians",
-            description="Premium users who love Paris (the tutorial's example).",
+            description="Premium users who played the Paris 'Destination Intro' video in the last 30 days.",
             criteria=CRITERIA,
             status="draft",
         )
-        for n in range(100):
-            identities = []
-            if n < 50:
-                identities.append({"type": "email", "value": f"parisian{n:03d}@example.com"})
-            if n >= 20:
-                identities.append({"type": "google_advertising_id", "value": demo_gaid(n)})
-            audience_services.profile_upsert(
-                identities=identities,
-                attributes={"status": "Premium", "favourite_city": "Paris", "$FirstName": f"Parisian {n}"},
-            )
-        for n in range(40):
-            audience_services.profile_upsert(
-                identities=[
-                    {"type": "email", "value": f"other{n:03d}@example.com"},
-                    {"type": "google_advertising_id", "value": demo_gaid(1000 + n)},
-                ],
-                attributes={
-                    "status": "Free" if n % 2 else "Premium",
-                    "favourite_city": "Lyon" if n % 2 == 0 else "Paris",
-                },
-            )
-        # Activate, then compute now rather than waiting for the worker: the connection's
-        # backfill below then queues the 50 emails at once.
-        audience = audience_services.audience_update(audience=audience, status="active")
-        audience_services.audience_recompute(audience_id=audience.pk)
         output = output_create(
             name="Mailchimp (local)",
             partner_key="mailchimp",
-            settings={
-                "api_key": DEMO_API_KEY,
-                "email_type": "html",
-                "double_opt_in": True,
-                "delete_on_subscription_end": True,
-            },
+            settings={"api_key": DEMO_API_KEY, "email_type": "html", "double_opt_in": True},
         )
         connection_create(audience=audience, output=output, settings={"list_id": DEMO_LIST_ID})
+        # Active before the data arrives: members enter in real time as the batches are ingested.
+        audience = audience_services.audience_update(audience=audience, status="active")
+        source, secret = input_create(name="Demo app")
+        batches = [
+            # 100 members: emails for the first 50, advertising ids for the last 80.
+            *(
+                demo_batch(n, email=n < 50, gaid=n >= 20, status="Premium", city="Paris", days_ago=n % 25)
+                for n in range(100)
+            ),
+            # 40 others: Free users who watched Paris, and Premium users who watched Rome.
+            *(
+                demo_batch(
+                    100 + n,
+                    email=True,
+                    gaid=True,
+                    status="Free" if n % 2 else "Premium",
+                    city="Paris" if n % 2 else "Rome",
+                    days_ago=n % 25,
+                )
+                for n in range(40)
+            ),
+        ]
+        ingest_batches(source, [parse_batch(b, path=f"[{i}]") for i, b in enumerate(batches)])
+        audience.refresh_from_db()
         self.stdout.write(
-            f"Audience '{audience.name}': 100 members (50 with an email, 80 with a GAID), 40 other profiles; "
-            f"output '{output.name}' connected to list '{DEMO_LIST_ID}' "
-            f"({Connection.objects.count()} connection, {Output.objects.count()} output)."
+            f"Audience '{audience.name}': {audience.memberships.count()} members; "
+            f"output '{output.name}' connected to list '{DEMO_LIST_ID}'."
+        )
+        self.stdout.write(
+            f"Events API input 'Demo app': key {source.key}  secret {secret}  (shown once; "
+            "send events with `.venv/bin/python scripts/send_events.py --key KEY --secret SECRET`)"
         )
