@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from audiences import criteria as criteria_lang
 from audiences.facts import EventFact, ProfileFacts
+from audiences.locks import lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
 # Profile ids per query: well under the bound-parameter limits of SQLite and PostgreSQL.
@@ -192,6 +193,9 @@ def evaluate_profiles(
     if not audiences:
         return {}
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
+    # Before reading any membership: a recompute applying its difference meanwhile would otherwise
+    # undo what this evaluation writes (audiences/locks.py).
+    lock_audiences_for_evaluation(a.id for a in audiences)
     facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     profiles = list(facts.values())

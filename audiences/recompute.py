@@ -23,6 +23,7 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from audiences import criteria as criteria_lang
+from audiences.locks import lock_audience_for_recompute
 from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, MembershipChange, Profile
 from forwarding import planner
 
@@ -31,8 +32,6 @@ logger = logging.getLogger(__name__)
 CHUNK = 2000  # profiles per chunk on the per-profile fallback
 PURGE_CHUNK = 10_000  # rows per DELETE when purging
 BATCH_RECEIPT_DAYS = 7
-# pg_advisory_xact_lock(namespace, audience id): one recompute of an audience at a time.
-LOCK_NAMESPACE = 0x41524543  # "AREC"
 
 NEW = "audience_recompute_new"
 ENTERED = "audience_recompute_entered"
@@ -72,10 +71,9 @@ def recompute_audience(
     started = time.perf_counter()
     now = now or timezone.now()
     with transaction.atomic():
-        if db.vendor == "postgresql":
-            with db.cursor() as cursor:
-                # Serialise recomputes of one audience; the second waits, then sees the first's result.
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, audience_id & 0x7FFFFFFF])
+        # Serialises recomputes of one audience (the second waits, then sees the first's result) and
+        # keeps real-time evaluation out while the difference is applied (audiences/locks.py).
+        lock_audience_for_recompute(audience_id)
         # Read after the lock, so a version bumped by a recompute we waited for is seen.
         audience = Audience.objects.filter(pk=audience_id).first()
         if audience is None or (criteria_version is not None and criteria_version != audience.criteria_version):

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 
 from audiences import recompute, services
+from audiences.locks import lock_audience_for_recompute
 from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, Identity, MembershipChange, Profile
 from audiences.recompute import recompute_audience, recompute_time_based_audiences
 from config.celery import app as celery_app
@@ -345,7 +346,7 @@ def test_a_recompute_waits_for_a_running_recompute_of_the_same_audience(rings):
 
     # Hold the audience's lock as a running recompute would.
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [recompute.LOCK_NAMESPACE, audience.pk])
+        lock_audience_for_recompute(audience.pk)
         thread = threading.Thread(target=other_recompute)
         thread.start()
         assert _waits_for_advisory_lock(cursor), "the second recompute did not queue on the lock"
@@ -354,6 +355,36 @@ def test_a_recompute_waits_for_a_running_recompute_of_the_same_audience(rings):
     thread.join(10)
     assert len(finished) == 2 and finished[1] >= released
     assert members(audience) == {"ann@x.com"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_real_time_evaluation_waits_while_a_recompute_applies_its_difference(rings):
+    """Without the lock, a recompute whose member set was computed before a real-time entry commits
+    would remove that fresh member again (seen as a flaky end-to-end test before the fix)."""
+    if connection.vendor != "postgresql":
+        service_missing("the advisory lock is PostgreSQL's")
+    audience = make_audience({"and": [PREMIUM]})
+    done: list[float] = []
+
+    def real_time_entry():
+        try:
+            services.profile_upsert(
+                identities=[{"type": "email", "value": "bea@x.com"}], attributes={"status": "Premium"}
+            )
+            done.append(time.monotonic())
+        finally:
+            connections.close_all()
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        lock_audience_for_recompute(audience.pk)  # a recompute is applying its difference
+        thread = threading.Thread(target=real_time_entry)
+        thread.start()
+        assert _waits_for_advisory_lock(cursor), "real-time evaluation did not wait for the recompute"
+        assert not done
+        released = time.monotonic()
+    thread.join(10)
+    assert done and done[0] >= released
+    assert members(audience) == {"bea@x.com"}
 
 
 def _waits_for_advisory_lock(cursor, timeout: float = 10) -> bool:

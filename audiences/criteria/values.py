@@ -1,0 +1,100 @@
+"""The views of a value the conditions compare: numeric, boolean, date, and patterns (docs/criteria.md)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from audiences.criteria.language import (
+    DATE_RE,
+    DAY_RE,
+    NUMBER_RE,
+    TRIMMED,
+    WINDOW_UNITS,
+)
+
+
+def number_view(value: Any) -> Decimal | None:
+    """A JSON number, or a string of digits (trimmed); booleans and anything else have none."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(str(value)) if math.isfinite(value) else None
+    if isinstance(value, str):
+        # ASCII whitespace only, as PostgreSQL's btrim does (str.strip() would also take \x1c-\x1f).
+        text = value.strip(TRIMMED)
+        if NUMBER_RE.fullmatch(text):
+            return Decimal(text)
+    return None
+
+
+def boolean_view(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.lower()
+        if text == "true":
+            return True
+        if text == "false":
+            return False
+    return None
+
+
+def date_view(value: Any) -> datetime | None:
+    """The UTC instant a string names (docs/criteria.md, "Date view"); None for anything else,
+    impossible dates included. Numbers are not dates."""
+    if not isinstance(value, str):
+        return None
+    return _parse_date(value)
+
+
+@lru_cache(maxsize=8192)
+def _parse_date(text: str) -> datetime | None:
+    # Cached: the same attribute values (birthdays, sign-up dates) are read for every evaluation.
+    found = DATE_RE.fullmatch(text)  # fullmatch: `$` alone would accept a final newline
+    if found is None:
+        return None
+    year, month, day = int(found[1]), int(found[2]), int(found[3])
+    hour = int(found[5] or 0)
+    minute = int(found[6] or 0)
+    second = int(found[8] or 0)
+    micro = int((found[10] or "0").ljust(6, "0"))
+    tz = UTC
+    if found[11] and found[11] != "Z":
+        offset_hours, offset_minutes = int(found[13]), int(found[14])
+        if offset_hours > 23 or offset_minutes > 59:
+            return None
+        offset = timedelta(hours=offset_hours, minutes=offset_minutes)
+        tz = timezone(-offset if found[12] == "-" else offset)
+    try:
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def date_bounds(text: str) -> tuple[datetime, datetime, bool]:
+    """(start, end, end_inclusive) of a date in a condition: a `YYYY-MM-DD` day covers [00:00, next 00:00),
+    a timestamp is the instant itself, [t, t]."""
+    start = _parse_date(text)
+    if start is None:
+        raise ValueError(f"not a date: {text!r}")
+    if DAY_RE.fullmatch(text):
+        return start, start + timedelta(days=1), False
+    return start, start, True
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A `matches` pattern as a regular expression on the whole lower-cased text: `*` any run, `?` one character."""
+    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _window(spec: Mapping[str, Any]) -> timedelta:
+    return WINDOW_UNITS[spec["unit"]] * spec["amount"]

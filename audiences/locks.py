@@ -1,0 +1,41 @@
+"""Advisory locks between a recompute of an audience and real-time evaluation (PostgreSQL).
+
+A recompute computes the new member set in one statement and applies the difference in later ones.
+Without a lock, a profile that real-time evaluation enters (and commits) in between would be taken
+out again by the recompute's "left = stored - computed" step: its membership lost until the profile
+changes again. So a recompute holds its audience's lock exclusively, and real-time evaluation holds
+the locks of the active audiences it evaluates shared, taken before it reads any membership: the two
+wait for each other, real-time evaluations never wait for one another. SQLite serialises writers
+anyway, so these are no-ops there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import connection
+
+LOCK_NAMESPACE = 0x41524543  # "AREC": pg_advisory_xact_lock(namespace, audience id)
+
+
+def _key(audience_id: int) -> int:
+    return audience_id & 0x7FFFFFFF
+
+
+def lock_audience_for_recompute(audience_id: int) -> None:
+    """Exclusive, until the end of the current transaction."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, _key(audience_id)])
+
+
+def lock_audiences_for_evaluation(audience_ids: Iterable[int]) -> None:
+    """Shared, until the end of the current transaction; in id order, so no two callers deadlock."""
+    keys = sorted({_key(a) for a in audience_ids})
+    if connection.vendor != "postgresql" or not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock_shared(%s, k)) FROM unnest(%s::int[]) AS t(k)",
+            [LOCK_NAMESPACE, keys],
+        )
