@@ -373,13 +373,24 @@ class IdentityInline(admin.TabularInline):
         return False
 
 
+class MembershipChangeInline(IdentityInline):
+    """When and why the profile entered or left each audience, newest first."""
+
+    model = MembershipChange
+    fields = ("at", "audience", "kind", "reason")
+    readonly_fields = fields
+    ordering = ("-at", "-id")
+    verbose_name = "membership change"
+    verbose_name_plural = "audience history"
+
+
 @admin.register(Profile)
 class ProfileAdmin(ReadOnlyModelAdmin):
     """Profiles change through the API's upsert, which also re-evaluates audiences."""
 
     list_display = ("__str__", "identities_summary", "memberships_count", "updated_at")
     search_fields = ("=identities__value",)
-    inlines = (IdentityInline,)
+    inlines = (IdentityInline, MembershipChangeInline)
     fields = ("attributes_display", "memberships_display", "created_at", "updated_at")
     readonly_fields = fields
 

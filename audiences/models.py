@@ -112,6 +112,9 @@ class MembershipChange(models.Model):
         ordering = ["-at", "-id"]
         indexes = [models.Index(fields=["audience", "at"]), models.Index(fields=["profile", "at"])]
 
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"
+
 
 ACTIVE_AUDIENCES = Q(status=Audience.Status.ACTIVE)
 
