@@ -194,25 +194,25 @@ class ConnectionAdmin(admin.ModelAdmin):
         return redirect("admin:connections_connection_change", connection.pk)
 
     def pause_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        connection = self._connection_for_change(request, object_id)
-        try:
-            connection_pause(connection=connection)
-        except ValidationError as exc:
-            messages.error(request, " ".join(exc.messages))
-        else:
-            self.log_change(request, connection, "Paused.")
-            messages.success(request, "Paused: changes are kept and sent when you resume.")
-        return self._back(connection)
+        return self._switch_status(
+            request, object_id, connection_pause, "Paused.", "Paused: changes are kept and sent when you resume."
+        )
 
     def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._switch_status(
+            request, object_id, connection_resume, "Resumed.", "Resumed: pending changes are being sent."
+        )
+
+    def _switch_status(self, request: HttpRequest, object_id: str, service, log: str, success: str) -> HttpResponse:
+        """The status switch: call the service, log the change, tell the user (or show why not)."""
         connection = self._connection_for_change(request, object_id)
         try:
-            connection_resume(connection=connection)
+            service(connection=connection)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         else:
-            self.log_change(request, connection, "Resumed.")
-            messages.success(request, "Resumed: pending changes are being sent.")
+            self.log_change(request, connection, log)
+            messages.success(request, success)
         return self._back(connection)
 
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
