@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
+from audiences.management.commands.demo import CRITERIA as POTENTIAL_PARISIANS
 from audiences.recompute import recompute_time_based_audiences
 from tests import factories
 from tests.e2e.conftest import API_KEY, wait_until
@@ -18,17 +19,6 @@ from tests.events_api.test_sdk import sdk, sdk_batch  # noqa: F401  (the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 LIST_ID = "parisians-from-events"
-POTENTIAL_PARISIANS = {
-    "and": [
-        {
-            "event": "Destination Intro",
-            "attributes": [{"attribute": "city", "operator": "equals", "value": "Paris"}],
-            "frequency": {"operator": "at_least", "count": 1},
-            "recency": {"within_last": {"amount": 30, "unit": "days"}},
-        },
-        {"attribute": "status", "operator": "equals", "value": "Premium"},
-    ]
-}
 
 
 def statuses(server) -> dict[str, str]:
