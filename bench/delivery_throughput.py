@@ -81,8 +81,8 @@ def main() -> None:
     audience = Audience.objects.create(name="Bench", status="active", criteria={"and": []})
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {Profile._meta.db_table} (attributes, created_at, updated_at) "
-            "SELECT jsonb_build_object('n', g), now(), now() FROM generate_series(1, %s) g",
+            f"INSERT INTO {Profile._meta.db_table} (mpid, attributes, created_at, updated_at) "
+            "SELECT g::bigint * 7919 + 12345, jsonb_build_object('n', g), now(), now() FROM generate_series(1, %s) g",
             [n],
         )
         cursor.execute(
