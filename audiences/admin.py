@@ -143,6 +143,7 @@ class AudienceAdmin(admin.ModelAdmin):
     )
     list_filter = ("status",)
     search_fields = ("name", "external_name")
+    # Everything the calculation says about the audience: shown, never edited.
     readonly_fields = (
         "size",
         "adds_24h",
@@ -157,22 +158,7 @@ class AudienceAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "external_name", "description", "status")}),
         ("Criteria", {"fields": ("criteria",)}),
-        (
-            "Calculation",
-            {
-                "fields": (
-                    "size",
-                    "adds_24h",
-                    "drops_24h",
-                    "volatility",
-                    "connected_outputs",
-                    "criteria_version",
-                    "last_calculated_at",
-                    "created_at",
-                    "updated_at",
-                )
-            },
-        ),
+        ("Calculation", {"fields": readonly_fields}),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Audience]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 
 from audiences import criteria as criteria_lang
 from audiences import evaluation
@@ -214,13 +214,10 @@ def _evaluate_profile(result: ProfileUpsertResult, *, new_identity_ids: list[int
         .exclude(audience_id__in=entered)
         .values_list("audience_id", flat=True)
     )
-    for audience_id in stayed:
-        if attributes_changed:
-            planner.plan_for_profiles(audience_id=audience_id, profile_ids=[profile.pk], action="add")
-        else:
-            planner.plan_for_profiles(
-                audience_id=audience_id, profile_ids=[profile.pk], action="add", identity_ids=new_identity_ids
-            )
+    planner.plan_membership_changes(
+        [(audience_id, [profile.pk], "add") for audience_id in stayed],
+        identity_ids=None if attributes_changed else new_identity_ids,
+    )
 
 
 # --- membership ------------------------------------------------------------------------------
@@ -359,12 +356,3 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
                 audience.save(update_fields=["criteria_version"])
             _schedule_recompute(audience)
     return audience
-
-
-def audience_members_count(audience_ids: Iterable[int]) -> dict[int, int]:
-    rows = (
-        AudienceMembership.objects.filter(audience_id__in=list(audience_ids))
-        .values("audience_id")
-        .annotate(n=Count("id"))
-    )
-    return {row["audience_id"]: row["n"] for row in rows}

@@ -67,32 +67,17 @@ def plan_for_profiles(
     action: str,
     identity_ids: Sequence[int] | None = None,
 ) -> int:
-    """Queue `action` ("add" / "remove") for these profiles' accepted identities on every
-    connection of the audience. Returns the number of pending changes written."""
-    if not profile_ids:
-        return 0
-    connections = _planning_connections(audience_id)
-    if not connections:
-        return 0
-    identities = Identity.objects.filter(profile_id__in=list(profile_ids))
-    if identity_ids is not None:
-        identities = identities.filter(pk__in=list(identity_ids))
-    rows = list(identities.values_list("type", "value", "profile_id"))
-    now = timezone.now()
-    params = []
-    for connection in connections:
-        accepted = connection.output.partner_class.accepted_identity_types
-        params.extend((connection.pk, t, v, action, p, now, now) for t, v, p in rows if t in accepted)
-    if params:
-        with db.cursor() as cursor:
-            cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
-    _ring_after_commit(connections)
-    return len(params)
+    """Queue `action` ("add" / "remove") for these profiles' accepted identities (or only the given
+    identities) on every connection of one audience. Returns the number of pending changes written."""
+    return plan_membership_changes([(audience_id, profile_ids, action)], identity_ids=identity_ids)
 
 
-def plan_membership_changes(changes: Sequence[tuple[int, Sequence[int], str]]) -> int:
+def plan_membership_changes(
+    changes: Sequence[tuple[int, Sequence[int], str]], *, identity_ids: Sequence[int] | None = None
+) -> int:
     """Queue (audience id, profile ids, action) changes for every connection of those audiences, in
-    three statements whatever their number: connections, identities, one batched upsert."""
+    three statements whatever their number: connections, identities, one batched upsert. With
+    identity_ids, only those identities of the profiles are queued (e.g. identities just added)."""
     changes = [(a, list(p), action) for a, p, action in changes if p]
     if not changes:
         return 0
@@ -106,10 +91,11 @@ def plan_membership_changes(changes: Sequence[tuple[int, Sequence[int], str]]) -
     changes = [c for c in changes if c[0] in by_audience]
     if not changes:
         return 0
+    rows = Identity.objects.filter(profile_id__in={p for _, ps, _ in changes for p in ps})
+    if identity_ids is not None:
+        rows = rows.filter(pk__in=list(identity_ids))
     identities: dict[int, list[tuple[str, str]]] = {}
-    for t, v, p in Identity.objects.filter(profile_id__in={p for _, ps, _ in changes for p in ps}).values_list(
-        "type", "value", "profile_id"
-    ):
+    for t, v, p in rows.values_list("type", "value", "profile_id"):
         identities.setdefault(p, []).append((t, v))
     now = timezone.now()
     params = []
