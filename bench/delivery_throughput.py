@@ -51,7 +51,7 @@ def main() -> None:
 
     from audiences.models import Audience, AudienceMembership, Identity, Profile
     from forwarding.delivery import deliver_connection
-    from outputs.local_partners.mailchimp import LocalMailchimpServer
+    from local_partners.mailchimp import LocalMailchimpServer
 
     call_command("migrate", verbosity=0)
     key = "0123456789abcdef0123456789abcdef-us6"

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from config.celery import app as celery_app
-from outputs.local_partners.mailchimp import LocalMailchimpServer
+from local_partners.mailchimp import LocalMailchimpServer
 from tests.conftest import service_missing
 
 ROOT = Path(__file__).resolve().parents[2]

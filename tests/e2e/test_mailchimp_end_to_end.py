@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from connections import services as connection_services
 from connections.models import Connection
 from forwarding import sweeper
-from outputs.local_partners.mailchimp import subscriber_hash
+from local_partners.mailchimp import subscriber_hash
 from tests import factories
 from tests.e2e.conftest import API_KEY, wait_until
 

@@ -1,4 +1,4 @@
-"""Tests for the local Mailchimp-compatible server (outputs.local_partners.mailchimp).
+"""Tests for the local Mailchimp-compatible server (local_partners.mailchimp).
 
 No database: each test starts a server on a free port and talks HTTP to it with requests.
 """
@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +18,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from outputs.local_partners.mailchimp import BATCH_MEMBER_LIMIT, LocalMailchimpServer, subscriber_hash
+from local_partners.mailchimp import BATCH_MEMBER_LIMIT, LocalMailchimpServer, subscriber_hash
 
 API_KEY = "0123456789abcdef0123456789abcdef-us6"
 LIST_ID = "a1b2c3d4e5"
 PROBLEM_TYPE = "https://mailchimp.com/developer/marketing/docs/errors/"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -545,28 +544,26 @@ def test_stop_closes_keep_alive_connections() -> None:
     srv.stop()  # idempotent
 
 
-# ------------------------------------------------------ management command
+# ------------------------------------------------------ command line
 
 
-def test_management_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    # Run the command class directly with minimal settings so this test does not depend on
-    # the project's settings or models (which other work may be changing).
-    script = tmp_path / "run_command.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys
-            import django
-            from django.conf import settings
-            settings.configure(INSTALLED_APPS=[])
-            django.setup()
-            from outputs.management.commands.local_mailchimp import Command
-            Command().run_from_argv(["manage.py", "local_mailchimp"] + sys.argv[1:])
-            """
-        )
-    )
+def test_command_line_serves_and_stops_on_sigterm() -> None:
+    # `python -m local_partners mailchimp`, as the Procfile runs it: no Django involved.
     process = subprocess.Popen(
-        [sys.executable, str(script), "--port", "0", "--api-key", API_KEY, "--list", "abc:News", "--list", "def"],
+        [
+            sys.executable,
+            "-m",
+            "local_partners",
+            "mailchimp",
+            "--port",
+            "0",
+            "--api-key",
+            API_KEY,
+            "--list",
+            "abc:News",
+            "--list",
+            "def",
+        ],
         cwd=PROJECT_ROOT,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,

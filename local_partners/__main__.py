@@ -1,0 +1,94 @@
+"""Run a local partner server in the foreground (the demo and manual end-to-end runs).
+
+    python -m local_partners mailchimp --port 8025 --api-key demo-us6 --list abc123def0:Newsletter
+
+then point the partner's base URL override (PARTNER_API_BASE_URLS) at the printed URL. No Django:
+the servers are standalone, so they start whatever state the project's apps are in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from local_partners.mailchimp import LocalMailchimpServer
+
+
+def _parse_list_spec(spec: str) -> tuple[str, str]:
+    """``ID[:NAME]`` -> (id, name)."""
+    list_id, _, name = spec.partition(":")
+    list_id = list_id.strip()
+    if not list_id:
+        raise argparse.ArgumentTypeError(f"--list needs an id: {spec!r} (format ID[:NAME])")
+    return list_id, name.strip()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into the same clean path as Ctrl-C: serve_forever unwinds and we stop.
+    raise KeyboardInterrupt
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m local_partners", description=__doc__.splitlines()[0])
+    partners = parser.add_subparsers(dest="partner", required=True)
+    mailchimp = partners.add_parser("mailchimp", help="a local, in-memory Mailchimp Marketing API v3")
+    mailchimp.add_argument("--host", default="127.0.0.1", help="Interface to bind (default 127.0.0.1).")
+    mailchimp.add_argument("--port", type=int, default=8025, help="Port to listen on (0 = any free port).")
+    mailchimp.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="Accept only this API key (repeatable). Without it any key is accepted.",
+    )
+    mailchimp.add_argument(
+        "--list",
+        action="append",
+        dest="lists",
+        default=[],
+        type=_parse_list_spec,
+        metavar="ID[:NAME]",
+        help="Create an audience with this id and optional name at start (repeatable).",
+    )
+    mailchimp.add_argument("--verbose", action="store_true", help="Log every request.")
+    return parser
+
+
+def serve_mailchimp(options: argparse.Namespace) -> int:
+    try:
+        server = LocalMailchimpServer(options.host, options.port, options.api_keys, verbose=options.verbose)
+    except OSError as exc:
+        print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    for list_id, name in options.lists:
+        server.create_list(list_id, name)
+    print(f"Local Mailchimp API listening on {server.base_url}")
+    print(f"API keys: {', '.join(options.api_keys)}" if options.api_keys else "API keys: any")
+    for list_id, name in options.lists:
+        print(f"  list {list_id} ({name or list_id})")
+    print("Quit with CONTROL-C.", flush=True)  # readers of a pipe (demo scripts) wait for the URL line
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print("Local Mailchimp API stopped.", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    return serve_mailchimp(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
