@@ -29,9 +29,9 @@ from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
-from connections.forms import ConnectSettingsForm
 from connections.models import Connection
 from connections.selectors import connection_stats
+from forwarding.forms import ConnectSettingsForm
 from outputs.forms import add_service_errors
 from outputs.models import Output
 

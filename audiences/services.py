@@ -12,8 +12,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from audiences import criteria as criteria_lang
-from audiences import evaluation
 from audiences.identities import normalise_identity
+from audiences.membership import evaluation
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from forwarding import planner
 
@@ -263,11 +263,11 @@ def apply_membership_deltas(deltas: Mapping[int, tuple[Sequence[int], Sequence[i
 
 
 def audience_recompute(*, audience_id: int, criteria_version: int | None = None) -> dict[str, int]:
-    """Recompute an audience's whole membership and apply only the difference (audiences.recompute).
+    """Recompute an audience's whole membership and apply only the difference (audiences.membership.recompute).
 
     A stale request (criteria changed since it was queued) is a no-op. Returns counts.
     """
-    from audiences import recompute
+    from audiences.membership import recompute
 
     result = recompute.recompute_audience(audience_id, criteria_version=criteria_version)
     return {"entered": result.entered, "left": result.left, "skipped": int(result.skipped)}

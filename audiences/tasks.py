@@ -2,7 +2,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from audiences import recompute
+from audiences.membership import recompute
 
 
 @shared_task(name="audiences.tasks.recompute_audience", acks_late=True)

@@ -98,7 +98,7 @@ def main() -> None:
 
     output = output_create(name="Bench", partner_key="mailchimp", settings={"api_key": key, "double_opt_in": False})
     server.create_list("bench")
-    from connections.services import connection_create
+    from forwarding.lifecycle import connection_create
 
     started = time.perf_counter()
     conn = connection_create(audience=audience, output=output, settings={"list_id": "bench"})

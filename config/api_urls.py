@@ -3,7 +3,7 @@
 from rest_framework.routers import DefaultRouter
 
 from audiences.api import AudienceViewSet, ProfileViewSet
-from connections.api import ConnectionViewSet
+from forwarding.api import ConnectionViewSet
 from outputs.api import OutputViewSet, PartnerViewSet
 
 router = DefaultRouter()

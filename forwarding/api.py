@@ -9,9 +9,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api_errors import ServiceErrorsMixin
-from connections import services
 from connections.models import Connection, ConnectionMember
-from connections.serializers import (
+from forwarding import lifecycle as services
+from forwarding.serializers import (
     ConnectionFilterSerializer,
     ConnectionSerializer,
     ConnectionTestResultSerializer,

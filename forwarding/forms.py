@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from audiences.models import Audience
 from connections.models import Connection
-from connections.services import connection_create
+from forwarding.lifecycle import connection_create
 from outputs.forms import add_service_errors, settings_fields
 from outputs.models import Output
 

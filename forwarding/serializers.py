@@ -13,7 +13,7 @@ from outputs.models import Output
 
 
 class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
-    """Read, and create (audience, output, settings); connections.services decides the rest."""
+    """Read, and create (audience, output, settings); forwarding.lifecycle decides the rest."""
 
     # An unknown id is a 400 naming the field ('Invalid pk "9" - object does not exist.').
     audience = serializers.PrimaryKeyRelatedField(queryset=Audience.objects.all())

@@ -4,8 +4,8 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from connections import services as connection_services
 from forwarding import delivery, sweeper
+from forwarding import lifecycle as connection_services
 
 
 @shared_task(name="forwarding.tasks.deliver_connection", acks_late=True)

@@ -49,6 +49,6 @@ def parisian(email: str | None, **extra: Any):
 
 
 def connect(audience: Audience, output: Output, list_id: str = "list1") -> Connection:
-    from connections.services import connection_create
+    from forwarding.lifecycle import connection_create
 
     return connection_create(audience=audience, output=output, settings={"list_id": list_id})

@@ -1,5 +1,5 @@
 """Two evaluators, one meaning (docs/criteria.md): for generated profiles and criteria trees, the set-based SQL
-evaluator (audiences.criteria_sql.member_sql) selects exactly the profiles the per-profile evaluator
+evaluator (audiences.criteria.sql.member_sql) selects exactly the profiles the per-profile evaluator
 (audiences.criteria.matches) accepts. PostgreSQL only.
 
 Generated text uses a few letters, digits, space and `*?%_\\` so that case folding, LIKE escaping, numeric
@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audiences.criteria import matches
-from audiences.criteria_sql import member_sql
-from audiences.facts import EventFact, ProfileFacts
+from audiences.criteria.facts import EventFact, ProfileFacts
+from audiences.criteria.sql import member_sql
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 from tests.conftest import service_missing
 

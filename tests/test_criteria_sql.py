@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from audiences.criteria_sql import like_pattern, member_sql
+from audiences.criteria.sql import like_pattern, member_sql
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 from tests.conftest import service_missing
 

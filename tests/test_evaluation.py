@@ -1,4 +1,4 @@
-"""Real-time evaluation (audiences.evaluation): facts loaded set-wise, audiences in dependency order,
+"""Real-time evaluation (audiences.membership.evaluation): facts loaded set-wise, audiences in dependency order,
 deltas written to the membership, the change log and the forwarding outbox."""
 
 import threading
@@ -11,8 +11,8 @@ from django.db import connection as db
 from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from audiences import evaluation
 from audiences import services as audience_services
+from audiences.membership import evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, MembershipChange, Profile
 from forwarding.models import PendingChange
 from tests import factories

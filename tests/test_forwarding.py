@@ -9,9 +9,9 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.models import MembershipChange
-from connections import services as connection_services
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connection_stats
+from forwarding import lifecycle as connection_services
 from forwarding import planner, sweeper
 from forwarding.delivery import deliver_connection
 from forwarding.models import DeliveryAttempt, PendingChange

@@ -12,10 +12,11 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from audiences import recompute, services
-from audiences.locks import lock_audience_for_recompute
+from audiences import services
+from audiences.membership import recompute
+from audiences.membership.locks import lock_audience_for_recompute
+from audiences.membership.recompute import recompute_audience, recompute_time_based_audiences
 from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, Identity, MembershipChange, Profile
-from audiences.recompute import recompute_audience, recompute_time_based_audiences
 from config.celery import app as celery_app
 from connections.models import Connection
 from forwarding.models import PendingChange
@@ -307,7 +308,7 @@ def test_on_postgresql_no_profile_passes_through_python(parisians, monkeypatch):
         raise AssertionError("per-profile work on the PostgreSQL path")
 
     monkeypatch.setattr("audiences.services._apply_delta", refuse)
-    monkeypatch.setattr("audiences.recompute._recompute_by_profile", refuse)
+    monkeypatch.setattr("audiences.membership.recompute._recompute_by_profile", refuse)
     connection_ = factories.connect(audience, factories.mailchimp_output())
     PendingChange.objects.all().delete()
     change_criteria(audience, {"and": [PARIS]})

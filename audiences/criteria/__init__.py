@@ -30,7 +30,24 @@ from audiences.criteria.evaluator import (
     compile_value_test,
     matches,
 )
-from audiences.criteria.language import (
+from audiences.criteria.reading import (
+    attribute_names,
+    depends_on_time,
+    event_lookback,
+    event_window_start,
+    referenced_audiences,
+)
+from audiences.criteria.validation import (
+    validate_criteria,
+)
+from audiences.criteria.values import (
+    boolean_view,
+    date_bounds,
+    date_view,
+    number_view,
+    pattern_regex,
+)
+from audiences.criteria.vocabulary import (
     AUDIENCE_OPERATORS,
     DATE_OPERATORS,
     DATE_RE,
@@ -57,23 +74,6 @@ from audiences.criteria.language import (
     CriteriaError,
     Predicate,
     ValueTest,
-)
-from audiences.criteria.reading import (
-    attribute_names,
-    depends_on_time,
-    event_lookback,
-    event_window_start,
-    referenced_audiences,
-)
-from audiences.criteria.validation import (
-    validate_criteria,
-)
-from audiences.criteria.values import (
-    boolean_view,
-    date_bounds,
-    date_view,
-    number_view,
-    pattern_regex,
 )
 
 __all__ = [

@@ -7,14 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from audiences.criteria.language import (
-    DEFAULT_EVENT_WINDOW,
-    NEGATIVE_OPERATORS,
-    NUMBER_OPERATORS,
-    PRESENCE_OPERATORS,
-    Predicate,
-    ValueTest,
-)
+from audiences.criteria.facts import ProfileFacts
 from audiences.criteria.reading import (
     _event_window,
 )
@@ -26,7 +19,14 @@ from audiences.criteria.values import (
     number_view,
     pattern_regex,
 )
-from audiences.facts import ProfileFacts
+from audiences.criteria.vocabulary import (
+    DEFAULT_EVENT_WINDOW,
+    NEGATIVE_OPERATORS,
+    NUMBER_OPERATORS,
+    PRESENCE_OPERATORS,
+    Predicate,
+    ValueTest,
+)
 
 
 def matches(tree: Mapping, facts: ProfileFacts | Mapping[str, Any], now: datetime | None = None) -> bool:

@@ -6,11 +6,11 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from audiences.criteria.language import DEFAULT_EVENT_WINDOW
 from audiences.criteria.values import (
     _window,
     date_bounds,
 )
+from audiences.criteria.vocabulary import DEFAULT_EVENT_WINDOW
 
 
 def _walk(tree: Mapping) -> Iterator[Mapping]:

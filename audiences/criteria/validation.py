@@ -6,7 +6,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from audiences.criteria.language import (
+from audiences.criteria.reading import (
+    referenced_audiences,
+)
+from audiences.criteria.values import (
+    date_bounds,
+    date_view,
+    number_view,
+)
+from audiences.criteria.vocabulary import (
     AUDIENCE_OPERATORS,
     DATE_OPERATORS,
     DAY_RE,
@@ -26,14 +34,6 @@ from audiences.criteria.language import (
     STRING_OPERATORS,
     WINDOW_UNITS,
     CriteriaError,
-)
-from audiences.criteria.reading import (
-    referenced_audiences,
-)
-from audiences.criteria.values import (
-    date_bounds,
-    date_view,
-    number_view,
 )
 from audiences.identities import IDENTITY_TYPES
 

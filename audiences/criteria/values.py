@@ -10,7 +10,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from audiences.criteria.language import (
+from audiences.criteria.vocabulary import (
     DATE_RE,
     DAY_RE,
     NUMBER_RE,

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from audiences.facts import ProfileFacts
+from audiences.criteria.facts import ProfileFacts
 
 MAX_DEPTH = 10
 MAX_NODES = 200

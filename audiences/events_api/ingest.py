@@ -22,9 +22,9 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from audiences.evaluation import evaluate_profiles
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
+from audiences.membership.evaluation import evaluate_profiles
 from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile, new_mpid
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from django.db import connection as db
 from django.utils import timezone
 
 from audiences import criteria as criteria_lang
-from audiences.facts import EventFact, ProfileFacts
-from audiences.locks import lock_audiences_for_evaluation
+from audiences.criteria.facts import EventFact, ProfileFacts
+from audiences.membership.locks import lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
 # Profile ids per query: well under the bound-parameter limits of SQLite and PostgreSQL.

@@ -1,7 +1,7 @@
 """Recomputing an audience's whole membership, writing only the difference.
 
 On PostgreSQL the work is set-based and stays in the database: the new member set
-(audiences.criteria_sql.member_sql) goes into a temporary table, the profiles that enter and
+(audiences.criteria.sql.member_sql) goes into a temporary table, the profiles that enter and
 leave are written straight from it, and so are the change log and the forwarding outbox.
 Python holds no per-profile data, so memory does not grow with the audience. Elsewhere
 (SQLite, for `make test` without PostgreSQL) profiles are evaluated in chunks with the
@@ -23,7 +23,7 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from audiences import criteria as criteria_lang
-from audiences.locks import lock_audience_for_recompute
+from audiences.membership.locks import lock_audience_for_recompute
 from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, MembershipChange, Profile
 from forwarding import planner
 
@@ -110,7 +110,7 @@ def _recompute_in_sql(audience: Audience, *, now: datetime, reason: str) -> tupl
         for table in (ENTERED, LEFT):
             cursor.execute(f"CREATE TEMPORARY TABLE {table} (profile_id bigint NOT NULL) ON COMMIT DROP")
         if audience.status == Audience.Status.ACTIVE:
-            from audiences.criteria_sql import member_sql
+            from audiences.criteria.sql import member_sql
 
             members_sql, params = member_sql(audience.criteria, now=now)
             # CREATE TABLE AS, not INSERT ... SELECT: PostgreSQL runs the member query with parallel
@@ -183,8 +183,8 @@ def _drop_temporary_tables(cursor) -> None:
 
 def _recompute_by_profile(audience: Audience, *, now: datetime, reason: str) -> tuple[int, int, int]:
     """The fallback: the per-profile evaluator over chunks of profiles, in the caller's transaction."""
-    from audiences.evaluation import load_facts
-    from audiences.facts import ProfileFacts
+    from audiences.criteria.facts import ProfileFacts
+    from audiences.membership.evaluation import load_facts
     from audiences.services import _apply_delta
 
     active = audience.status == Audience.Status.ACTIVE

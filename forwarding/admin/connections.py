@@ -1,5 +1,5 @@
 """Connections in the admin: figures, recent deliveries and rejections, and the status switch
-(Pause / Resume / Test connection / Delete), every change through connections.services."""
+(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from audiences.admin import count_of
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connection_stats
-from connections.services import connection_delete, connection_pause, connection_resume, connection_test
+from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
 from forwarding.models import DeliveryAttempt, PendingChange
 
 RECENT_ROWS = 20

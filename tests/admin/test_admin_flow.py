@@ -19,7 +19,7 @@ from django.utils import timezone
 from audiences.models import Audience
 from audiences.services import audience_create, profile_upsert
 from connections.models import Connection, ConnectionMember
-from connections.services import connection_create, connection_delete
+from forwarding.lifecycle import connection_create, connection_delete
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.models import Output
 from outputs.services import output_create

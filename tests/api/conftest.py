@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 
 from audiences import services as audience_services
 from audiences.models import Audience
-from connections import services as connection_services
 from connections.models import Connection
+from forwarding import lifecycle as connection_services
 from outputs import services as output_services
 from outputs.models import Output
 

@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.models import Audience
-from connections import services as connection_services
 from connections.models import Connection, ConnectionMember
+from forwarding import lifecycle as connection_services
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs import services as output_services
 from tests.api.conftest import MAILCHIMP_KEY, PREMIUM

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
-from audiences.management.commands.demo import CRITERIA as POTENTIAL_PARISIANS
-from audiences.recompute import recompute_time_based_audiences
+from audiences.membership.recompute import recompute_time_based_audiences
+from forwarding.management.commands.demo import CRITERIA as POTENTIAL_PARISIANS
 from tests import factories
 from tests.e2e.conftest import API_KEY, wait_until
 from tests.events_api.test_sdk import sdk, sdk_batch  # noqa: F401  (the fixture is used by name)

@@ -8,8 +8,8 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from connections import services as connection_services
 from connections.models import Connection
+from forwarding import lifecycle as connection_services
 from forwarding import sweeper
 from local_partners.mailchimp import subscriber_hash
 from tests import factories

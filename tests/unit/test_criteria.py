@@ -15,7 +15,7 @@ from audiences.criteria import (
     referenced_audiences,
     validate_criteria,
 )
-from audiences.facts import EventFact, ProfileFacts
+from audiences.criteria.facts import EventFact, ProfileFacts
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 PARIS = {"attribute": "city", "operator": "equals", "value": "Paris"}

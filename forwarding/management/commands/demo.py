@@ -23,7 +23,7 @@ from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import parse_batch
 from audiences.inputs import input_create
 from audiences.models import Audience
-from connections.services import connection_create
+from forwarding.lifecycle import connection_create
 from outputs.services import output_create
 
 DEMO_API_KEY = "d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6"
