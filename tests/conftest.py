@@ -7,6 +7,10 @@ import os
 
 import pytest
 
+# The API fixtures (a token client, and an audience, output and connection made through the services)
+# serve the API tests of every app.
+pytest_plugins = ["tests.fixtures.api"]
+
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
 

@@ -6,7 +6,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audiences import services
 from audiences.models import Audience, AudienceMembership
-from tests.api.conftest import PREMIUM
+from tests.fixtures.api import PREMIUM
 
 URL = "/api/v1/audiences/"
 

@@ -12,7 +12,7 @@ from connections.models import Connection, ConnectionMember
 from forwarding import lifecycle as connection_services
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs import services as output_services
-from tests.api.conftest import MAILCHIMP_KEY, PREMIUM
+from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
 
 URL = "/api/v1/connections/"
 LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/abc123"

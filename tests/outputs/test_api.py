@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from outputs.models import Output
-from tests.api.conftest import MAILCHIMP_KEY
+from tests.fixtures.api import MAILCHIMP_KEY
 
 URL = "/api/v1/outputs/"
 OTHER_KEY = "fedcba9876543210fedcba9876543210-us21"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile
-from tests.events_api.conftest import batch
+from tests.audiences.events_api.conftest import batch
 
 pytestmark = pytest.mark.django_db
 
