@@ -3,7 +3,7 @@
 Services raise django.core.exceptions.ValidationError with a dict {field_path: [messages]}
 (e.g. "identities[1].value", "criteria", "api_key"). DRF does not know that exception (it
 would be a 500), so it is turned into a DRF 400 whose body is the same dict: every error
-names its field. A ProfileConflict becomes a 409 with the profiles involved.
+names its field. A ConflictError (e.g. audiences' ProfileConflict) becomes a 409 with its response data.
 
 Views opt in with ServiceErrorsMixin, so settings need not change. To apply the handler to
 every DRF view instead, add to REST_FRAMEWORK in config/settings.py:
@@ -23,7 +23,13 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from audiences.services import ProfileConflict
+
+class ConflictError(Exception):
+    """A service's refusal because of the state of other data (not of the input): answered 409.
+    Subclasses add what the client needs to resolve it to response_data()."""
+
+    def response_data(self) -> dict[str, Any]:
+        return {"detail": str(self)}
 
 
 def django_error_detail(exc: DjangoValidationError) -> dict[str, list[str]]:
@@ -37,10 +43,10 @@ def django_error_detail(exc: DjangoValidationError) -> dict[str, list[str]]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus Django's ValidationError (-> 400) and ProfileConflict (-> 409)."""
-    if isinstance(exc, ProfileConflict):
+    """DRF's handler, plus Django's ValidationError (-> 400) and ConflictError (-> 409)."""
+    if isinstance(exc, ConflictError):
         set_rollback()
-        return Response({"detail": str(exc), "profile_ids": exc.profile_ids}, status=status.HTTP_409_CONFLICT)
+        return Response(exc.response_data(), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         exc = serializers.ValidationError(django_error_detail(exc))
     return drf_exception_handler(exc, context)

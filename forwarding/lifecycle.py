@@ -1,4 +1,8 @@
-"""A connection's life cycle: connect (sending the whole membership), pause, resume, test, end."""
+"""A connection's life cycle: connect (queueing the whole membership), pause, resume, test, delete, end.
+
+Here in forwarding, not in connections/, because each step touches the outbox or the lease: connecting
+backfills the outbox, resuming makes it due, deleting empties it and ends the connection under its lease.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from django.utils import timezone
 
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
+from connections.validation import check_connectable, clean_connection_settings
 from forwarding import planner
-from forwarding.doorbell import ring_after_commit
+from forwarding.backoff import backoff_seconds
+from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
+from forwarding.leases import acquire_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
@@ -25,16 +32,11 @@ END_BATCH = 500
 
 def connection_create(*, audience: Audience, output: Output, settings: Mapping[str, Any]) -> Connection:
     """Connect an audience to an output; its whole current membership is queued for sending."""
-    cleaned = output.partner_class.clean_connection_settings(settings)
+    cleaned = clean_connection_settings(output=output, settings=settings)
     with transaction.atomic():
         # Locked and read afresh, so an audience archived meanwhile is not connected.
         audience = Audience.objects.select_for_update().get(pk=audience.pk)
-        if audience.status == Audience.Status.ARCHIVED:
-            raise ValidationError({"audience": [f"Audience '{audience.name}' is archived; it cannot be connected."]})
-        if Connection.objects.filter(audience=audience, output=output).exists():
-            raise ValidationError(
-                {"output": [f"Audience '{audience.name}' is already connected to output '{output.name}'."]}
-            )
+        check_connectable(audience=audience, output=output)
         connection = Connection.objects.create(
             audience=audience,
             output=output,
@@ -85,21 +87,16 @@ def connection_test(*, connection: Connection) -> tuple[bool, str]:
 def connection_delete(*, connection: Connection) -> Connection:
     """End the connection. Where the partner's settings ask for it (Mailchimp's "Delete on
     Subscription End"), every member this connection delivered is removed first, by a task."""
-    from forwarding.doorbell import ring_end
-
     with transaction.atomic():
         connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
-
         PendingChange.objects.filter(connection=connection).delete()
-        transaction.on_commit(lambda: ring_end(connection.pk))
+        ring_end_after_commit(connection.pk)
     return connection
 
 
 def connection_end(*, connection_id: int) -> str:
     """Finish ending a connection: clean up at the partner in batches, then delete the row.
     Returns what happened. Transient errors leave the connection ending (the sweeper retries)."""
-    from forwarding.delivery import acquire_lease, backoff_seconds, release_lease
-
     if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
         return "busy or gone"
     try:
@@ -132,8 +129,6 @@ def connection_end(*, connection_id: int) -> str:
                     )
                     logger.warning("cleanup of connection %s failed: %s", connection_id, exc.message)
                     delay = backoff_seconds(3, getattr(exc, "retry_after", None))
-                    from forwarding.doorbell import ring_end
-
                     ring_end(connection_id, countdown=delay)
                     return f"retrying: {exc.message}"
                 ConnectionMember.objects.filter(pk__in=[m.pk for m in held]).update(

@@ -29,12 +29,12 @@ def _no_partner_overrides(settings):
 
 @pytest.fixture
 def rings(monkeypatch):
-    """Record doorbell rings instead of queueing them: for tests of the services, not the broker
-    (the end-to-end tests ring a real Redis)."""
+    """Record queued tasks (doorbell rings, recomputes) instead of queueing them: for tests of the services,
+    not the broker (the end-to-end tests ring a real Redis). Each call: (task name, args, countdown)."""
     calls: list[tuple[str, tuple, float | None]] = []
 
-    def record(task, *args, countdown=None):
-        calls.append((task.name, args, countdown))
+    def record(task_name, *args, countdown=None):
+        calls.append((task_name, args, countdown))
 
-    monkeypatch.setattr("forwarding.doorbell.send_safely", record)
+    monkeypatch.setattr("config.queueing.send_safely", record)
     return calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import Audience
 from connections.models import Connection
@@ -41,7 +42,7 @@ def profile(*, email: str | None = None, gaid: str | None = None, **attributes: 
         identities.append({"type": "google_advertising_id", "value": gaid})
     if not identities:
         identities.append({"type": "customer", "value": f"c-{len(str(attributes))}-{id(attributes)}"})
-    return audience_services.profile_upsert(identities=identities, attributes=attributes).profile
+    return profiles.profile_upsert(identities=identities, attributes=attributes).profile
 
 
 def parisian(email: str | None, **extra: Any):

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
+
 from audiences.criteria.facts import ProfileFacts
 from audiences.criteria.reading import (
     _event_window,
@@ -35,9 +37,7 @@ def matches(tree: Mapping, facts: ProfileFacts | Mapping[str, Any], now: datetim
     if not isinstance(facts, ProfileFacts):
         facts = ProfileFacts(profile_id=0, attributes={str(k).lower(): v for k, v in facts.items()})
     if now is None:
-        from django.utils import timezone as django_timezone
-
-        now = django_timezone.now()
+        now = timezone.now()
     return compile_criteria(tree)(facts, now)
 
 

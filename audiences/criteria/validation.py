@@ -36,6 +36,7 @@ from audiences.criteria.vocabulary import (
     CriteriaError,
 )
 from audiences.identities import IDENTITY_TYPES
+from audiences.models import Audience
 
 
 def validate_criteria(tree: Any, *, audience_id: int | None = None) -> dict:
@@ -250,8 +251,6 @@ def _validate_audience(node: Mapping, path: str, references: list) -> None:
 
 
 def _validate_references(references: list[tuple[str, int]], audience_id: int | None) -> None:
-    from audiences.models import Audience
-
     graph = {pk: referenced_audiences(tree) for pk, tree in Audience.objects.values_list("id", "criteria")}
     for path, referenced in references:
         if referenced not in graph:

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
@@ -124,8 +125,6 @@ def _insert_events(rows: list[tuple]) -> None:
     if connection.vendor != "postgresql":
         Event.objects.bulk_create([Event(**dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows])
         return
-    from psycopg.types.json import Jsonb
-
     table = connection.ops.quote_name(Event._meta.db_table)
     attributes = EVENT_COLUMNS.index("attributes")
     with connection.cursor() as cursor:

@@ -4,8 +4,9 @@
 transaction. It loads the active audiences (their compiled criteria are cached by id and criteria
 version), loads what the criteria can see of the profiles set-wise (`load_facts`: attributes,
 identities, events of the window the audiences need, memberships), evaluates in Python, and applies
-the entering / leaving profiles of all audiences together (`apply_membership_deltas`), so membership rows, the
-change log and the forwarding outbox are written in the same transaction.
+the entering / leaving profiles of all audiences together through the membership ledger
+(`apply_membership_deltas`), so membership rows, the change log and what its consumers write (forwarding's
+outbox) are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.utils import timezone
 
 from audiences import criteria as criteria_lang
 from audiences.criteria.facts import EventFact, ProfileFacts
+from audiences.membership.ledger import apply_membership_deltas
 from audiences.membership.locks import lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
@@ -182,10 +184,8 @@ def evaluate_profiles(
     profile_ids: Sequence[int], *, now: datetime | None = None, reason: str
 ) -> dict[int, tuple[list[int], list[int]]]:
     """Evaluate every active audience for these profiles and apply what changed (membership rows, change
-    log, forwarding outbox) in the caller's transaction. Returns profile id -> (entered audience ids, left
+    log, and the ledger's consumers) in the caller's transaction. Returns profile id -> (entered audience ids, left
     audience ids) for the profiles whose membership changed."""
-    from audiences.services import apply_membership_deltas  # services imports this module: import here
-
     if not profile_ids:
         return {}
     now = now or timezone.now()
@@ -194,7 +194,7 @@ def evaluate_profiles(
         return {}
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
     # Before reading any membership: a recompute applying its difference meanwhile would otherwise
-    # undo what this evaluation writes (audiences/locks.py).
+    # undo what this evaluation writes (audiences/membership/locks.py).
     lock_audiences_for_evaluation(a.id for a in audiences)
     facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))

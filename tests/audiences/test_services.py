@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from audiences import services
+from audiences import profiles, services
 from audiences.models import Audience, Identity, Profile
 from outputs.models import Output
 from outputs.services import output_create
@@ -37,7 +37,7 @@ def test_audience_update_refuses_nulls(change, field, rings):
 
 def test_profile_upsert_writes_nothing_when_one_identity_is_bad():
     with pytest.raises(ValidationError) as excinfo:
-        services.profile_upsert(
+        profiles.profile_upsert(
             identities=[{"type": "email", "value": "ok@x.com"}, {"type": "email", "value": "nope"}],
             attributes={"a": 1},
         )
@@ -47,15 +47,15 @@ def test_profile_upsert_writes_nothing_when_one_identity_is_bad():
 
 def test_profile_upsert_refuses_oversized_attributes_by_path():
     with pytest.raises(ValidationError) as excinfo:
-        services.profile_upsert(identities=[{"type": "customer", "value": "1"}], attributes={"bio": "x" * 4097})
+        profiles.profile_upsert(identities=[{"type": "customer", "value": "1"}], attributes={"bio": "x" * 4097})
     assert "attributes.bio" in excinfo.value.message_dict
 
 
 def test_identities_pointing_to_two_profiles_are_a_conflict_and_nothing_is_written():
     factories.profile(email="a@x.com")
     factories.profile(email="b@x.com")
-    with pytest.raises(services.ProfileConflict):
-        services.profile_upsert(
+    with pytest.raises(profiles.ProfileConflict):
+        profiles.profile_upsert(
             identities=[{"type": "email", "value": "a@x.com"}, {"type": "email", "value": "b@x.com"}],
             attributes={"x": 1},
         )

@@ -6,6 +6,7 @@ import pytest
 import responses
 from django.utils import timezone
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
@@ -19,8 +20,8 @@ LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/abc123"
 
 
 def test_create_connection_queues_the_membership(api, audience, output):
-    audience_services.profile_upsert(identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"})
-    audience_services.profile_upsert(identities=[{"type": "customer", "value": "c-1"}], attributes={"plan": "premium"})
+    profiles.profile_upsert(identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"})
+    profiles.profile_upsert(identities=[{"type": "customer", "value": "c-1"}], attributes={"plan": "premium"})
 
     response = api.post(
         URL, {"audience": audience.pk, "output": output.pk, "settings": {"list_id": "abc123"}}, format="json"

@@ -7,14 +7,15 @@ import pytest
 import responses
 from django.utils import timezone
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import MembershipChange
 from connections.models import Connection, ConnectionMember
-from connections.selectors import connection_stats
 from forwarding import lifecycle as connection_services
 from forwarding import planner, sweeper
 from forwarding.delivery import deliver_connection
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.selectors import connection_stats
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,7 @@ def test_entering_audience_queues_an_add_per_email_and_nothing_for_other_identit
     audience, output = setup
     connection = factories.connect(audience, output)
     factories.parisian("one@x.com", gaid="38400000-8cf0-11bd-b23e-10b96e40000d")
-    audience_services.profile_upsert(
+    profiles.profile_upsert(
         identities=[{"type": "email", "value": "two@x.com"}, {"type": "email", "value": "deux@x.com"}],
         attributes={"status": "Premium", "favourite_city": "paris"},
     )
@@ -68,7 +69,7 @@ def test_connecting_sends_the_whole_membership_then_changes_follow(setup, rings)
     assert not PendingChange.objects.exists()
     assert connection_stats(connection).delivered == 3
     # p1 stops matching: Mailchimp is told to unsubscribe them.
-    audience_services.profile_upsert(identities=[{"type": "email", "value": "p1@x.com"}], attributes={"status": "Free"})
+    profiles.profile_upsert(identities=[{"type": "email", "value": "p1@x.com"}], attributes={"status": "Free"})
     deliver_connection(connection_id=connection.pk)
     assert sent_members() == [{"email_address": "p1@x.com", "email_type": "html", "status": "unsubscribed"}]
     assert ConnectionMember.objects.get(value="p1@x.com").state == "removed"
@@ -93,9 +94,7 @@ def test_last_word_wins_and_removing_an_undelivered_member_sends_nothing(setup):
     audience, output = setup
     connection = factories.connect(audience, output)
     factories.parisian("flip@x.com")
-    audience_services.profile_upsert(
-        identities=[{"type": "email", "value": "flip@x.com"}], attributes={"status": "Free"}
-    )
+    profiles.profile_upsert(identities=[{"type": "email", "value": "flip@x.com"}], attributes={"status": "Free"})
     assert list(PendingChange.objects.values_list("action", "version")) == [("remove", 2)]
     report = deliver_connection(connection_id=connection.pk)
     assert report.skipped == 1 and len(responses.calls) == 0

@@ -11,6 +11,7 @@ from django.db import connection as db
 from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.membership import evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, MembershipChange, Profile
@@ -231,11 +232,11 @@ def test_compiled_criteria_follow_a_criteria_change():
 
 def test_profile_upsert_evaluates_and_reports_entered_and_left(rings):
     premium = audience("Premium", PREMIUM)
-    result = audience_services.profile_upsert(
+    result = profiles.profile_upsert(
         identities=[{"type": "email", "value": "ana@x.com"}], attributes={"Status": "premium"}
     )
     assert (result.entered, result.left) == ([premium.pk], [])
-    result = audience_services.profile_upsert(
+    result = profiles.profile_upsert(
         identities=[{"type": "email", "value": "ana@x.com"}], attributes={"status": "Free"}
     )
     assert (result.entered, result.left) == ([], [premium.pk])
@@ -248,11 +249,9 @@ def test_profile_upsert_evaluates_and_reports_entered_and_left(rings):
 def test_a_member_who_stays_gets_new_identities_queued(rings):
     premium = audience("Premium", PREMIUM)
     connection = factories.connect(premium, factories.mailchimp_output())
-    audience_services.profile_upsert(
-        identities=[{"type": "customer", "value": "c-1"}], attributes={"status": "Premium"}
-    )
+    profiles.profile_upsert(identities=[{"type": "customer", "value": "c-1"}], attributes={"status": "Premium"})
     assert not PendingChange.objects.exists()
-    result = audience_services.profile_upsert(
+    result = profiles.profile_upsert(
         identities=[{"type": "customer", "value": "c-1"}, {"type": "email", "value": "ana@x.com"}]
     )
     assert (result.entered, result.left) == ([], [])

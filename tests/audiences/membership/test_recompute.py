@@ -12,8 +12,7 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from audiences import services
-from audiences.membership import recompute
+from audiences import profiles, retention, services
 from audiences.membership.locks import lock_audience_for_recompute
 from audiences.membership.recompute import recompute_audience, recompute_time_based_audiences
 from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, Identity, MembershipChange, Profile
@@ -277,7 +276,7 @@ def test_periodic_tasks_are_registered_under_the_scheduled_names():
 def test_purge_deletes_expired_events_and_receipts_in_chunks(monkeypatch):
     from audiences.models import Input
 
-    monkeypatch.setattr(recompute, "PURGE_CHUNK", 2)
+    monkeypatch.setattr(retention, "PURGE_CHUNK", 2)
     now = T0 + timedelta(days=100)
     profile = make_profile("ann@x.com")
     ages = [31, 30.5, 45, 60, 90, 29, 1]  # days; the retention is 30
@@ -289,11 +288,11 @@ def test_purge_deletes_expired_events_and_receipts_in_chunks(monkeypatch):
         BatchReceipt.objects.create(input=source, source_request_id=str(index), received_at=now - timedelta(days=age))
 
     assert settings.EVENT_RETENTION_DAYS == 30
-    assert recompute.purge_expired_events(now=now) == {"events": 5, "batch_receipts": 2}
+    assert retention.purge_expired_events(now=now) == {"events": 5, "batch_receipts": 2}
     kept = sorted(round((now - t).total_seconds() / 86400) for t in Event.objects.values_list("timestamp", flat=True))
     assert kept == [1, 29]
     assert list(BatchReceipt.objects.values_list("source_request_id", flat=True)) == ["1"]
-    assert recompute.purge_expired_events(now=now) == {"events": 0, "batch_receipts": 0}
+    assert retention.purge_expired_events(now=now) == {"events": 0, "batch_receipts": 0}
 
 
 # --- the PostgreSQL path ----------------------------------------------------------------------
@@ -307,7 +306,7 @@ def test_on_postgresql_no_profile_passes_through_python(parisians, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("per-profile work on the PostgreSQL path")
 
-    monkeypatch.setattr("audiences.services._apply_delta", refuse)
+    monkeypatch.setattr("audiences.membership.recompute.apply_membership_deltas", refuse)
     monkeypatch.setattr("audiences.membership.recompute._recompute_by_profile", refuse)
     connection_ = factories.connect(audience, factories.mailchimp_output())
     PendingChange.objects.all().delete()
@@ -369,7 +368,7 @@ def test_real_time_evaluation_waits_while_a_recompute_applies_its_difference(rin
 
     def real_time_entry():
         try:
-            services.profile_upsert(
+            profiles.profile_upsert(
                 identities=[{"type": "email", "value": "bea@x.com"}], attributes={"status": "Premium"}
             )
             done.append(time.monotonic())
