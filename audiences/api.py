@@ -14,7 +14,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audiences import selectors, services
+from audiences import profiles, selectors, services
 from audiences.download import zip_response
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from audiences.serializers import (
@@ -83,7 +83,7 @@ class ProfileViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveM
     def create(self, request: Request) -> Response:
         body = ProfileUpsertSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        result = services.profile_upsert(
+        result = profiles.profile_upsert(
             identities=body.validated_data["identities"], attributes=body.validated_data.get("attributes")
         )
         profile = self.get_queryset().get(pk=result.profile.pk)
@@ -107,17 +107,18 @@ class AudienceViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = AudienceSerializer
-    queryset = Audience.objects.prefetch_related("connections")
+    queryset = Audience.objects.all()
 
     def list(self, request: Request) -> Response:
         # REST_FRAMEWORK sets PAGE_SIZE, so there always is a page.
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        # Metrics of the whole page in one query (the serializer would count one audience at a time).
-        context = {
-            **self.get_serializer_context(),
-            "audience_metrics": selectors.audience_metrics(a.pk for a in page),
-        }
+        context = {**self.get_serializer_context(), **self.page_context(page)}
         return self.get_paginated_response(self.get_serializer(page, many=True, context=context).data)
+
+    def page_context(self, page: list[Audience]) -> dict[str, Any]:
+        """What the serializer shows of a whole page, computed in one query (the serializer would count
+        one audience at a time): the metrics."""
+        return {"audience_metrics": selectors.audience_metrics(a.pk for a in page)}
 
     def create(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)
@@ -133,12 +134,14 @@ class AudienceViewSet(
         return Response(self.get_serializer(audience).data)
 
     def perform_destroy(self, instance: Audience) -> None:
-        # Connection.audience is PROTECT: deleting would orphan what partners hold.
+        # Rows that depend on the audience protect it (e.g. its connections: deleting it would orphan what
+        # partners hold).
         try:
             instance.delete()
-        except ProtectedError:
+        except ProtectedError as exc:
+            names = ", ".join(sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects}))
             raise serializers.ValidationError(
-                {"detail": "This audience has connections; delete them before deleting the audience."}
+                {"detail": f"This audience has {names}; delete them before deleting the audience."}
             ) from None
 
     @action(detail=True, methods=["get"], serializer_class=AudienceMemberSerializer)

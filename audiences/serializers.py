@@ -1,7 +1,7 @@
 """API shapes for profiles and audiences.
 
 Request serializers check the shape only (types, presence); the rules (identity formats,
-criteria, name lengths and uniqueness) live in audiences.services, which names the field
+criteria, name lengths and uniqueness) live in audiences.profiles and audiences.services, which name the field
 of every error, so they are not repeated here.
 """
 
@@ -24,7 +24,7 @@ MEMBERSHIP_CHANGES_SHOWN = 50
 
 
 class ProfileUpsertSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    # Any JSON: services.clean_identities / clean_attributes check it and name e.g. "identities[1].value".
+    # Any JSON: profiles.clean_identities / clean_attributes check it and name e.g. "identities[1].value".
     identities = serializers.JSONField()
     attributes = serializers.JSONField(required=False, allow_null=True)
 
@@ -107,8 +107,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     adds_24h = serializers.SerializerMethodField()
     drops_24h = serializers.SerializerMethodField()
     volatility = serializers.SerializerMethodField()
-    connected_outputs = serializers.SerializerMethodField()
-    connections = serializers.SerializerMethodField()
 
     class Meta:
         model = Audience
@@ -125,8 +123,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
             "adds_24h",
             "drops_24h",
             "volatility",
-            "connected_outputs",
-            "connections",
         ]
         read_only_fields = ["criteria_version", "last_calculated_at"]
 
@@ -149,12 +145,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
 
     def get_volatility(self, audience: Audience) -> float:
         return self._metrics(audience).volatility
-
-    def get_connected_outputs(self, audience: Audience) -> int:
-        return self._metrics(audience).connected_outputs
-
-    def get_connections(self, audience: Audience) -> list[int]:
-        return sorted(c.pk for c in audience.connections.all())
 
 
 class HistoryEntrySerializer(serializers.Serializer):

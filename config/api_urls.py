@@ -2,13 +2,14 @@
 
 from rest_framework.routers import DefaultRouter
 
-from audiences.api import AudienceViewSet, ProfileViewSet
-from forwarding.api import ConnectionViewSet
+from audiences.api import ProfileViewSet
+from forwarding.api import ConnectedAudienceViewSet, ConnectionViewSet
 from outputs.api import OutputViewSet, PartnerViewSet
 
 router = DefaultRouter()
 router.register("profiles", ProfileViewSet, basename="profile")
-router.register("audiences", AudienceViewSet, basename="audience")
+# The audience resource as forwarding extends it with the audience's connections.
+router.register("audiences", ConnectedAudienceViewSet, basename="audience")
 router.register("partners", PartnerViewSet, basename="partner")
 router.register("outputs", OutputViewSet, basename="output")
 router.register("connections", ConnectionViewSet, basename="connection")

@@ -1,6 +1,6 @@
 """Admin form of the "Connect output" flow: the chosen output's connection settings.
 
-Like the output forms (see outputs/forms.py), it hands its clean values to the service,
+Like the output forms (see config/admin_forms.py), it hands its clean values to the service,
 connection_create, while validating, so the service's errors land on the fields.
 """
 

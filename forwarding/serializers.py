@@ -1,14 +1,17 @@
-"""API shapes for connections, their delivery attempts and rejected members."""
+"""API shapes for connections, their delivery attempts and rejected members, and the audience with its
+connections."""
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
 from audiences.models import Audience
+from audiences.serializers import AudienceSerializer
 from config.api_errors import RejectUnknownFieldsMixin
 from connections.models import Connection, ConnectionMember
-from connections.selectors import connection_stats
+from connections.selectors import connected_output_counts
 from forwarding.models import DeliveryAttempt
+from forwarding.selectors import connection_stats
 from outputs.models import Output
 
 
@@ -77,3 +80,23 @@ class RejectionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ConnectionMember
         fields = ["identity_type", "value", "reason", "updated_at"]
+
+
+class ConnectedAudienceSerializer(AudienceSerializer):
+    """An audience, with how many outputs it is connected to and its connections' ids."""
+
+    connected_outputs = serializers.SerializerMethodField()
+    connections = serializers.SerializerMethodField()
+
+    class Meta(AudienceSerializer.Meta):
+        fields = [*AudienceSerializer.Meta.fields, "connected_outputs", "connections"]
+
+    def get_connected_outputs(self, audience: Audience) -> int:
+        # A list view counts a whole page in one query and passes it in the context (see audience metrics).
+        counts = self.context.setdefault("connected_outputs", {})
+        if audience.pk not in counts:
+            counts.update(connected_output_counts([audience.pk]))
+        return counts[audience.pk]
+
+    def get_connections(self, audience: Audience) -> list[int]:
+        return sorted(c.pk for c in audience.connections.all())

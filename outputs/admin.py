@@ -143,5 +143,5 @@ class OutputAdmin(admin.ModelAdmin):
         return ", ".join(names) or "None"
 
     def save_model(self, request: HttpRequest, obj: Output, form: Any, change: bool) -> None:
-        # Already saved by output_create / output_update while the form validated (outputs/forms.py).
+        # Already saved by output_create / output_update while the form validated (config/admin_forms.py).
         pass

@@ -2,7 +2,7 @@
 
 `member_sql(tree, now=now)` returns `SELECT p.id AS profile_id FROM audiences_profile p WHERE <expr>` and its
 parameters; it selects exactly the profiles for which `audiences.criteria.matches(tree, facts, now)` is true
-(tests/test_criteria_equivalence.py shows it).
+(tests/audiences/criteria/test_equivalence.py shows it).
 
 Every node compiles to a boolean SQL expression that is never NULL, so that NOT and OR keep the meaning of
 the spec (a NULL would make `NOT x` drop the very rows "absent → negative operators are true" must keep):

@@ -20,10 +20,12 @@ from django.views.decorators.http import require_POST
 
 from audiences.admin import count_of
 from audiences.models import Audience
+from connections import status
 from connections.models import Connection, ConnectionMember
-from connections.selectors import connection_stats
+from connections.selectors import rejected_members
 from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.selectors import connection_stats
 
 RECENT_ROWS = 20
 STATS_LABELS = (
@@ -144,14 +146,12 @@ class ConnectionAdmin(admin.ModelAdmin):
                     # Not "Change connection": nothing here is edited in a form.
                     "title": "Connection",
                     "attempts": DeliveryAttempt.objects.filter(connection=obj).order_by("-at", "-id")[:RECENT_ROWS],
-                    "rejections": ConnectionMember.objects.filter(
-                        connection=obj, state=ConnectionMember.State.REJECTED
-                    ).order_by("-updated_at", "-id")[:RECENT_ROWS],
+                    "rejections": rejected_members(obj)[:RECENT_ROWS],
                     "recent_rows": RECENT_ROWS,
-                    "is_ending": obj.status == Connection.Status.ENDING,
-                    "can_pause": can_change and obj.status in (Connection.Status.SENDING, Connection.Status.FAULTED),
-                    "can_resume": can_change and obj.status in (Connection.Status.PAUSED, Connection.Status.FAULTED),
-                    "can_test": can_change and obj.status != Connection.Status.ENDING,
+                    "is_ending": not status.can_delete(obj.status),
+                    "can_pause": can_change and status.can_pause(obj.status),
+                    "can_resume": can_change and status.can_resume(obj.status),
+                    "can_test": can_change and status.can_test(obj.status),
                     # Nothing on this page is editable, so there is nothing to save.
                     "show_save": False,
                     "show_save_and_continue": False,
@@ -266,8 +266,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     # --- delete: the connection ends, a task cleans up, then the row goes --------------------
 
     def has_delete_permission(self, request: HttpRequest, obj: Connection | None = None) -> bool:
-        # An ending connection is already being deleted.
-        if obj is not None and obj.status == Connection.Status.ENDING:
+        if obj is not None and not status.can_delete(obj.status):
             return False
         return super().has_delete_permission(request, obj)
 

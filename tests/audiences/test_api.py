@@ -4,7 +4,7 @@ import pytest
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 
-from audiences import services
+from audiences import profiles, services
 from audiences.models import Audience, AudienceMembership
 from tests.fixtures.api import PREMIUM
 
@@ -12,7 +12,7 @@ URL = "/api/v1/audiences/"
 
 
 def member(email: str, plan: str = "premium") -> int:
-    return services.profile_upsert(identities=[{"type": "email", "value": email}], attributes={"plan": plan}).profile.pk
+    return profiles.profile_upsert(identities=[{"type": "email", "value": email}], attributes={"plan": plan}).profile.pk
 
 
 def test_create_audience(api):
@@ -148,7 +148,7 @@ def test_archiving_a_connected_audience_is_refused(api, connection):
     response = api.patch(f"{URL}{connection.audience_id}/", {"status": "archived"}, format="json")
 
     assert response.status_code == 400
-    assert "status" in response.json()
+    assert response.json()["status"] == ["This audience has connections: remove them before archiving it."]
 
 
 def test_put_is_not_offered(api, audience):

@@ -17,7 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audiences.models import Audience
-from audiences.services import audience_create, profile_upsert
+from audiences.profiles import profile_upsert
+from audiences.services import audience_create
 from connections.models import Connection, ConnectionMember
 from forwarding.lifecycle import connection_create, connection_delete
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -308,7 +309,7 @@ def test_archiving_a_connected_audience_shows_the_services_error(admin_client, c
             "criteria": json.dumps(PARISIANS),
         },
     )
-    assert "Disconnect this audience" in response.context["adminform"].form.errors["status"][0]
+    assert "This audience has connections" in response.context["adminform"].form.errors["status"][0]
     audience.refresh_from_db()
     assert audience.status == Audience.Status.ACTIVE
 

@@ -1,5 +1,5 @@
-"""The set-based criteria evaluator (audiences/criteria_sql.py) on PostgreSQL, one operator family at a time.
-The property test (test_criteria_equivalence.py) covers the combinations; these name the rules of
+"""The set-based criteria evaluator (audiences/criteria/sql.py) on PostgreSQL, one operator family at a time.
+The property test (test_equivalence.py) covers the combinations; these name the rules of
 docs/criteria.md one by one, the NULL-safety of negations, and the SQL helper functions of migration 0002."""
 
 from __future__ import annotations
