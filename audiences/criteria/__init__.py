@@ -26,6 +26,8 @@ does not walk the JSON again.
 
 # The public surface, gathered from the modules that hold each part.
 from audiences.criteria.evaluator import (
+    Predicate,
+    ValueTest,
     compile_criteria,
     compile_value_test,
     matches,
@@ -35,9 +37,11 @@ from audiences.criteria.reading import (
     depends_on_time,
     event_lookback,
     event_window_start,
+    lookback_start,
     referenced_audiences,
 )
 from audiences.criteria.validation import (
+    CriteriaError,
     validate_criteria,
 )
 from audiences.criteria.values import (
@@ -71,9 +75,6 @@ from audiences.criteria.vocabulary import (
     STRING_OPERATORS,
     TRIMMED,
     WINDOW_UNITS,
-    CriteriaError,
-    Predicate,
-    ValueTest,
 )
 
 __all__ = [
@@ -112,6 +113,7 @@ __all__ = [
     "depends_on_time",
     "event_lookback",
     "event_window_start",
+    "lookback_start",
     "matches",
     "number_view",
     "pattern_regex",

@@ -20,32 +20,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from audiences.criteria.values import date_bounds
+from audiences.criteria.vocabulary import (
+    DATE_VIEW_OPERATORS,
+    DEFAULT_FREQUENCY,
+    DEFAULT_RECENCY,
+    NUMBER_COMPARISONS,
+    POSITIVE_OF,
+    window,
+)
 from audiences.models import AudienceMembership, Event, Identity, Profile
 
 PROFILE_TABLE = Profile._meta.db_table
 EVENT_TABLE = Event._meta.db_table
 IDENTITY_TABLE = Identity._meta.db_table
 MEMBERSHIP_TABLE = AudienceMembership._meta.db_table
-
-NEGATIVE_OPERATORS = {
-    "not_equals": "equals",
-    "not_contains": "contains",
-    "not_matches": "matches",
-    "not_includes": "includes",
-}
-DEFAULT_FREQUENCY = {"operator": "more_than", "count": 0}
-DEFAULT_RECENCY = {"within_last": {"amount": 30, "unit": "days"}}
-UNITS = {"days": timedelta(days=1), "hours": timedelta(hours=1)}
-
-_DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_TIMESTAMP_RE = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?"
-    r"(Z|([+-])([0-9]{2}):?([0-9]{2}))?)?"
-)
 
 
 def member_sql(tree: Mapping, *, now: datetime) -> tuple[str, list]:
@@ -68,36 +61,6 @@ def like_pattern(pattern: str) -> str:
         else:
             out.append(char)
     return "".join(out)
-
-
-def condition_bounds(value: str) -> tuple[datetime, datetime, bool]:
-    """(start, end, end_inclusive) of a date in a condition: a `YYYY-MM-DD` day is [00:00, next 00:00) UTC,
-    a timestamp is the instant itself (inclusive)."""
-    start = _parse_date(value)
-    if _DAY_RE.fullmatch(value):
-        return start, start + timedelta(days=1), False
-    return start, start, True
-
-
-def _parse_date(value: str) -> datetime:
-    match = _TIMESTAMP_RE.fullmatch(value)
-    if not match:
-        raise ValueError(f"not a date: {value!r}")
-    year, month, day, hour, minute, second, fraction, _zone, sign, off_h, off_m = match.groups()
-    parsed = datetime(
-        int(year),
-        int(month),
-        int(day),
-        int(hour or 0),
-        int(minute or 0),
-        int(second or 0),
-        int((fraction or "0").ljust(6, "0")),
-        tzinfo=UTC,
-    )
-    if sign:
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        parsed -= offset if sign == "+" else -offset
-    return parsed
 
 
 _PLACEHOLDER_RE = re.compile("\x00([0-9]+)\x00")
@@ -150,8 +113,8 @@ class _Compiler:
     def attribute(self, node: Mapping, container: str) -> str:
         """An attribute condition on a jsonb object column (a profile's or an event's attributes)."""
         operator = node["operator"]
-        if operator in NEGATIVE_OPERATORS:
-            positive = {**node, "operator": NEGATIVE_OPERATORS[operator]}
+        if operator in POSITIVE_OF:
+            positive = {**node, "operator": POSITIVE_OF[operator]}
             return f"(NOT {self.attribute(positive, container)})"
         value_sql = f"({container} -> {self.param(node['attribute'].lower(), 'text')})"
         if operator == "not_exists":
@@ -186,15 +149,15 @@ class _Compiler:
             test = f"{is_string} AND strpos(lower({text}), {self.param(str(value).lower(), 'text')}) > 0"
         elif operator == "matches":
             test = f"{is_string} AND lower({text}) LIKE {self.param(like_pattern(str(value)), 'text')} ESCAPE '\\'"
-        elif operator in _NUMERIC_COMPARISONS:
-            test = f"af_numeric({v}) {_NUMERIC_COMPARISONS[operator]} {self.param(_decimal(value), 'numeric')}"
+        elif operator in NUMBER_COMPARISONS:
+            test = f"af_numeric({v}) {NUMBER_COMPARISONS[operator]} {self.param(_decimal(value), 'numeric')}"
         elif operator == "between":
             low, high = value
             test = (
                 f"af_numeric({v}) BETWEEN {self.param(_decimal(low), 'numeric')} "
                 f"AND {self.param(_decimal(high), 'numeric')}"
             )
-        elif operator in _DATE_OPERATORS:
+        elif operator in DATE_VIEW_OPERATORS:
             start, end, end_inclusive = self.date_range(operator, value)
             test = self.in_range(f"af_timestamp({text})", start, end, end_inclusive)
         else:
@@ -204,18 +167,18 @@ class _Compiler:
     def date_range(self, operator: str, value: Any) -> tuple[datetime | None, datetime | None, bool]:
         """(lowest, highest, highest inclusive) instants a date operator accepts; None is unbounded."""
         if operator == "date_before":
-            return None, condition_bounds(value)[0], False
+            return None, date_bounds(value)[0], False
         if operator == "date_after":
-            return condition_bounds(value)[0], None, False
+            return date_bounds(value)[0], None, False
         if operator == "date_on":
-            start, end, _ = condition_bounds(value)
+            start, end, _ = date_bounds(value)
             return start, end, False
         if operator == "date_between":
-            start = condition_bounds(value[0])[0]
-            _, end, end_inclusive = condition_bounds(value[1])
+            start = date_bounds(value[0])[0]
+            _, end, end_inclusive = date_bounds(value[1])
             return start, end, end_inclusive
         # within_last
-        return self.now - value["amount"] * UNITS[value["unit"]], self.now, True
+        return self.now - window(value), self.now, True
 
     def in_range(self, column: str, start: datetime | None, end: datetime | None, end_inclusive: bool) -> str:
         parts = []
@@ -266,10 +229,6 @@ class _Compiler:
         having = "" if at_least == 1 else f" GROUP BY e.profile_id HAVING count(*) >= {self.param(at_least, 'bigint')}"
         subquery = f"SELECT e.profile_id FROM {EVENT_TABLE} e WHERE {' AND '.join(filters)}{having}"
         return f"(p.id NOT IN ({subquery}))" if negate else f"(p.id IN ({subquery}))"
-
-
-_NUMERIC_COMPARISONS = {"greater_than": ">", "greater_or_equal": ">=", "less_than": "<", "less_or_equal": "<="}
-_DATE_OPERATORS = {"date_before", "date_after", "date_on", "date_between", "within_last"}
 
 
 def _decimal(value: int | float) -> Decimal:

@@ -44,10 +44,7 @@ class CompiledAudience:
     event_start: datetime | None
 
     def events_since(self, now: datetime) -> datetime | None:
-        starts = [
-            s for s in (now - self.event_window if self.event_window else None, self.event_start) if s is not None
-        ]
-        return min(starts) if starts else None
+        return criteria_lang.lookback_start(self.event_window, self.event_start, now)
 
 
 # (audience id, criteria version) -> CompiledAudience; compiled once per process, not per profile.
