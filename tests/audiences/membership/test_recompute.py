@@ -12,10 +12,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from audiences import profiles, retention, services
+from audiences import profiles, services
 from audiences.membership.locks import lock_audience_for_recompute
 from audiences.membership.recompute import recompute_audience, recompute_time_based_audiences
-from audiences.models import Audience, AudienceMembership, BatchReceipt, Event, Identity, MembershipChange, Profile
+from audiences.models import Audience, AudienceMembership, Event, Identity, MembershipChange, Profile
 from config.celery import app as celery_app
 from connections.models import Connection
 from forwarding.models import PendingChange
@@ -271,28 +271,6 @@ def test_periodic_tasks_are_registered_under_the_scheduled_names():
     names = {"audiences.tasks.recompute_time_based_audiences", "audiences.tasks.purge_expired_events"}
     assert names <= scheduled
     assert names | {"audiences.tasks.recompute_audience"} <= set(celery_app.tasks)
-
-
-def test_purge_deletes_expired_events_and_receipts_in_chunks(monkeypatch):
-    from audiences.models import Input
-
-    monkeypatch.setattr(retention, "PURGE_CHUNK", 2)
-    now = T0 + timedelta(days=100)
-    profile = make_profile("ann@x.com")
-    ages = [31, 30.5, 45, 60, 90, 29, 1]  # days; the retention is 30
-    for age in ages:
-        at = now - timedelta(days=age)
-        Event.objects.create(profile=profile, event_type="custom_event", name="e", timestamp=at, received_at=at)
-    source = Input.objects.create(name="web", key="k", secret_sha256="0" * 64)
-    for index, age in enumerate([8, 6, 10]):
-        BatchReceipt.objects.create(input=source, source_request_id=str(index), received_at=now - timedelta(days=age))
-
-    assert settings.EVENT_RETENTION_DAYS == 30
-    assert retention.purge_expired_events(now=now) == {"events": 5, "batch_receipts": 2}
-    kept = sorted(round((now - t).total_seconds() / 86400) for t in Event.objects.values_list("timestamp", flat=True))
-    assert kept == [1, 29]
-    assert list(BatchReceipt.objects.values_list("source_request_id", flat=True)) == ["1"]
-    assert retention.purge_expired_events(now=now) == {"events": 0, "batch_receipts": 0}
 
 
 # --- the PostgreSQL path ----------------------------------------------------------------------
