@@ -53,10 +53,11 @@ class OutputViewSet(
         return Response(self.get_serializer(output).data)
 
     def perform_destroy(self, instance: Output) -> None:
-        # Connection.output is PROTECT: a connection needs its output until it has ended.
+        # Rows that depend on the output protect it (e.g. a connection needs its output until it has ended).
         try:
             instance.delete()
-        except ProtectedError:
+        except ProtectedError as exc:
+            names = ", ".join(sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects}))
             raise serializers.ValidationError(
-                {"detail": "This output has connections; delete them before deleting the output."}
+                {"detail": f"This output has {names}; delete them before deleting the output."}
             ) from None
