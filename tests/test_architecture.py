@@ -33,6 +33,14 @@ LAYERS: dict[str, set[str]] = {
 }
 
 
+# The seams inside audiences/: the criteria language knows nothing of membership or ingestion, and
+# membership knows nothing of ingestion, the audience services or the admin and API above it.
+AUDIENCES_SEAMS: dict[str, tuple[str, ...]] = {
+    "audiences.criteria": ("audiences.criteria", "audiences.models", "audiences.identities"),
+    "audiences.membership": ("audiences.membership", "audiences.criteria", "audiences.models", "audiences.identities"),
+}
+
+
 @dataclass(frozen=True)
 class Import:
     importer: str  # dotted module name
@@ -176,6 +184,22 @@ def test_no_two_modules_import_each_other_even_from_inside_a_function():
     assert not found, "Import cycles between modules (a function-local import hides one, it does not break it):\n" + (
         "\n\n".join(describe(c, edges, example) for c in found)
     )
+
+
+def within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_the_seams_inside_audiences_hold():
+    wrong = [
+        f"  {i} ({seam} may import only {', '.join(allowed)} of audiences)"
+        for i in all_imports(packages=("audiences",))
+        for seam, allowed in AUDIENCES_SEAMS.items()
+        if within(i.importer, seam)
+        and within(i.target, "audiences")
+        and not any(within(i.target, prefix) for prefix in allowed)
+    ]
+    assert not wrong, "Imports across the seams of audiences/:\n" + "\n".join(wrong)
 
 
 def test_the_layers_themselves_are_acyclic():
