@@ -100,7 +100,7 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
     """Update name, external_name, description, criteria and/or status.
 
     Activating computes the membership; new criteria on an active audience recompute it and
-    forward only the difference; archiving is refused while outputs are connected.
+    forward only the difference; archiving is refused while rows protect the audience (its connections).
     """
     allowed = {"name", "external_name", "description", "criteria", "status"}
     unknown = set(changes) - allowed
