@@ -162,10 +162,10 @@ class Mailchimp(Partner):
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
 
     @classmethod
-    def clean_configuration(cls, values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
+    def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
         errors: dict[str, list[str]] = {}
         try:
-            cleaned = super().clean_configuration(values, partial_secrets=partial_secrets)
+            cleaned = super().clean_configuration(values)
         except ValidationError as exc:
             errors, cleaned = exc.message_dict, {}
         api_key = cleaned.get("api_key", values.get("api_key"))
