@@ -15,6 +15,7 @@ from audiences import criteria as criteria_lang
 from audiences import evaluation
 from audiences.identities import normalise_identity
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from config.db import atomic_with_reconnect
 from forwarding import planner
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ def profile_upsert(*, identities: Any, attributes: Any = None) -> ProfileUpsertR
     # Two requests may create the same new identity at once: the loser retries and finds it.
     for attempt in range(3):
         try:
-            with transaction.atomic():
-                return _profile_upsert(pairs, cleaned_attributes)
+            # Not replayed after a connection lost in COMMIT: the answer (created, audiences
+            # entered) would describe the replay, not what was stored (config/db.py).
+            return atomic_with_reconnect(lambda: _profile_upsert(pairs, cleaned_attributes))
         except IntegrityError:
             if attempt == 2:
                 raise

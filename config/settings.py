@@ -102,6 +102,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        # A persistent connection is checked (SELECT 1) before a request or task first uses it,
+        # and replaced if the database dropped it meanwhile, instead of failing that request
+        # (issue 6; config/db.py covers a connection lost in the middle of a transaction).
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
