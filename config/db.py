@@ -9,6 +9,12 @@ query. Two things keep that from becoming a server error:
   that died while idle between requests, which is the common case.
 * atomic_with_reconnect, below: a write transaction whose connection breaks while it runs is run
   once more on a new connection, where doing so cannot store anything twice.
+
+Celery workers need neither: Celery's Django fix-up closes every connection before and after
+each task, so a worker holds none between tasks whatever CONN_MAX_AGE says, and a task whose
+connection dies fails alone (its lease is released on the reconnected connection; the sweeper
+rings it again). Do not set CELERY_DB_REUSE_MAX: it keeps connections across tasks unchecked.
+tests/e2e/test_worker_database_loss.py holds both to that.
 """
 
 from __future__ import annotations

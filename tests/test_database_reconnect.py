@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import psycopg
 import pytest
 import requests
 from django.core.signals import request_finished, request_started
@@ -28,32 +27,9 @@ from audiences.inputs import input_create
 from audiences.models import BatchReceipt, Event, Identity, Profile
 from config.db import atomic_with_reconnect
 from tests.conftest import service_missing
+from tests.postgres_faults import terminate_backends
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def admin_connection() -> psycopg.Connection:
-    """A connection of our own to the test database, outside Django, to terminate the others."""
-    db = connection.settings_dict
-    return psycopg.connect(
-        dbname=db["NAME"],
-        user=db["USER"] or "postgres",
-        password=db["PASSWORD"] or None,
-        host=db["HOST"] or "127.0.0.1",
-        port=db["PORT"] or 5432,
-        autocommit=True,
-    )
-
-
-def terminate_backends(pids: list[int] | None = None) -> set[int]:
-    """Terminate this test database's backends (all but our own, or the given ones) and wait until
-    they are gone; return their pids."""
-    sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    with admin_connection() as admin:
-        if pids is None:
-            pids = [row[0] for row in admin.execute(sql)]
-        # With a timeout, pg_terminate_backend waits until the backend has really exited.
-        return {pid for pid in pids if admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid]).fetchone()[0]}
 
 
 class QuietHandler(WSGIRequestHandler):
