@@ -29,7 +29,12 @@ NOT_DEFAULTS = {"email_type": "text", "double_opt_in": False, "delete_on_subscri
 STORED = {**NOT_DEFAULTS, "send_merge_fields": False}
 DEFAULTS = {s.name: s.default for s in Mailchimp.configuration_settings if not s.is_secret}
 # One value per setting, different from both its default and what is stored.
-CHANGES = [("email_type", "html"), ("double_opt_in", True), ("delete_on_subscription_end", True)]
+CHANGES = [
+    ("email_type", "html"),
+    ("double_opt_in", True),
+    ("delete_on_subscription_end", True),
+    ("send_merge_fields", True),
+]
 
 
 @pytest.fixture
