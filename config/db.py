@@ -65,7 +65,7 @@ def atomic_with_reconnect(work: Callable[[], T], *, replay_safe: bool = False, u
             # when its rollback failed (and may already have opened a new one). A deadlock or a
             # statement timeout leaves it open: that is not ours to retry. Failing before the
             # body ran (used is None), the transaction never started.
-            lost = used is None or used.closed
+            lost = used is None or bool(getattr(used, "closed", False))  # sqlite3 has no `closed`
             if attempt == 2 or not lost or (committing and not replay_safe):
                 raise
             logger.warning(

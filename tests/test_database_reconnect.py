@@ -20,7 +20,7 @@ import pytest
 import requests
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import OperationalError, connection, connections, transaction
+from django.db import DatabaseError, OperationalError, connection, connections, transaction
 from rest_framework.authtoken.models import Token
 
 from audiences.inputs import input_create
@@ -270,6 +270,23 @@ def test_an_error_on_a_working_connection_is_not_retried(postgres):
         atomic_with_reconnect(work, replay_safe=True)
 
     assert calls == [1]
+
+
+def test_a_failed_statement_is_not_retried_on_any_database(transactional_db):
+    # A real statement error, on a working connection: SQLite raises it as an OperationalError
+    # (like "database is locked"), PostgreSQL as a ProgrammingError. Neither is a lost connection.
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(DatabaseError):
+        atomic_with_reconnect(work, replay_safe=True)
+
+    assert calls == [1]
+    assert Profile.objects.count() == 0  # and the connection still works
 
 
 def test_inside_an_outer_transaction_nothing_is_retried(postgres):
