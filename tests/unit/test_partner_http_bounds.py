@@ -14,11 +14,14 @@ import tracemalloc
 import pytest
 from django.core.exceptions import ValidationError
 
+from audiences.services import audience_create
+from connections.models import Connection
 from local_partners.mailchimp import LocalMailchimpServer
 from local_partners.misbehaving import MIB, MisbehavingServer
 from outputs.partners.base import Action, MemberChange
 from outputs.partners.http import PartnerClient, PermanentError, TransientError, partner_call_deadline, url_segment
 from outputs.partners.mailchimp import Mailchimp
+from outputs.services import output_create
 
 HUGE = 200 * MIB
 CAP = 8 * MIB  # the default PARTNER_MAX_RESPONSE_BYTES
@@ -160,3 +163,16 @@ def test_a_value_that_would_move_along_the_path_even_encoded_is_refused(value):
 def test_url_segment_encodes_everything_but_unreserved_characters():
     assert url_segment("a1-b_c.d~e") == "a1-b_c.d~e"
     assert url_segment("../x?y=1#z%20 /") == "..%2Fx%3Fy%3D1%23z%2520%20%2F"
+
+
+@pytest.mark.django_db
+def test_connecting_with_a_list_id_that_could_change_the_url_is_refused_by_the_api(admin_client):
+    audience = audience_create(name="A", criteria={"attribute": "plan", "operator": "exists"}, status="active")
+    output = output_create(name="M", partner_key="mailchimp", settings={"api_key": KEY})
+    body = {"audience": audience.pk, "output": output.pk, "settings": {"list_id": "../../x?y="}}
+
+    response = admin_client.post("/api/v1/connections/", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["list_id"]
+    assert not Connection.objects.exists()
