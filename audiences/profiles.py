@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Q
 
 from audiences.identities import normalise_identity
@@ -17,6 +17,7 @@ from audiences.membership.evaluation import evaluate_profiles
 from audiences.membership.ledger import publish_members_updated
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from config.api_errors import ConflictError
+from config.db import atomic_with_reconnect
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ def profile_upsert(*, identities: Any, attributes: Any = None) -> ProfileUpsertR
     # Two requests may create the same new identity at once: the loser retries and finds it.
     for attempt in range(3):
         try:
-            with transaction.atomic():
-                return _profile_upsert(pairs, cleaned_attributes)
+            # Not replayed after a connection lost in COMMIT: the answer (created, audiences
+            # entered) would describe the replay, not what was stored (config/db.py).
+            return atomic_with_reconnect(lambda: _profile_upsert(pairs, cleaned_attributes))
         except IntegrityError:
             if attempt == 2:
                 raise

@@ -102,6 +102,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        # A persistent connection is checked (SELECT 1) before a request or task first uses it,
+        # and replaced if the database dropped it meanwhile, instead of failing that request
+        # (issue 6; config/db.py covers a connection lost in the middle of a transaction).
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -170,6 +174,15 @@ FORWARDING = {
         float(os.environ.get("PARTNER_READ_TIMEOUT", "60")),
     ),
 }
+# Partner calls (outputs/partners/http.py). The total deadline of one call (connect, send and the
+# whole answer; the read timeout above bounds only one silence), kept well below the delivery
+# lease, which outputs.partners.http.partner_call_deadline() lets a lease be derived from; and the
+# largest answer read (the local Mailchimp answers a 500-member batch in 222 KB; real Mailchimp
+# echoes more of each member: room to spare).
+PARTNER_CALL_DEADLINE_SECONDS = float(os.environ.get("PARTNER_CALL_DEADLINE_SECONDS", "90"))
+PARTNER_MAX_RESPONSE_BYTES = int(os.environ.get("PARTNER_MAX_RESPONSE_BYTES", str(8 * 1024 * 1024)))
+if PARTNER_CALL_DEADLINE_SECONDS <= 0 or PARTNER_MAX_RESPONSE_BYTES <= 0:
+    raise ImproperlyConfigured("PARTNER_CALL_DEADLINE_SECONDS and PARTNER_MAX_RESPONSE_BYTES must be positive")
 # Events are kept this many days (mParticle's default audience look-back is 30 days).
 EVENT_RETENTION_DAYS = int(os.environ.get("EVENT_RETENTION_DAYS", "30"))
 # PostgreSQL work_mem for a recompute's transaction (hash tables of member ids).

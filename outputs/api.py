@@ -42,15 +42,21 @@ class OutputViewSet(
         )
         return Response(self.get_serializer(output).data, status=status.HTTP_201_CREATED)
 
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        serializer = self.get_serializer(self.get_object(), data=request.data, partial=True)
+    def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
+        """PATCH changes only the settings it names; PUT replaces them (omitted ones take their
+        defaults). Either way a secret not given keeps its stored value (outputs.services)."""
+        serializer = self.get_serializer(self.get_object(), data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
         output = services.output_update(
             output=serializer.instance,
             name=serializer.validated_data.get("name"),
             settings=serializer.validated_data.get("settings"),
+            replace_settings=not partial,
         )
         return Response(self.get_serializer(output).data)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk, partial=True)
 
     def perform_destroy(self, instance: Output) -> None:
         # Rows that depend on the output protect it (e.g. a connection needs its output until it has ended).

@@ -62,16 +62,30 @@ def output_create(*, name: str, partner_key: str, settings: Mapping[str, Any]) -
 
 
 @transaction.atomic
-def output_update(*, output: Output, name: str | None = None, settings: Mapping[str, Any] | None = None) -> Output:
-    """Update name and/or settings. Secrets left blank keep their stored value."""
+def output_update(
+    *,
+    output: Output,
+    name: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    replace_settings: bool = False,
+) -> Output:
+    """Update name and/or configuration settings.
+
+    By default a partial update (REST PATCH, the admin's edit form): a setting not named in
+    `settings` keeps its stored value. With `replace_settings` (REST PUT) the settings given
+    replace the stored ones, and those omitted take their defaults. In both, a secret left out
+    or blank keeps its stored value: secrets are write-only, so no client can send one back.
+    """
     output = Output.objects.select_for_update().get(pk=output.pk)
     if name is not None:
         output.name = _check_name(name, exclude_id=output.pk)
     if settings is not None:
         partner_cls = output.partner_class
         stored_secrets = decrypt_secrets(output.encrypted_secrets)
-        # Required secrets already stored need not be typed again.
-        submitted = dict(settings)
+        known = {s.name for s in partner_cls.configuration_settings}
+        # Start from what is stored (only settings the partner still has), then apply the update.
+        submitted = {} if replace_settings else {k: v for k, v in output.settings.items() if k in known}
+        submitted.update(settings)
         for secret in partner_cls.secret_setting_names():
             if submitted.get(secret) in (None, "") and secret in stored_secrets:
                 submitted[secret] = stored_secrets[secret]
