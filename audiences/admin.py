@@ -21,22 +21,22 @@ from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from audiences import criteria as criteria_lang
+from audiences.admin_builder import CRITERIA_HELP, CriteriaBuilderAdminMixin, CriteriaBuilderWidget
+from audiences.criteria.facts import ProfileFacts
 from audiences.download import zip_response
+from audiences.estimates import has_conditions
 from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from config.admin_forms import add_service_errors
 
-CRITERIA_HELP = format_html(
-    "A JSON criteria tree. Operators: {}.<pre>{}</pre>",
-    ", ".join(sorted(criteria_lang.OPERATORS)),
-    (criteria_lang.__doc__ or "").strip(),
-)
 EXAMPLE_CRITERIA = {"and": []}
+AUDIENCE_FIELDS = ("name", "external_name", "description", "status", "criteria")
 
 
 def count_of(model: type, fk: str, **filters: Any) -> Coalesce:
@@ -80,21 +80,45 @@ class CriteriaField(forms.JSONField):
 class AudienceForm(forms.ModelForm):
     """Name, external name, description, status and criteria; saved by the audience services."""
 
-    criteria = CriteriaField(
-        help_text=CRITERIA_HELP,
-        initial=EXAMPLE_CRITERIA,
-        widget=forms.Textarea(attrs={"rows": 12, "cols": 80, "class": "vLargeTextField"}),
+    criteria = CriteriaField(help_text=CRITERIA_HELP, initial=EXAMPLE_CRITERIA, widget=CriteriaBuilderWidget())
+    confirm_everybody = forms.BooleanField(
+        required=False,
+        label="Criteria without a condition",
+        help_text="Tick to confirm criteria without any condition: the audience then holds every profile "
+        "(or, with “Any of these” and nothing in it, nobody).",
     )
 
     class Meta:
         model = Audience
-        fields = ["name", "external_name", "description", "status", "criteria"]
+        fields = list(AUDIENCE_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The builder leaves this audience out of "member of another audience" and of the cycle check.
+        self.fields["criteria"].widget.audience_id = self.instance.pk
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        criteria = cleaned.get("criteria")
+        new_criteria = self.instance.pk is None or "criteria" in self.changed_data
+        if new_criteria and isinstance(criteria, dict) and not has_conditions(criteria):
+            if not cleaned.get("confirm_everybody"):
+                # Constant without a condition: evaluating it on an empty profile tells which constant.
+                everybody = _matches_without_conditions(criteria)
+                self.add_error(
+                    "criteria",
+                    "These criteria have no condition, so the audience would hold "
+                    + ("every profile" if everybody else "nobody")
+                    + ". Add a condition, or tick “Criteria without a condition” to confirm.",
+                )
+        return cleaned
 
     def _post_clean(self) -> None:
         # Replaces the model validation: the service validates and writes (config/admin_forms.py).
         if self.errors:
             return
-        values = {name: self.cleaned_data[name] for name in self._meta.fields if name in self.cleaned_data}
+        # The audience's own fields (the admin adds the form's others, such as confirm_everybody, to _meta.fields).
+        values = {name: self.cleaned_data[name] for name in AUDIENCE_FIELDS if name in self.cleaned_data}
         try:
             if self.instance.pk is None:
                 self.instance = audience_create(**values)
@@ -103,6 +127,14 @@ class AudienceForm(forms.ModelForm):
                 self.instance = audience_update(audience=self.instance, **changed)
         except ValidationError as exc:
             add_service_errors(self, exc)
+
+
+def _matches_without_conditions(criteria: dict) -> bool:
+    try:
+        criteria_lang.validate_criteria(criteria)
+    except ValidationError:
+        return True
+    return criteria_lang.matches(criteria, ProfileFacts(profile_id=0, attributes={}), timezone.now())
 
 
 class AudienceChangeList(ChangeList):
@@ -125,7 +157,7 @@ class AudienceDownloadForm(forms.Form):
 
 
 @admin.register(Audience)
-class AudienceAdmin(admin.ModelAdmin):
+class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
     form = AudienceForm
     list_display = (
         "name",
@@ -151,7 +183,7 @@ class AudienceAdmin(admin.ModelAdmin):
     )
     fieldsets = (
         (None, {"fields": ("name", "external_name", "description", "status")}),
-        ("Criteria", {"fields": ("criteria",)}),
+        ("Criteria", {"fields": ("criteria", "confirm_everybody")}),
         ("Calculation", {"fields": readonly_fields}),
     )
 

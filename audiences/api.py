@@ -11,13 +11,16 @@ from django.shortcuts import get_object_or_404
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audiences import profiles, selectors, services
 from audiences.download import zip_response
+from audiences.estimates import criteria_estimate, names_seen
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from audiences.serializers import (
+    AudienceEstimateSerializer,
     AudienceMemberSerializer,
     AudienceSerializer,
     HistoryEntrySerializer,
@@ -43,6 +46,14 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 def query_identity_types(request: Request) -> str:
     # ?identity_types=email,google_advertising_id (or the parameter repeated).
     return ",".join(request.query_params.getlist("identity_types"))
+
+
+class CanBuildAudiences(BasePermission):
+    """The criteria builder's endpoints (estimate, names seen): for who may create or change audiences."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user and (user.has_perm("audiences.add_audience") or user.has_perm("audiences.change_audience")))
 
 
 class ProfileViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -143,6 +154,33 @@ class AudienceViewSet(
             raise serializers.ValidationError(
                 {"detail": f"This audience has {names}; delete them before deleting the audience."}
             ) from None
+
+    # --- the criteria builder: estimate and names, without saving anything ----------------------
+
+    @action(
+        detail=False,
+        methods=["post"],
+        serializer_class=AudienceEstimateSerializer,
+        permission_classes=[IsAdminUser, CanBuildAudiences],
+    )
+    def estimate(self, request: Request) -> Response:
+        """POST {"criteria": tree, "audience": id (optional, the audience being edited)}: how many profiles
+        match now, names never seen in the data, without saving. 400 names the criteria's problem."""
+        body = AudienceEstimateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        audience = body.validated_data.get("audience")
+        try:
+            estimate = criteria_estimate(
+                criteria=body.validated_data["criteria"], audience_id=audience.pk if audience else None
+            )
+        except ValidationError as exc:
+            raise ValidationError({"criteria": exc.messages}) from None
+        return Response(estimate.as_dict())
+
+    @action(detail=False, methods=["get"], permission_classes=[IsAdminUser, CanBuildAudiences])
+    def names(self, request: Request) -> Response:
+        """GET ?event=<name>: attribute and event names seen in the data, with counts in the sample."""
+        return Response(names_seen(event=request.query_params.get("event")).as_dict())
 
     @action(detail=True, methods=["get"], serializer_class=AudienceMemberSerializer)
     def members(self, request: Request, pk: str | None = None) -> Response:

@@ -93,6 +93,13 @@ class ProfileDetailSerializer(ProfileSerializer):
 # --- audiences -------------------------------------------------------------------------------
 
 
+class AudienceEstimateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The estimate's request: criteria to count, and the audience being edited (for its cycle check)."""
+
+    criteria = serializers.JSONField()
+    audience = serializers.PrimaryKeyRelatedField(queryset=Audience.objects.all(), required=False, allow_null=True)
+
+
 class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     """Read and write. Writable fields are declared by hand so that DRF adds no validators of its
     own (max length, unique name): services.audience_create / audience_update decide."""

@@ -42,6 +42,11 @@ def attribute_names(tree: Mapping) -> set[str]:
     }
 
 
+def event_conditions(tree: Mapping) -> list[Mapping]:
+    """The tree's event conditions."""
+    return [node for node in _conditions(tree) if "event" in node]
+
+
 def _conditions(tree: Mapping) -> Iterator[Mapping]:
     """The tree's conditions (leaves), without looking inside event conditions."""
     stack = [tree]
