@@ -46,9 +46,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 API_PREFIX = "/3.0"
 ERROR_TYPE_URL = "https://mailchimp.com/developer/marketing/docs/errors/"
 BATCH_MEMBER_LIMIT = 500
-# GET /lists/{id}/members paging, as documented by Mailchimp.
+# GET /lists and GET /lists/{id}/members paging, as documented by Mailchimp (count and offset).
 MEMBERS_PAGE_DEFAULT = 10
 MEMBERS_PAGE_MAX = 1000
+LISTS_PAGE_DEFAULT = 10
+LISTS_PAGE_MAX = 1000
 MEMBER_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional")
 ARCHIVED = "archived"
 EMAIL_TYPES = ("html", "text")
@@ -505,8 +507,13 @@ class LocalMailchimpServer:
         return _Response(200, {"health_status": "Everything's Chimpy!"})
 
     def _api_get_lists(self, params: dict[str, str], query: dict[str, str], body: Any) -> _Response:
-        lists = [lst.as_json() for lst in self._lists.values()]
-        return _Response(200, {"lists": lists, "total_items": len(lists)})
+        """A page of the account's lists, oldest first: `count` (default 10, at most 1,000) from `offset`;
+        `total_items` counts them all. `fields` is accepted and ignored (Mailchimp then returns fewer keys)."""
+        count = min(_int_param(query, "count", LISTS_PAGE_DEFAULT), LISTS_PAGE_MAX)
+        offset = _int_param(query, "offset", 0)
+        lists = list(self._lists.values())
+        page = [lst.as_json() for lst in lists[offset : offset + count]]
+        return _Response(200, {"lists": page, "total_items": len(lists), "_links": []})
 
     def _api_create_list(self, params: dict[str, str], query: dict[str, str], body: Any) -> _Response:
         data = _require_object(body)

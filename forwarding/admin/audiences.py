@@ -7,6 +7,7 @@ this module replaces that registration with a subclass, the usual way to extend 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,7 +21,7 @@ from audiences.admin import AudienceAdmin, count_of
 from audiences.models import Audience
 from connections.models import Connection
 from connections.selectors import connected_output_counts
-from forwarding.forms import ConnectSettingsForm
+from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
 from forwarding.selectors import connection_stats
 from outputs.models import Output
 
@@ -80,8 +81,9 @@ class ConnectedAudienceAdmin(AudienceAdmin):
         return [connect, *super().get_urls()]
 
     def connect_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Step 1 lists the outputs (links to ?output=<id>); step 2 asks for that output's
-        connection settings and calls connection_create."""
+        """Step 1 lists the outputs (links to ?output=<id>); step 2 asks for that output's connection
+        settings (the partner's list picked from its lists), and tests them, previews the first send, or
+        connects (forwarding/forms.py), as the button pressed says."""
         audience = self.audience_for_page(request, object_id, permission="connections.add_connection")
         context = self.audience_page_context(request, audience, f"Connect an output to “{audience}”")
         output_id = request.GET.get("output")
@@ -103,8 +105,10 @@ class ConnectedAudienceAdmin(AudienceAdmin):
             return TemplateResponse(request, "admin/audiences/audience/connect_choose_output.html", context)
 
         output = get_object_or_404(Output, pk=output_id)
-        form = ConnectSettingsForm(request.POST if request.method == "POST" else None, audience=audience, output=output)
-        if request.method == "POST" and form.is_valid():
+        posted = request.method == "POST"
+        action = next((a for a in (TEST, PREVIEW) if posted and f"_{a}" in request.POST), CONNECT)
+        form = ConnectSettingsForm(request.POST if posted else None, audience=audience, output=output, action=action)
+        if posted and form.is_valid() and form.connection is not None:
             messages.success(
                 request, f"Connected “{audience}” to “{output.name}”; its current members are queued for sending."
             )
@@ -118,6 +122,12 @@ class ConnectedAudienceAdmin(AudienceAdmin):
                 ),
                 "errors": admin.helpers.AdminErrorList(form, []),
                 "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
+                "test_result": form.test_result,
+                "accepted_types": ", ".join(sorted(output.partner_class.accepted_identity_types)),
+                "preview": form.preview,
+                "preview_json": json.dumps(form.preview.sample_request, indent=2, ensure_ascii=False)
+                if form.preview and form.preview.sample_request
+                else "",
             }
         )
         return TemplateResponse(request, "admin/audiences/audience/connect_settings.html", context)

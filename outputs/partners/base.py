@@ -140,6 +140,15 @@ class MemberResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Destination:
+    """A list or audience the partner account holds, as offered when connecting."""
+
+    id: str
+    name: str
+    members: int | None = None
+
+
 class Partner:
     """Base class of partner integrations. Subclasses declare the class attributes below."""
 
@@ -155,6 +164,9 @@ class Partner:
     delivery_mode: ClassVar[str] = "realtime"
     batch_limit: ClassVar[int] = 100
     default_base_url: ClassVar[str] = ""
+    # The connection setting naming the partner-side list or audience, when list_destinations() can list
+    # them (the admin then offers a choice instead of a free-text id).
+    destination_setting: ClassVar[str | None] = None
 
     def __init__(self, configuration: Mapping[str, Any]):
         self.configuration = dict(configuration)
@@ -192,6 +204,17 @@ class Partner:
         Raises TransientError / AuthError / PermanentError when the whole request fails.
         """
         raise NotImplementedError
+
+    def list_destinations(self) -> list[Destination]:
+        """The lists or audiences the account holds (partners declaring destination_setting); may raise PartnerError."""
+        return []
+
+    def describe_batch(self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]) -> dict:
+        """What apply_batch would send for these changes, without sending it (the connect page's preview).
+        No secret goes in it. The default names each change; partners show their real request."""
+        return {
+            "changes": [{"identity_type": c.identity_type, "value": c.value, "action": str(c.action)} for c in changes]
+        }
 
     def end_connection(
         self, connection_settings: Mapping[str, Any], held: Sequence[MemberChange]

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 
 from outputs.partners.base import (
     Action,
+    Destination,
     MemberChange,
     MemberResult,
     Outcome,
@@ -28,6 +29,10 @@ API_KEY_RE = re.compile(r"^[A-Za-z0-9]+-(?P<dc>[a-z]+[0-9]+)$")
 # for nothing that could change the URL it goes into.
 LIST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,50}")
 MERGE_TAG_MAX = 10
+# GET /lists pages: Mailchimp's largest page is 1,000; an account with more lists than LISTS_MAX_PAGES pages
+# is offered the first ones (and the list id can still be typed).
+LISTS_PAGE_SIZE = 1000
+LISTS_MAX_PAGES = 10
 # mParticle's reserved user attributes and the Mailchimp merge fields every list has.
 RESERVED_MERGE_TAGS = {"$firstname": "FNAME", "$lastname": "LNAME", "$mobile": "PHONE", "$address": "ADDRESS"}
 
@@ -156,14 +161,16 @@ class Mailchimp(Partner):
     connection_settings = (
         Setting(
             "list_id",
-            "Audience ID",
-            help_text="The Mailchimp list id (Audience > Settings > Audience name and defaults).",
+            "Mailchimp audience (list) ID",
+            help_text="The Mailchimp list to keep in sync. Mailchimp calls it an audience; its id is under "
+            "Audience > Settings > Audience name and defaults.",
             max_length=100,
         ),
     )
     delivery_mode = "realtime"
     batch_limit = 500
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
+    destination_setting = "list_id"
 
     @classmethod
     def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
@@ -221,6 +228,38 @@ class Mailchimp(Partner):
             f"{stats.get('member_count', 0)} subscribed, {stats.get('unsubscribe_count', 0)} unsubscribed."
         )
 
+    def list_destinations(self) -> list[Destination]:
+        """The account's lists, page by page (GET /lists, count and offset), with their subscribed counts."""
+        client = self.client()
+        destinations: list[Destination] = []
+        for page in range(LISTS_MAX_PAGES):
+            query = {
+                "count": LISTS_PAGE_SIZE,
+                "offset": page * LISTS_PAGE_SIZE,
+                "fields": "lists.id,lists.name,lists.stats.member_count,total_items",
+            }
+            data = client.json(client.request("GET", "/lists", params=query))
+            lists = data.get("lists") or []
+            for item in lists:
+                if isinstance(item, dict) and item.get("id"):
+                    members = (item.get("stats") or {}).get("member_count")
+                    destinations.append(Destination(str(item["id"]), str(item.get("name") or item["id"]), members))
+            total = data.get("total_items")
+            if not lists or not isinstance(total, int) or len(destinations) >= total:
+                break
+        return destinations
+
+    def batch_body(self, changes: Sequence[MemberChange]) -> dict[str, Any]:
+        """The body of POST /lists/{list_id}: what apply_batch sends, and what the connect page previews."""
+        return {"members": [self.member_payload(c) for c in changes], "update_existing": True}
+
+    def describe_batch(self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]) -> dict:
+        return {
+            "method": "POST",
+            "path": f"/lists/{url_segment(connection_settings['list_id'])}",
+            "body": self.batch_body(changes),
+        }
+
     def member_payload(self, change: MemberChange) -> dict[str, Any]:
         member: dict[str, Any] = {"email_address": change.value, "email_type": self.configuration["email_type"]}
         if change.action is Action.REMOVE:
@@ -243,7 +282,7 @@ class Mailchimp(Partner):
             raise ValueError(f"Mailchimp takes at most {self.batch_limit} members per call")
         if not changes:
             return []
-        body = {"members": [self.member_payload(c) for c in changes], "update_existing": True}
+        body = self.batch_body(changes)
         client = self.client()
         answer = client.json(client.request("POST", f"/lists/{url_segment(connection_settings['list_id'])}", json=body))
         errors = {

@@ -22,6 +22,7 @@ from audiences.services import audience_create
 from connections.models import Connection, ConnectionMember
 from forwarding.lifecycle import connection_create, connection_delete
 from forwarding.models import DeliveryAttempt, PendingChange
+from local_partners.mailchimp import LocalMailchimpServer
 from outputs.models import Output
 from outputs.services import output_create
 
@@ -77,6 +78,16 @@ def parisian(email: str | None, customer: str) -> None:
 
 
 @pytest.fixture
+def local_mailchimp(settings):
+    """The local Mailchimp server, holding the list LIST_ID, as the partner of every Mailchimp output."""
+    server = LocalMailchimpServer(api_keys=[MAILCHIMP_KEY]).start()
+    server.create_list(LIST_ID, "Potential Parisians")
+    settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def output() -> Output:
     return output_create(
         name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY, "double_opt_in": False}
@@ -102,7 +113,7 @@ def connection(audience: Audience, output: Output) -> Connection:
 # --- the whole tutorial, in order ------------------------------------------------------------
 
 
-def test_the_tutorial_through_the_admin(admin_client):
+def test_the_tutorial_through_the_admin(admin_client, local_mailchimp):
     # Add the Mailchimp output: Directory -> Mailchimp -> Configuration Settings -> Save.
     directory = admin_client.get(DIRECTORY_URL).content.decode()
     assert OUTPUT_ADD_URL in directory
@@ -328,7 +339,7 @@ def test_audience_list_counts_efficiently(admin_client, audience, connection, dj
 # --- Connect your Audience --------------------------------------------------------------------
 
 
-def test_connect_output_from_the_audience_page(admin_client, audience):
+def test_connect_output_from_the_audience_page(admin_client, audience, local_mailchimp):
     # Add the output through the admin, as the tutorial does.
     assert post_mailchimp_output(admin_client).status_code == 302
     output = Output.objects.get()
@@ -341,9 +352,10 @@ def test_connect_output_from_the_audience_page(admin_client, audience):
     assert step1.status_code == 200
     assert f'href="?output={output.pk}"' in step1.content.decode()
 
-    # Step 2: its connection settings (Audience ID = the list id).
+    # Step 2: its connection settings: the list, picked among the account's lists.
     step2 = admin_client.get(f"{connect_url}?output={output.pk}")
-    assert "Audience ID" in step2.content.decode()
+    assert "Mailchimp audience (list) ID" in step2.content.decode()
+    assert dict(step2.context["form"].fields["list_id"].choices)[LIST_ID].startswith("Potential Parisians")
     blank = admin_client.post(f"{connect_url}?output={output.pk}", {"list_id": ""})
     assert "list_id" in blank.context["form"].errors
     assert not Connection.objects.exists()
@@ -411,7 +423,7 @@ def test_connection_page_shows_settings_figures_attempts_and_rejections(admin_cl
     response = admin_client.get(url("connections_connection_change", connection.pk))
     assert response.status_code == 200
     html = response.content.decode()
-    assert LIST_ID in html and "Audience ID" in html
+    assert LIST_ID in html and "Mailchimp audience (list) ID" in html
     assert 'id="connection-stats"' in html
     assert "looks fake or invalid" in html
     assert [a.result for a in response.context["attempts"]] == ["partial"]

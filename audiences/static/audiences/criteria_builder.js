@@ -519,6 +519,7 @@
       node.appendChild(el("span", { text: data.reason }));
     }
     node.dataset.state = "ready";
+    this.showConfirmation(data.matches_everybody);
     if (data.matches_everybody) {
       node.appendChild(el("p", { className: "cb-warning",
         text: "No condition yet: add one, or confirm below that this audience is meant to hold every profile." }));
@@ -528,6 +529,13 @@
         return el("li", { className: "cb-warning", text: text });
       })));
     }
+  };
+
+  // The "Criteria without a condition" box matters only for such criteria (or once ticked).
+  Builder.prototype.showConfirmation = function (needed) {
+    var box = document.getElementById("id_confirm_everybody");
+    var row = box && box.closest(".form-row");
+    if (row) row.style.display = needed || box.checked ? "" : "none";
   };
 
   document.addEventListener("DOMContentLoaded", function () {
