@@ -34,6 +34,7 @@ from audiences.models import Audience, AudienceMembership, Identity, MembershipC
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from config.admin_forms import add_service_errors
+from config.display import number, when
 
 EXAMPLE_CRITERIA = {"and": []}
 AUDIENCE_FIELDS = ("name", "external_name", "description", "status", "criteria")
@@ -166,7 +167,7 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
         "adds_24h",
         "drops_24h",
         "volatility",
-        "last_calculated_at",
+        "last_calculated",
     )
     list_filter = ("status",)
     search_fields = ("name", "external_name")
@@ -177,7 +178,7 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
         "drops_24h",
         "volatility",
         "criteria_version",
-        "last_calculated_at",
+        "last_calculated",
         "created_at",
         "updated_at",
     )
@@ -203,19 +204,34 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
         # Attached by AudienceChangeList / get_object; an unsaved audience has none.
         return getattr(obj, "metrics", None)
 
+    @staticmethod
+    def calculating(obj: Audience) -> bool:
+        """Active and not calculated yet: its size would say 0 while its first calculation runs."""
+        return obj.pk is not None and obj.status == Audience.Status.ACTIVE and obj.last_calculated_at is None
+
     @admin.display(description="size", ordering="size")
-    def size(self, obj: Audience) -> int:
-        return getattr(obj, "size", 0)
+    def size(self, obj: Audience) -> str:
+        if self.calculating(obj):
+            return "calculating…"
+        if obj.status == Audience.Status.DRAFT:
+            return "— (draft: calculated once active)"
+        return number(getattr(obj, "size", 0))
+
+    @admin.display(description="last calculated", ordering="last_calculated_at")
+    def last_calculated(self, obj: Audience) -> str:
+        if self.calculating(obj):
+            return "calculating…"
+        return when(obj.last_calculated_at) if obj.last_calculated_at else "never"
 
     @admin.display(description="Adds (24 h)")
-    def adds_24h(self, obj: Audience) -> int | str:
+    def adds_24h(self, obj: Audience) -> str:
         metrics = self.metrics(obj)
-        return metrics.adds_24h if metrics else "—"
+        return number(metrics.adds_24h) if metrics else "—"
 
     @admin.display(description="Drops (24 h)")
-    def drops_24h(self, obj: Audience) -> int | str:
+    def drops_24h(self, obj: Audience) -> str:
         metrics = self.metrics(obj)
-        return metrics.drops_24h if metrics else "—"
+        return number(metrics.drops_24h) if metrics else "—"
 
     @admin.display(description="volatility")
     def volatility(self, obj: Audience) -> str:

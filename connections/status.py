@@ -15,7 +15,8 @@ Status = Connection.Status
 PLANNING = frozenset({Status.SENDING, Status.PAUSED, Status.FAULTED})
 # Connected: counted among the audience's connected outputs.
 CONNECTED = PLANNING
-PAUSABLE = frozenset({Status.SENDING, Status.FAULTED})
+# A faulted connection sends nothing already: pausing it would only hide its fault.
+PAUSABLE = frozenset({Status.SENDING})
 RESUMABLE = frozenset({Status.PAUSED, Status.FAULTED})
 
 

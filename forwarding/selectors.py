@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from django.db.models import Count, Q
+from django.utils import timezone
 
 from audiences.models import AudienceMembership, Identity
 from connections.models import Connection
@@ -51,3 +53,8 @@ def connection_stats(connection: Connection) -> ConnectionStats:
         retrying=pending["retrying"],
         rejected=members["rejected"],
     )
+
+
+def pending_due_count(connection: Connection, *, now: datetime | None = None) -> int:
+    """The connection's pending changes due now (what a delivery would take next)."""
+    return PendingChange.objects.filter(connection=connection, next_attempt_at__lte=now or timezone.now()).count()

@@ -21,6 +21,7 @@ from audiences.admin import AudienceAdmin, count_of
 from audiences.models import Audience
 from connections.models import Connection
 from connections.selectors import connected_output_counts
+from forwarding import labels
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
 from forwarding.selectors import connection_stats
 from outputs.models import Output
@@ -58,16 +59,25 @@ class ConnectedAudienceAdmin(AudienceAdmin):
     ) -> HttpResponse:
         if obj is not None and obj.pk:
             context["connection_rows"] = [
-                {
-                    "connection": connection,
-                    "stats": connection_stats(connection),
-                    "url": reverse("admin:connections_connection_change", args=[connection.pk]),
-                }
+                self.connection_row(connection)
                 for connection in Connection.objects.filter(audience=obj).select_related("output")
             ]
             context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
             context["can_connect"] = request.user.has_perm("connections.add_connection")
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    @staticmethod
+    def connection_row(connection: Connection) -> dict[str, Any]:
+        """One row of the Connections panel, its words from forwarding/labels.py."""
+        stats = connection_stats(connection)
+        return {
+            "connection": connection,
+            "stats": stats,
+            "status_word": labels.status_word(connection),
+            "status_detail": labels.status_detail(connection),
+            "pending": labels.pending_summary(connection, stats),
+            "url": reverse("admin:connections_connection_change", args=[connection.pk]),
+        }
 
     # --- "Connect output" -----------------------------------------------------------------
 

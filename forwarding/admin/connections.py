@@ -20,12 +20,14 @@ from django.views.decorators.http import require_POST
 
 from audiences.admin import count_of
 from audiences.models import Audience
+from config.display import number, when
 from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
+from forwarding import labels
 from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
 from forwarding.models import DeliveryAttempt, PendingChange
-from forwarding.selectors import connection_stats
+from forwarding.selectors import connection_stats, pending_due_count
 
 RECENT_ROWS = 20
 STATS_LABELS = (
@@ -34,7 +36,6 @@ STATS_LABELS = (
     ("without_accepted_identity", "Members without one (the partner cannot receive them)"),
     ("delivered", "Delivered (identities the partner holds)"),
     ("pending", "Pending"),
-    ("retrying", "of which retrying after an error"),
     ("rejected", "Rejected by the partner"),
 )
 
@@ -44,11 +45,11 @@ class ConnectionAdmin(admin.ModelAdmin):
     list_display = (
         "audience",
         "output",
-        "status",
+        "status_short",
         "delivered_count",
         "pending_count",
         "rejected_count",
-        "last_delivered_at",
+        "last_delivered",
     )
     list_filter = ("status", "output")
     list_select_related = ("audience", "output")
@@ -57,7 +58,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     # Everything is read-only: settings are fixed at creation, the status moves by the buttons.
     fieldsets = (
         (None, {"fields": ("audience_link", "output_link", "settings_display")}),
-        ("Status", {"fields": ("status", "status_reason", "status_changed_at", "last_delivered_at")}),
+        ("Status", {"fields": ("status_display", "last_delivered")}),
         ("Figures", {"fields": ("stats_display",)}),
         (None, {"fields": ("created_at", "updated_at")}),
     )
@@ -65,10 +66,8 @@ class ConnectionAdmin(admin.ModelAdmin):
         "audience_link",
         "output_link",
         "settings_display",
-        "status",
-        "status_reason",
-        "status_changed_at",
-        "last_delivered_at",
+        "status_display",
+        "last_delivered",
         "stats_display",
         "created_at",
         "updated_at",
@@ -87,16 +86,31 @@ class ConnectionAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="delivered", ordering="delivered_count")
-    def delivered_count(self, obj: Connection) -> int:
-        return obj.delivered_count
+    def delivered_count(self, obj: Connection) -> str:
+        return number(obj.delivered_count)
 
     @admin.display(description="pending", ordering="pending_count")
-    def pending_count(self, obj: Connection) -> int:
-        return obj.pending_count
+    def pending_count(self, obj: Connection) -> str:
+        return number(obj.pending_count)
 
     @admin.display(description="rejected", ordering="rejected_count")
-    def rejected_count(self, obj: Connection) -> int:
-        return obj.rejected_count
+    def rejected_count(self, obj: Connection) -> str:
+        return number(obj.rejected_count)
+
+    # --- the state, in labels.py's words ------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def status_short(self, obj: Connection) -> str:
+        return labels.status_word(obj)
+
+    @admin.display(description="status")
+    def status_display(self, obj: Connection) -> str:
+        detail = labels.status_detail(obj)
+        return format_html("<strong>{}</strong>{}", labels.status_word(obj), f" {detail}" if detail else "")
+
+    @admin.display(description="last delivered", ordering="last_delivered_at")
+    def last_delivered(self, obj: Connection) -> str:
+        return when(obj.last_delivered_at) if obj.last_delivered_at else "never"
 
     # --- read-only fields of the change page ------------------------------------------------
 
@@ -126,8 +140,9 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="figures")
     def stats_display(self, obj: Connection) -> str:
-        stats = connection_stats(obj).as_dict()
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((label, stats[k]) for k, label in STATS_LABELS))
+        stats = connection_stats(obj)
+        shown = {k: number(v) for k, v in stats.as_dict().items()} | {"pending": labels.pending_summary(obj, stats)}
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((label, shown[k]) for k, label in STATS_LABELS))
         return format_html('<table id="connection-stats">{}</table>', rows)
 
     def render_change_form(
@@ -194,25 +209,37 @@ class ConnectionAdmin(admin.ModelAdmin):
         return redirect("admin:connections_connection_change", connection.pk)
 
     def pause_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._switch_status(
-            request, object_id, connection_pause, "Paused.", "Paused: changes are kept and sent when you resume."
-        )
-
-    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._switch_status(
-            request, object_id, connection_resume, "Resumed.", "Resumed: pending changes are being sent."
-        )
-
-    def _switch_status(self, request: HttpRequest, object_id: str, service, log: str, success: str) -> HttpResponse:
-        """The status switch: call the service, log the change, tell the user (or show why not)."""
         connection = self._connection_for_change(request, object_id)
+        if not status.can_pause(connection.status):  # e.g. a page left open while the connection faulted
+            messages.warning(request, f"Not paused: the connection is {labels.status_word(connection).lower()}.")
+            return self._back(connection)
         try:
-            service(connection=connection)
+            connection_pause(connection=connection)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         else:
-            self.log_change(request, connection, log)
-            messages.success(request, success)
+            self.log_change(request, connection, "Paused.")
+            messages.success(request, "Paused: changes are kept and sent when you resume.")
+        return self._back(connection)
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Resume says what it did: a faulted connection is first tested with the partner (a refusal leaves
+        it faulted, and says so); then how many pending changes are due now, from the status read again."""
+        connection = self._connection_for_change(request, object_id)
+        if connection.status == Connection.Status.FAULTED:
+            ok, partner_words = connection_test(connection=connection)
+            if not ok:
+                messages.error(request, labels.resume_refused(partner_words))
+                return self._back(connection)
+        try:
+            connection = connection_resume(connection=connection)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return self._back(connection)
+        resumed, message = labels.resume_outcome(connection, pending_due_count(connection))
+        if resumed:
+            self.log_change(request, connection, "Resumed.")
+        messages.add_message(request, messages.SUCCESS if resumed else messages.WARNING, message)
         return self._back(connection)
 
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -223,17 +250,26 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause selected connections", permissions=["change"])
     def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        self._apply_to_each(request, queryset, connection_pause, "Paused")
+        self._apply_to_each(request, queryset, connection_pause, "Paused", status.can_pause)
 
     @admin.action(description="Resume selected connections", permissions=["change"])
     def resume_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        self._apply_to_each(request, queryset, connection_resume, "Resumed")
+        self._apply_to_each(request, queryset, connection_resume, "Resumed", status.can_resume)
 
     def _apply_to_each(
-        self, request: HttpRequest, queryset: QuerySet[Connection], service: Callable[..., Connection], verb: str
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Connection],
+        service: Callable[..., Connection],
+        verb: str,
+        applies: Callable[[str], bool],
     ) -> None:
         done = 0
         for connection in queryset:
+            if not applies(connection.status):
+                # Said, not done: e.g. pausing a faulted connection, or resuming one that is sending.
+                messages.warning(request, f"{connection}: not {verb.lower()}, it is {labels.status_word(connection)}.")
+                continue
             try:
                 service(connection=connection)
             except ValidationError as exc:

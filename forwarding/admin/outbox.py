@@ -7,15 +7,17 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from audiences.admin import ReadOnlyModelAdmin
+from config.display import when
+from forwarding import labels
 from forwarding.models import DeliveryAttempt, PendingChange
 
 
 class RetryingFilter(admin.SimpleListFilter):
-    title = "retrying"
+    title = "tried before"
     parameter_name = "retrying"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", "Retrying after an error"), ("no", "Not tried yet")]
+        return [("yes", "Tried before, after an error"), ("no", "Not tried yet")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[PendingChange]) -> QuerySet[PendingChange]:
         if self.value() == "yes":
@@ -27,11 +29,20 @@ class RetryingFilter(admin.SimpleListFilter):
 
 @admin.register(PendingChange)
 class PendingChangeAdmin(ReadOnlyModelAdmin):
-    list_display = ("connection", "identity_type", "value", "action", "attempts", "next_attempt_at", "last_error")
+    list_display = ("connection", "identity_type", "value", "action", "state", "next_attempt")
     list_filter = ("action", RetryingFilter, "connection__status", "connection", "identity_type")
     list_select_related = ("connection__audience", "connection__output")
     search_fields = ("=value",)
     ordering = ("next_attempt_at", "id")
+
+    @admin.display(description="state")
+    def state(self, obj: PendingChange) -> str:
+        # Agrees with the last attempt and the connection's status (a faulted connection holds, not retries).
+        return labels.pending_change_state(obj, obj.connection)
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: PendingChange) -> str:
+        return when(obj.next_attempt_at)
 
 
 @admin.register(DeliveryAttempt)

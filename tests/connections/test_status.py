@@ -15,7 +15,7 @@ S = Connection.Status
     [
         (S.SENDING, True, True, True, False, True, True),
         (S.PAUSED, True, False, False, True, True, True),
-        (S.FAULTED, True, False, True, True, True, True),
+        (S.FAULTED, True, False, False, True, True, True),  # no Pause: it sends nothing already
         (S.ENDING, False, False, False, False, False, False),
     ],
 )

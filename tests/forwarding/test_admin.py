@@ -452,13 +452,14 @@ def test_pause_and_resume_buttons(admin_client, connection):
     assert connection.status == Connection.Status.SENDING
 
 
-def test_resume_clears_a_fault(admin_client, connection):
+def test_resume_clears_a_fault(admin_client, connection, local_mailchimp):
     Connection.objects.filter(pk=connection.pk).update(status="faulted", status_reason="HTTP 401: API Key Invalid")
     page = admin_client.get(url("connections_connection_change", connection.pk)).content.decode()
     assert "HTTP 401: API Key Invalid" in page
-    admin_client.post(url("connections_connection_resume", connection.pk))
+    response = admin_client.post(url("connections_connection_resume", connection.pk))
     connection.refresh_from_db()
     assert (connection.status, connection.status_reason) == ("sending", "")
+    assert last_message(response) == "Resumed: 2 pending changes due now."
 
 
 @responses.activate
