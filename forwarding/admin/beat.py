@@ -1,7 +1,8 @@
 """django-celery-beat's models (periodic tasks, schedules) in the admin: for superusers only.
 
-The periodic tasks are defined in code (CELERY_BEAT_SCHEDULE in config/settings.py); an edit in the admin would change what the
-sweeper and the recomputes do, so the models are hidden from everyone else, menu included."""
+The periodic tasks are defined in code (CELERY_BEAT_SCHEDULE in config/settings.py); an edit in the admin
+would change what the sweeper and the recomputes do, so the models are hidden from everyone else, menu
+included."""
 
 from __future__ import annotations
 
