@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WEB_PORT ?= 8000
 LOCAL_MAILCHIMP_PORT ?= 8025
 
-.PHONY: run test lint setup migrate demo services clean
+.PHONY: run test browser-test lint setup migrate demo services clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ run: setup services
 # and the end-to-end tests that need PostgreSQL skip with a reason.
 test: setup
 	$(BIN)/python -m pytest
+
+# The tutorial walked in a real browser (Debian's chromium and chromium-driver, selenium, headless) against the
+# live server, a real Celery worker and the local Mailchimp; needs PostgreSQL and Redis like the end-to-end tests.
+# Screenshots of each step: artifacts/screenshots/ (SCREENSHOTS_DIR).
+browser-test: setup
+	$(BIN)/python -m pytest -m browser tests/e2e/test_browser_tutorial.py
 
 lint: setup
 	$(BIN)/ruff check .

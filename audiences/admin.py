@@ -66,6 +66,18 @@ class ReadOnlyModelAdmin(admin.ModelAdmin):
         return False
 
 
+class TimestampsAdminMixin:
+    """created_at / updated_at shown to the second, with how long ago (config/display.py)."""
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: Any) -> str:
+        return when(obj.created_at) if obj.pk else "—"
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: Any) -> str:
+        return when(obj.updated_at) if obj.pk else "—"
+
+
 # --- audiences ------------------------------------------------------------------------------
 
 
@@ -158,7 +170,7 @@ class AudienceDownloadForm(forms.Form):
 
 
 @admin.register(Audience)
-class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
+class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.ModelAdmin):
     form = AudienceForm
     list_display = (
         "name",
@@ -179,8 +191,8 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
         "volatility",
         "criteria_version",
         "last_calculated",
-        "created_at",
-        "updated_at",
+        "created",
+        "updated",
     )
     fieldsets = (
         (None, {"fields": ("name", "external_name", "description", "status")}),
@@ -211,6 +223,8 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="size", ordering="size")
     def size(self, obj: Audience) -> str:
+        if obj.pk is None:
+            return "—"
         if self.calculating(obj):
             return "calculating…"
         if obj.status == Audience.Status.DRAFT:
@@ -219,6 +233,8 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="last calculated", ordering="last_calculated_at")
     def last_calculated(self, obj: Audience) -> str:
+        if obj.pk is None:
+            return "—"
         if self.calculating(obj):
             return "calculating…"
         return when(obj.last_calculated_at) if obj.last_calculated_at else "never"

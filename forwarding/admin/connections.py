@@ -18,7 +18,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from audiences.admin import count_of
+from audiences.admin import TimestampsAdminMixin, count_of
 from audiences.models import Audience
 from config.display import number, when
 from connections import status
@@ -41,7 +41,7 @@ STATS_LABELS = (
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
     list_display = (
         "audience",
         "output",
@@ -60,7 +60,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         (None, {"fields": ("audience_link", "output_link", "settings_display")}),
         ("Status", {"fields": ("status_display", "last_delivered")}),
         ("Figures", {"fields": ("stats_display",)}),
-        (None, {"fields": ("created_at", "updated_at")}),
+        (None, {"fields": ("created", "updated")}),
     )
     readonly_fields = (
         "audience_link",
@@ -69,8 +69,8 @@ class ConnectionAdmin(admin.ModelAdmin):
         "status_display",
         "last_delivered",
         "stats_display",
-        "created_at",
-        "updated_at",
+        "created",
+        "updated",
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:

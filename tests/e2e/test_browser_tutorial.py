@@ -1,0 +1,248 @@
+"""The tutorial walked in a real browser (issue 10, "Done when"): Debian's chromium driven by selenium,
+headless, against the live server with a real Celery worker and the local Mailchimp server.
+
+It builds "Potential Parisians" with the criteria builder by clicking (never typing JSON), sees the live
+estimate, saves, waits for the first calculation, connects Mailchimp by picking the list, previews and tests
+the first send, connects, and sees the local list fill with the 50 emails. Screenshots of each step go to
+artifacts/screenshots/ (SCREENSHOTS_DIR), kept by CI as artifacts.
+
+Run by `make browser-test` (CI: .ci/run); `make test` leaves it out (marker `browser`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from audiences.events_api.ingest import ingest_batches
+from audiences.events_api.parsing import parse_batch
+from audiences.inputs import input_create
+from audiences.models import Audience, AudienceMembership
+from forwarding.management.commands.demo import CRITERIA, DEMO_LIST_ID, demo_batch
+from outputs.services import output_create
+from tests.conftest import service_missing
+from tests.e2e.conftest import API_KEY, ROOT, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR", ROOT / "artifacts" / "screenshots"))
+PASSWORD = "tutorial-password-1"
+WAIT = 30  # seconds for any one thing to appear
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        service_missing(f"selenium is not installed: {exc}")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        service_missing(
+            f"chromium and its driver are needed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver"
+        )
+    profile = tempfile.mkdtemp(prefix="browser-test-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1500",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+class Walk:
+    """The browser and a few steps every page needs."""
+
+    def __init__(self, driver, base_url: str):
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import Select, WebDriverWait
+
+        self.driver, self.base_url, self.By, self.Select = driver, base_url, By, Select
+        # The builder redraws its rows on structural changes: elements are found afresh each time.
+        self.wait = WebDriverWait(
+            driver, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        )
+        self.shot = 0
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def get(self, path: str) -> None:
+        self.driver.get(f"{self.base_url}{path}")
+
+    def css(self, selector: str):
+        return self.driver.find_element(self.By.CSS_SELECTOR, selector)
+
+    def css_all(self, selector: str) -> list:
+        return self.driver.find_elements(self.By.CSS_SELECTOR, selector)
+
+    def until(self, predicate, message: str):
+        return self.wait.until(lambda _driver: predicate(), message)
+
+    def click(self, selector: str) -> None:
+        element = self.until(lambda: self.css(selector), f"{selector} to click")
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.click()
+
+    def pick(self, selector: str, value: str) -> None:
+        """Choose an option of a select, once it is offered (names arrive from the server)."""
+
+        def chosen() -> bool:
+            menu = self.Select(self.css(selector))
+            menu.select_by_value(value)
+            return menu.first_selected_option.get_attribute("value") == value
+
+        self.until(chosen, f"{value!r} chosen in {selector}")
+
+    def type_into(self, selector: str, text: str) -> None:
+        def typed() -> bool:
+            element = self.css(selector)
+            element.clear()
+            element.send_keys(text)
+            return element.get_attribute("value") == text
+
+        self.until(typed, f"{text!r} typed into {selector}")
+
+    def screenshot(self, name: str) -> Path:
+        self.shot += 1
+        path = SCREENSHOTS / f"{self.shot:02d}-{name}.png"
+        # The whole page, not just the window.
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(1400, max(900, min(height + 40, 4000)))
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+@pytest.fixture
+def tutorial_data(worker, mailchimp_server) -> dict:
+    """The tutorial's data without its audience and connection: 140 travellers sent through the Events API,
+    a Mailchimp output on the local server holding two lists, and an admin."""
+    source, _ = input_create(name="Demo app")
+    batches = [
+        *(
+            demo_batch(n, email=n < 50, gaid=n >= 20, status="Premium", city="Paris", days_ago=n % 25)
+            for n in range(100)
+        ),
+        *(
+            demo_batch(
+                100 + n,
+                email=True,
+                gaid=True,
+                status="Free" if n % 2 else "Premium",
+                city="Paris" if n % 2 else "Rome",
+                days_ago=n % 25,
+            )
+            for n in range(40)
+        ),
+    ]
+    ingest_batches(source, [parse_batch(b, path=f"[{i}]") for i, b in enumerate(batches)])
+    mailchimp_server.create_list("a1b2c3d4e5", "Newsletter")
+    mailchimp_server.create_list(DEMO_LIST_ID, "Potential Parisians")
+    output = output_create(
+        name="Mailchimp (local)", partner_key="mailchimp", settings={"api_key": API_KEY, "double_opt_in": True}
+    )
+    User.objects.create_superuser("marketer", "marketer@example.com", PASSWORD)
+    return {"output": output}
+
+
+def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_server, tutorial_data):
+    walk = Walk(browser, live_server.url)
+
+    # Log in.
+    walk.get("/admin/login/")
+    walk.type_into("#id_username", "marketer")
+    walk.type_into("#id_password", PASSWORD)
+    walk.click("input[type=submit]")
+    walk.until(lambda: "Audience Forwarding" in browser.title, "the admin's index")
+
+    # Build "Potential Parisians" with the builder.
+    walk.get("/admin/audiences/audience/add/")
+    walk.type_into("#id_name", "Potential Parisians")
+    walk.Select(walk.css("#id_status")).select_by_value("active")
+    walk.until(lambda: walk.css(".criteria-estimate").get_attribute("data-state"), "a first estimate")
+    top = ".criteria-builder-tree > .cb-group"
+    walk.click(f"{top} > .cb-group-head .cb-add-event")
+    walk.pick(".cb-event .cb-name-select", "Destination Intro")
+    walk.pick(".cb-event .cb-frequency", "at_least")
+    walk.type_into(".cb-event .cb-count-input", "1")
+    walk.click(".cb-event .cb-add-filter")
+    walk.pick(".cb-filters .cb-name-select", "city")
+    walk.pick(".cb-filters .cb-operator", "equals")
+    walk.type_into(".cb-filters .cb-value", "Paris")
+    walk.click(f"{top} > .cb-group-head .cb-add-attribute")
+    attribute = f"{top} > .cb-children > .cb-attribute"
+    walk.pick(f"{attribute} .cb-name-select", "status")
+    walk.type_into(f"{attribute} .cb-value", "Premium")
+
+    # The estimate follows the criteria: the 100 travellers of the tutorial, of 140.
+    estimate = walk.css(".criteria-estimate")
+    walk.until(lambda: estimate.get_attribute("data-count") == "100", "the estimate of 100 profiles")
+    assert "About 100 profiles" in estimate.text and "of 140" in estimate.text
+    assert not walk.css_all(".criteria-estimate .cb-warning")
+    # The builder wrote the same tree as the README's (the JSON stays there for experts).
+    assert json.loads(walk.css("#id_criteria").get_attribute("value")) == CRITERIA
+    walk.screenshot("builder-with-estimate")
+
+    # Save: the audience is calculated by the worker.
+    walk.click("input[name=_save]")
+    walk.until(lambda: "was added successfully" in browser.page_source, "the audience saved")
+    audience = Audience.objects.get(name="Potential Parisians")
+    wait_until(lambda: Audience.objects.filter(pk=audience.pk, last_calculated_at__isnull=False).exists())
+    assert AudienceMembership.objects.filter(audience=audience).count() == 100
+    walk.get(f"/admin/audiences/audience/{audience.pk}/change/")
+    walk.until(lambda: "Connect output" in browser.page_source, "the audience page")
+    walk.screenshot("audience-calculated")
+
+    # Connect: choose the Mailchimp output, pick the list among the account's lists.
+    walk.click(".object-tools a.addlink")
+    walk.click("#connect-outputs a.button")
+    walk.pick("#id_list_id", DEMO_LIST_ID)
+    walk.screenshot("connect-pick-the-list")
+    walk.click("input[name=_preview]")
+    walk.until(lambda: walk.css_all("#connect-preview"), "the preview")
+    assert walk.css("#preview-would-send").text == "50"
+    assert "traveller000@example.com" in walk.css("#preview-request").text
+    assert mailchimp_server.members(DEMO_LIST_ID) == {}  # the preview sent nothing
+    walk.screenshot("connect-preview")
+    walk.click("input[name=_test]")
+    walk.until(lambda: walk.css_all("#connect-test-result .success"), "the test's answer")
+    assert "Mailchimp list 'Potential Parisians' is reachable" in walk.css("#connect-test-result").text
+    walk.click("input[name=_save]")
+    walk.until(lambda: "Connected “Potential Parisians”" in browser.page_source, "connected")
+
+    # The local list fills with the 50 emails, and the audience page says so.
+    wait_until(lambda: len(mailchimp_server.members(DEMO_LIST_ID)) == 50, timeout=WAIT)
+    statuses = {member["status"] for member in mailchimp_server.members(DEMO_LIST_ID).values()}
+    assert statuses == {"pending"}  # double opt-in
+
+    def delivered() -> bool:
+        browser.refresh()
+        cells = walk.css_all(".connection-row .connection-delivered")
+        return bool(cells) and cells[0].text == "50"
+
+    walk.until(delivered, "50 delivered on the audience page")
+    walk.css("#connections").location_once_scrolled_into_view
+    walk.screenshot("list-filled")
