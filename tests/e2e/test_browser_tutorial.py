@@ -25,7 +25,7 @@ from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import parse_batch
 from audiences.inputs import input_create
 from audiences.models import Audience, AudienceMembership
-from forwarding.management.commands.demo import CRITERIA, DEMO_LIST_ID, demo_batch
+from forwarding.management.commands.demo import CRITERIA, DEMO_LIST_ID, demo_batches
 from outputs.services import output_create
 from tests.conftest import service_missing
 from tests.e2e.conftest import API_KEY, ROOT, wait_until
@@ -141,23 +141,7 @@ def tutorial_data(worker, mailchimp_server) -> dict:
     """The tutorial's data without its audience and connection: 140 travellers sent through the Events API,
     a Mailchimp output on the local server holding two lists, and an admin."""
     source, _ = input_create(name="Demo app")
-    batches = [
-        *(
-            demo_batch(n, email=n < 50, gaid=n >= 20, status="Premium", city="Paris", days_ago=n % 25)
-            for n in range(100)
-        ),
-        *(
-            demo_batch(
-                100 + n,
-                email=True,
-                gaid=True,
-                status="Free" if n % 2 else "Premium",
-                city="Paris" if n % 2 else "Rome",
-                days_ago=n % 25,
-            )
-            for n in range(40)
-        ),
-    ]
+    batches = demo_batches()
     ingest_batches(source, [parse_batch(b, path=f"[{i}]") for i, b in enumerate(batches)])
     mailchimp_server.create_list("a1b2c3d4e5", "Newsletter")
     mailchimp_server.create_list(DEMO_LIST_ID, "Potential Parisians")

@@ -72,6 +72,28 @@ def demo_batch(n: int, *, email: bool, gaid: bool, status: str, city: str, days_
     return batch
 
 
+def demo_batches() -> list[dict]:
+    """The tutorial's 140 travellers: 100 members (emails for the first 50, advertising ids for the last 80),
+    and 40 others: Free users who watched Paris, and Premium users who watched Rome."""
+    return [
+        *(
+            demo_batch(n, email=n < 50, gaid=n >= 20, status="Premium", city="Paris", days_ago=n % 25)
+            for n in range(100)
+        ),
+        *(
+            demo_batch(
+                100 + n,
+                email=True,
+                gaid=True,
+                status="Free" if n % 2 else "Premium",
+                city="Paris" if n % 2 else "Rome",
+                days_ago=n % 25,
+            )
+            for n in range(40)
+        ),
+    ]
+
+
 class Command(BaseCommand):
     help = "Load the demo data of the tutorial (idempotent)."
 
@@ -118,25 +140,7 @@ class Command(BaseCommand):
         # Active before the data arrives: members enter in real time as the batches are ingested.
         audience = audience_services.audience_update(audience=audience, status="active")
         source, secret = input_create(name="Demo app")
-        batches = [
-            # 100 members: emails for the first 50, advertising ids for the last 80.
-            *(
-                demo_batch(n, email=n < 50, gaid=n >= 20, status="Premium", city="Paris", days_ago=n % 25)
-                for n in range(100)
-            ),
-            # 40 others: Free users who watched Paris, and Premium users who watched Rome.
-            *(
-                demo_batch(
-                    100 + n,
-                    email=True,
-                    gaid=True,
-                    status="Free" if n % 2 else "Premium",
-                    city="Paris" if n % 2 else "Rome",
-                    days_ago=n % 25,
-                )
-                for n in range(40)
-            ),
-        ]
+        batches = demo_batches()
         ingest_batches(source, [parse_batch(b, path=f"[{i}]") for i, b in enumerate(batches)])
         audience.refresh_from_db()
         self.stdout.write(
