@@ -178,8 +178,13 @@ def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_
     walk.type_into(".cb-filters .cb-value", "Paris")
     walk.click(f"{top} > .cb-group-head .cb-add-attribute")
     attribute = f"{top} > .cb-children > .cb-attribute"
-    walk.pick(f"{attribute} .cb-name-select", "status")
+    # A misspelt name is flagged: it would give an empty audience.
+    walk.pick(f"{attribute} .cb-name-select", "__other__")
+    walk.type_into(f"{attribute} .cb-name .cb-text", "statuss")
     walk.type_into(f"{attribute} .cb-value", "Premium")
+    walk.until(lambda: "No profile has the attribute “statuss”" in walk.css(".criteria-estimate").text, "the warning")
+    walk.screenshot("unseen-name-warning")
+    walk.pick(f"{attribute} .cb-name-select", "status")
 
     # The estimate follows the criteria: the 100 travellers of the tutorial, of 140.
     estimate = walk.css(".criteria-estimate")
@@ -228,5 +233,9 @@ def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_
         return bool(cells) and cells[0].text == "50"
 
     walk.until(delivered, "50 delivered on the audience page")
-    walk.css("#connections").location_once_scrolled_into_view
     walk.screenshot("list-filled")
+    walk.click(".connection-row a")
+    walk.until(lambda: walk.css_all("#connection-stats"), "the connection's page")
+    assert "Sending" in walk.css(".field-status_display").text
+    assert 'name="pause"' in browser.page_source and 'name="resume"' not in browser.page_source
+    walk.screenshot("connection")
