@@ -195,6 +195,16 @@ def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_
     assert json.loads(walk.css("#id_criteria").get_attribute("value")) == CRITERIA
     walk.screenshot("builder-with-estimate")
 
+    # An expert's edit of the JSON redraws the builder (Free travellers to Paris: 20), and back.
+    walk.click(".criteria-json-details summary")
+    free = json.loads(json.dumps(CRITERIA).replace("Premium", "Free"))
+    walk.type_into("#id_criteria", json.dumps(free))
+    walk.until(lambda: walk.css(f"{attribute} .cb-value").get_attribute("value") == "Free", "the builder redrawn")
+    walk.until(lambda: estimate.get_attribute("data-count") == "20", "the estimate of the edited JSON")
+    walk.type_into("#id_criteria", json.dumps(CRITERIA))
+    walk.until(lambda: estimate.get_attribute("data-count") == "100", "the estimate back to 100")
+    assert walk.css(f"{attribute} .cb-value").get_attribute("value") == "Premium"
+
     # Save: the audience is calculated by the worker.
     walk.click("input[name=_save]")
     walk.until(lambda: "was added successfully" in browser.page_source, "the audience saved")
