@@ -17,19 +17,9 @@ from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import parse_batch
 from audiences.inputs import input_create
 from audiences.models import Audience, AudienceMembership, MembershipChange, Profile
+from forwarding.management.commands.demo import CRITERIA as TUTORIAL
 from forwarding.management.commands.demo import demo_batch
 
-TUTORIAL = {
-    "and": [
-        {
-            "event": "Destination Intro",
-            "attributes": [{"attribute": "city", "operator": "equals", "value": "Paris"}],
-            "frequency": {"operator": "at_least", "count": 1},
-            "recency": {"within_last": {"amount": 30, "unit": "days"}},
-        },
-        {"attribute": "status", "operator": "equals", "value": "Premium"},
-    ]
-}
 # Trees of every kind of node, each compared with what a recompute stores.
 TREES = [
     TUTORIAL,
