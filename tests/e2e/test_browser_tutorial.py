@@ -77,7 +77,7 @@ def browser() -> Iterator:
 class Walk:
     """The browser and a few steps every page needs."""
 
-    def __init__(self, driver, base_url: str):
+    def __init__(self, driver, base_url: str, name: str):
         from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -87,7 +87,7 @@ class Walk:
         self.wait = WebDriverWait(
             driver, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
         )
-        self.shot = 0
+        self.name, self.shot = name, 0
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     def get(self, path: str) -> None:
@@ -103,9 +103,14 @@ class Walk:
         return self.wait.until(lambda _driver: predicate(), message)
 
     def click(self, selector: str) -> None:
-        element = self.until(lambda: self.css(selector), f"{selector} to click")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-        element.click()
+        def clicked() -> bool:
+            # Found and clicked in one go: a redraw in between (names arriving) leaves a stale element.
+            element = self.css(selector)
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+            element.click()
+            return True
+
+        self.until(clicked, f"{selector} clicked")
 
     def pick(self, selector: str, value: str) -> None:
         """Choose an option of a select, once it is offered (names arrive from the server)."""
@@ -126,9 +131,16 @@ class Walk:
 
         self.until(typed, f"{text!r} typed into {selector}")
 
+    def log_in(self) -> None:
+        self.get("/admin/login/")
+        self.type_into("#id_username", "marketer")
+        self.type_into("#id_password", PASSWORD)
+        self.click("input[type=submit]")
+        self.until(lambda: "Audience Forwarding" in self.driver.title, "the admin's index")
+
     def screenshot(self, name: str) -> Path:
         self.shot += 1
-        path = SCREENSHOTS / f"{self.shot:02d}-{name}.png"
+        path = SCREENSHOTS / f"{self.name}-{self.shot:02d}-{name}.png"
         # The whole page, not just the window.
         height = self.driver.execute_script("return document.documentElement.scrollHeight")
         self.driver.set_window_size(1400, max(900, min(height + 40, 4000)))
@@ -153,14 +165,8 @@ def tutorial_data(worker, mailchimp_server) -> dict:
 
 
 def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_server, tutorial_data):
-    walk = Walk(browser, live_server.url)
-
-    # Log in.
-    walk.get("/admin/login/")
-    walk.type_into("#id_username", "marketer")
-    walk.type_into("#id_password", PASSWORD)
-    walk.click("input[type=submit]")
-    walk.until(lambda: "Audience Forwarding" in browser.title, "the admin's index")
+    walk = Walk(browser, live_server.url, "tutorial")
+    walk.log_in()
 
     # Build "Potential Parisians" with the builder.
     walk.get("/admin/audiences/audience/add/")
@@ -249,3 +255,38 @@ def test_the_tutorial_in_a_real_browser(browser, live_server, worker, mailchimp_
     assert "Sending" in walk.css(".field-status_display").text
     assert 'name="pause"' in browser.page_source and 'name="resume"' not in browser.page_source
     walk.screenshot("connection")
+
+
+def test_groups_identities_and_audiences_in_the_builder(browser, live_server, mailchimp_server):
+    """The rows the tutorial does not use: a "None of these" group with an identity condition, and
+    membership of another audience, written as the JSON tree the criteria language defines."""
+    from audiences.services import audience_create
+
+    other = audience_create(name="Newsletter readers", criteria={"attribute": "newsletter", "operator": "exists"})
+    User.objects.create_superuser("marketer", "marketer@example.com", PASSWORD)
+    walk = Walk(browser, live_server.url, "builder")
+    walk.log_in()
+
+    walk.get("/admin/audiences/audience/add/")
+    top = ".criteria-builder-tree > .cb-group"
+    walk.click(f"{top} > .cb-group-head .cb-add-group")
+    group = f"{top} > .cb-children > .cb-group"
+    walk.pick(f"{group} > .cb-group-head .cb-mode", "exclude")
+    walk.click(f"{group} > .cb-group-head .cb-add-identity")
+    identity = f"{group} > .cb-children > .cb-identity"
+    walk.pick(f"{identity} .cb-identity-type", "email")
+    walk.pick(f"{identity} .cb-operator", "matches")
+    walk.type_into(f"{identity} .cb-value", "*@example.com")
+    walk.click(f"{top} > .cb-group-head .cb-add-audience")
+    walk.pick(f"{top} > .cb-children > .cb-audience .cb-audience-select", str(other.pk))
+    walk.pick(f"{top} > .cb-children > .cb-audience .cb-operator", "not_member")
+    expected = {
+        "and": [
+            {"exclude": {"identity": "email", "operator": "matches", "value": "*@example.com"}},
+            {"audience": other.pk, "operator": "not_member"},
+        ]
+    }
+    walk.until(lambda: json.loads(walk.css("#id_criteria").get_attribute("value")) == expected, "the JSON tree")
+    walk.until(lambda: walk.css(".criteria-estimate").get_attribute("data-state") == "ready", "a valid estimate")
+    assert not walk.css("#id_confirm_everybody").is_displayed()  # there are conditions: nothing to confirm
+    walk.screenshot("groups-identities-audiences")
