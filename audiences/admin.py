@@ -29,6 +29,7 @@ from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
+from config.roles import DOWNLOAD_AUDIENCE
 from connections.forms import ConnectSettingsForm
 from connections.models import Connection
 from connections.selectors import connection_stats
@@ -233,6 +234,8 @@ class AudienceAdmin(admin.ModelAdmin):
         obj: Audience | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
+            # Each part shows to those who may see it (config/roles.py), as in the REST API.
+            context["show_connections"] = request.user.has_perm("connections.view_connection")
             context["connection_rows"] = [
                 {
                     "connection": connection,
@@ -240,10 +243,12 @@ class AudienceAdmin(admin.ModelAdmin):
                     "url": reverse("admin:connections_connection_change", args=[connection.pk]),
                 }
                 for connection in Connection.objects.filter(audience=obj).select_related("output")
+                if context["show_connections"]
             ]
             context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
             context["can_connect"] = request.user.has_perm("connections.add_connection")
-            context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
+            if request.user.has_perm(DOWNLOAD_AUDIENCE):
+                context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- "Connect output" -----------------------------------------------------------------
@@ -266,7 +271,7 @@ class AudienceAdmin(admin.ModelAdmin):
         audience = self.get_object(request, unquote(object_id))
         if audience is None:
             raise Http404("No such audience.")
-        if not self.has_view_permission(request, audience):
+        if not (self.has_view_permission(request, audience) and request.user.has_perm(DOWNLOAD_AUDIENCE)):
             raise PermissionDenied
         # Not `request.POST or None`: a POST with no box ticked must show the error.
         form = AudienceDownloadForm(request.POST if request.method == "POST" else None)

@@ -1,5 +1,9 @@
 """Connections in the admin: figures, recent deliveries and rejections, and the status switch
-(Pause / Resume / Test connection / Delete), every change through connections.services."""
+(Pause / Resume / Test connection / Delete), every change through connections.services.
+
+The buttons and actions check the same permissions as the REST API (config/roles.py): pause and
+resume need connections.pause_connection, the test connections.test_connection; the recent attempts
+and rejections show to those who may view delivery attempts and connection members."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from django.views.decorators.http import require_POST
 
 from audiences.admin import count_of
 from audiences.models import Audience
+from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connection_stats
 from connections.services import connection_delete, connection_pause, connection_resume, connection_test
@@ -138,20 +143,22 @@ class ConnectionAdmin(admin.ModelAdmin):
         obj: Connection | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
-            can_change = self.has_change_permission(request, obj)
+            can_switch = self.has_pause_permission(request)
             context.update(
                 {
                     # Not "Change connection": nothing here is edited in a form.
                     "title": "Connection",
+                    "show_attempts": request.user.has_perm("forwarding.view_deliveryattempt"),
                     "attempts": DeliveryAttempt.objects.filter(connection=obj).order_by("-at", "-id")[:RECENT_ROWS],
+                    "show_rejections": request.user.has_perm("connections.view_connectionmember"),
                     "rejections": ConnectionMember.objects.filter(
                         connection=obj, state=ConnectionMember.State.REJECTED
                     ).order_by("-updated_at", "-id")[:RECENT_ROWS],
                     "recent_rows": RECENT_ROWS,
                     "is_ending": obj.status == Connection.Status.ENDING,
-                    "can_pause": can_change and obj.status in (Connection.Status.SENDING, Connection.Status.FAULTED),
-                    "can_resume": can_change and obj.status in (Connection.Status.PAUSED, Connection.Status.FAULTED),
-                    "can_test": can_change and obj.status != Connection.Status.ENDING,
+                    "can_pause": can_switch and obj.status in (Connection.Status.SENDING, Connection.Status.FAULTED),
+                    "can_resume": can_switch and obj.status in (Connection.Status.PAUSED, Connection.Status.FAULTED),
+                    "can_test": self.has_test_permission(request) and obj.status != Connection.Status.ENDING,
                     # Nothing on this page is editable, so there is nothing to save.
                     "show_save": False,
                     "show_save_and_continue": False,
@@ -182,11 +189,20 @@ class ConnectionAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def _connection_for_change(self, request: HttpRequest, object_id: str) -> Connection:
+    # The custom permissions, as admin actions read them (`permissions=["pause"]`).
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(PAUSE_CONNECTION)
+
+    def has_test_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(TEST_CONNECTION)
+
+    def _connection_for(
+        self, request: HttpRequest, object_id: str, allowed: Callable[[HttpRequest], bool]
+    ) -> Connection:
         connection = self.get_object(request, unquote(object_id))
         if connection is None:
             raise Http404("No such connection.")
-        if not self.has_change_permission(request, connection):
+        if not allowed(request):
             raise PermissionDenied
         return connection
 
@@ -205,7 +221,7 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     def _switch_status(self, request: HttpRequest, object_id: str, service, log: str, success: str) -> HttpResponse:
         """The status switch: call the service, log the change, tell the user (or show why not)."""
-        connection = self._connection_for_change(request, object_id)
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
         try:
             service(connection=connection)
         except ValidationError as exc:
@@ -216,16 +232,16 @@ class ConnectionAdmin(admin.ModelAdmin):
         return self._back(connection)
 
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        connection = self._connection_for_change(request, object_id)
+        connection = self._connection_for(request, object_id, self.has_test_permission)
         ok, message = connection_test(connection=connection)
         messages.add_message(request, messages.SUCCESS if ok else messages.ERROR, message)
         return self._back(connection)
 
-    @admin.action(description="Pause selected connections", permissions=["change"])
+    @admin.action(description="Pause selected connections", permissions=["pause"])
     def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._apply_to_each(request, queryset, connection_pause, "Paused")
 
-    @admin.action(description="Resume selected connections", permissions=["change"])
+    @admin.action(description="Resume selected connections", permissions=["pause"])
     def resume_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._apply_to_each(request, queryset, connection_resume, "Resumed")
 

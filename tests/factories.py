@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
 from audiences import services as audience_services
 from audiences.models import Audience
 from connections.models import Connection
@@ -52,3 +55,11 @@ def connect(audience: Audience, output: Output, list_id: str = "list1") -> Conne
     from connections.services import connection_create
 
     return connection_create(audience=audience, output=output, settings={"list_id": list_id})
+
+
+def role_user(role: str | None, *, is_staff: bool = True):
+    """A user in one of the ready groups (config/roles.py), or in none with role=None."""
+    user = get_user_model().objects.create_user(f"{role or 'nobody'}-user", password="x" * 12, is_staff=is_staff)
+    if role is not None:
+        user.groups.add(Group.objects.get(name=role))
+    return user
