@@ -1,5 +1,7 @@
-"""The REST API, mounted at /api/v1/ by config/urls.py."""
+"""The REST API, mounted at /api/v1/ by config/urls.py, with its OpenAPI schema and docs pages."""
 
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from audiences.api import AudienceViewSet, ProfileViewSet
@@ -13,4 +15,10 @@ router.register("partners", PartnerViewSet, basename="partner")
 router.register("outputs", OutputViewSet, basename="output")
 router.register("connections", ConnectionViewSet, basename="connection")
 
-urlpatterns = router.urls
+urlpatterns = [
+    # Public, like any API description: they show no data.
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    *router.urls,
+]

@@ -60,6 +60,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "audiences",
     "outputs",
@@ -129,14 +132,44 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# The REST API (README, "REST API"): Django's model permissions per action (config/roles.py),
+# one error shape, strict filters, capped pages, JSON bodies, an OpenAPI 3.1 schema.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PERMISSION_CLASSES": ["config.api_permissions.ActionPermissions"],
+    "DEFAULT_PAGINATION_CLASS": "config.api_lists.CappedLimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": [
+        "config.api_lists.KnownQueryParameters",
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "config.api_lists.SearchFilter",
+        "config.api_lists.StrictOrderingFilter",
+    ],
+    # JSON bodies only; Django's DATA_UPLOAD_MAX_MEMORY_SIZE bounds them (413, config/api_errors.py).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "config.api_schema.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Audience forwarding service",
+    "DESCRIPTION": "REST API (/api/v1/, token authentication) and the mParticle-compatible Events API "
+    "(/v2/, HTTP Basic with an input's key and secret). See the README.",
+    "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api_schema.add_events_api",
+    ],
+    "ENUM_NAME_OVERRIDES": {"IdentityTypeEnum": "audiences.identities.IDENTITY_TYPE_CHOICES"},
 }
 
 # Celery: Redis is the broker. Tasks are idempotent doorbells, so acks_late is safe

@@ -59,7 +59,10 @@ def connect(audience: Audience, output: Output, list_id: str = "list1") -> Conne
 
 def role_user(role: str | None, *, is_staff: bool = True):
     """A user in one of the ready groups (config/roles.py), or in none with role=None."""
-    user = get_user_model().objects.create_user(f"{role or 'nobody'}-user", password="x" * 12, is_staff=is_staff)
+    # No password (nothing to hash): tests log in with force_login or a token.
+    user = get_user_model().objects.create_user(
+        f"{role or 'nobody'}-{'staff' if is_staff else 'user'}", is_staff=is_staff
+    )
     if role is not None:
         user.groups.add(Group.objects.get(name=role))
     return user

@@ -22,6 +22,14 @@ MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-us6"
 PREMIUM = {"attribute": "plan", "operator": "equals", "value": "premium"}
 
 
+def errors(response) -> dict[str, list[str]]:
+    """The `errors` of a 400 in the API's one error shape (config/api_errors.py), checking the shape."""
+    body = response.json()
+    assert set(body) == {"code", "detail", "errors"}, body
+    assert body["code"] == "invalid", body
+    return body["errors"]
+
+
 @pytest.fixture
 def api(db, admin_user) -> APIClient:
     client = APIClient()
