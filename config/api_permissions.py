@@ -15,15 +15,17 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 
-def required_permissions(view: Any) -> tuple[str, ...] | None:
+def required_permissions(view: Any, method: str) -> tuple[str, ...] | None:
     """The permissions `view.action` needs, or None when the action is not declared.
 
-    OPTIONS (DRF's "metadata" action) describes the endpoint: it needs what reading it needs.
+    OPTIONS (DRF's "metadata" action) describes the endpoint: it needs what reading it needs, and DRF asks
+    again as POST and PUT to list only the forms this user may send.
     """
     declared: dict[str, tuple[str, ...]] = getattr(view, "permissions_by_action", {})
     action = getattr(view, "action", None)
     if action == "metadata":
-        action = "retrieve" if "retrieve" in declared and getattr(view, "detail", False) else "list"
+        read = "retrieve" if getattr(view, "detail", False) else "list"
+        action = {"POST": "create", "PUT": "update"}.get(method, read)
     return declared.get(action) if action else None
 
 
@@ -37,5 +39,5 @@ class ActionPermissions(BasePermission):
         if getattr(view, "action", None) is None and request.method.lower() not in getattr(view, "action_map", {}):
             # A method this URL does not take: say so (405), as DRF's own permission classes do.
             raise MethodNotAllowed(request.method)
-        needed = required_permissions(view)
+        needed = required_permissions(view, request.method)
         return needed is not None and user.has_perms(needed)

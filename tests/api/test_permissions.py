@@ -233,3 +233,13 @@ def test_the_groups_are_kept_as_declared(db):
 
     assert marketer.permissions.count() == len(MARKETER_PERMISSIONS)
     assert Group.objects.filter(name__in=ROLES).count() == 4
+
+
+def test_options_describes_only_the_forms_the_user_may_send(objects):
+    viewer = client_for(role_user("viewer")).options("/api/v1/audiences/")
+    marketer = client_for(role_user("marketer")).options("/api/v1/audiences/")
+
+    assert viewer.status_code == marketer.status_code == 200
+    assert "actions" not in viewer.json()
+    assert set(marketer.json()["actions"]) == {"POST"}
+    assert client_for(role_user(None)).options("/api/v1/audiences/").status_code == 403
