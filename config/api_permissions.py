@@ -36,7 +36,8 @@ class ActionPermissions(BasePermission):
         user = request.user
         if not (user and user.is_authenticated and user.is_active and user.is_staff):
             return False
-        if getattr(view, "action", None) is None and request.method.lower() not in getattr(view, "action_map", {}):
+        action_map = getattr(view, "action_map", None)  # a viewset's routes
+        if action_map is not None and view.action is None and request.method.lower() not in action_map:
             # A method this URL does not take: say so (405), as DRF's own permission classes do.
             raise MethodNotAllowed(request.method)
         needed = required_permissions(view, request.method)

@@ -2,13 +2,22 @@
 
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework.routers import DefaultRouter
+from rest_framework.permissions import IsAdminUser
+from rest_framework.routers import APIRootView, DefaultRouter
 
 from audiences.api import AudienceViewSet, ProfileViewSet
 from connections.api import ConnectionViewSet
 from outputs.api import OutputViewSet, PartnerViewSet
 
+
+class APIRoot(APIRootView):
+    """GET /api/v1/: the list of endpoints. It shows no data, so any staff user may read it."""
+
+    permission_classes = [IsAdminUser]
+
+
 router = DefaultRouter()
+router.APIRootView = APIRoot
 router.register("profiles", ProfileViewSet, basename="profile")
 router.register("audiences", AudienceViewSet, basename="audience")
 router.register("partners", PartnerViewSet, basename="partner")

@@ -243,3 +243,8 @@ def test_options_describes_only_the_forms_the_user_may_send(objects):
     assert "actions" not in viewer.json()
     assert set(marketer.json()["actions"]) == {"POST"}
     assert client_for(role_user(None)).options("/api/v1/audiences/").status_code == 403
+
+
+def test_the_api_root_lists_the_endpoints_to_any_staff_user(db):
+    assert client_for(role_user(None)).get("/api/v1/").json()["audiences"].endswith("/api/v1/audiences/")
+    assert client_for(role_user("admin", is_staff=False)).get("/api/v1/").status_code == 403
