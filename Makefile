@@ -25,17 +25,22 @@ demo: migrate
 	$(BIN)/python manage.py demo
 
 # Web (gunicorn), Celery worker, Celery beat and the local Mailchimp server, together.
-# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS).
+# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS). The keys are
+# make run's own, generated once into var/local.env and exported here explicitly (the settings
+# have no default key and refuse to start without one; production sets its own).
 run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0"}
 run: export WEB_BIND = 127.0.0.1:$(WEB_PORT)
 run: export LOCAL_MAILCHIMP_PORT := $(LOCAL_MAILCHIMP_PORT)
+run migrate demo: export SECRET_KEY ?= $(shell ./scripts/local-keys.sh SECRET_KEY)
+run migrate demo: export SECRETS_ENCRYPTION_KEYS ?= $(shell ./scripts/local-keys.sh SECRETS_ENCRYPTION_KEYS)
 run: setup services
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/python manage.py demo
+	@echo ""
+	$(BIN)/python manage.py demo --web-url http://127.0.0.1:$(WEB_PORT) --credentials-file var/demo-input.json
 	@echo ""
 	@echo "  Admin:            http://127.0.0.1:$(WEB_PORT)/admin/  (user and password above)"
-	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: $(BIN)/python manage.py drf_create_token admin)"
+	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: . var/local.env && $(BIN)/python manage.py drf_create_token admin)"
 	@echo "  Local Mailchimp:  curl -s -u any:d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6 \\"
 	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
 	@echo "  Stop with Ctrl-C."
