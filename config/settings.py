@@ -234,6 +234,23 @@ RECOMPUTE_WORK_MEM = os.environ.get("RECOMPUTE_WORK_MEM", "128MB")
 # Events API: requests over this size are refused with 413, as mParticle does.
 EVENTS_API_MAX_BYTES = int(os.environ.get("EVENTS_API_MAX_BYTES", str(256 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, EVENTS_API_MAX_BYTES * 2)
+# Events API limits (config/ratelimit.py), in Redis so they hold across web workers. Per input, in
+# batches per second with a burst allowance (mParticle: 270 batches/s per account); 0 turns it off.
+EVENTS_API_RATE_LIMIT = float(os.environ.get("EVENTS_API_RATE_LIMIT", "1000"))
+EVENTS_API_RATE_BURST = int(os.environ.get("EVENTS_API_RATE_BURST", "10000"))
+# Failed authentications allowed per client address, and per key, in each window (0: no limit).
+EVENTS_API_AUTH_FAILURES_PER_CLIENT = int(os.environ.get("EVENTS_API_AUTH_FAILURES_PER_CLIENT", "20"))
+EVENTS_API_AUTH_FAILURES_PER_KEY = int(os.environ.get("EVENTS_API_AUTH_FAILURES_PER_KEY", "200"))
+EVENTS_API_AUTH_FAILURE_WINDOW = int(os.environ.get("EVENTS_API_AUTH_FAILURE_WINDOW", "300"))
+RATE_LIMIT_REDIS_URL = os.environ.get("RATE_LIMIT_REDIS_URL") or CELERY_BROKER_URL
+# Prefix of the limits' Redis keys: deployments sharing one Redis database need different ones.
+RATE_LIMIT_KEY_PREFIX = os.environ.get("RATE_LIMIT_KEY_PREFIX", "af:limits:")
+# Reverse proxies in front that append the client's address to X-Forwarded-For (nginx: 1). 0: REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+if EVENTS_API_RATE_LIMIT < 0 or EVENTS_API_RATE_BURST < 1 or EVENTS_API_AUTH_FAILURE_WINDOW < 1:
+    raise ImproperlyConfigured(
+        "EVENTS_API_RATE_LIMIT must be >= 0, EVENTS_API_RATE_BURST and EVENTS_API_AUTH_FAILURE_WINDOW >= 1"
+    )
 
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
