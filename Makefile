@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WEB_PORT ?= 8000
 LOCAL_MAILCHIMP_PORT ?= 8025
 
-.PHONY: run test lint setup migrate demo services clean
+.PHONY: run smoke test lint setup migrate demo services clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ run: setup services
 	@echo "  Stop with Ctrl-C."
 	@echo ""
 	$(BIN)/honcho start
+
+# A fresh clone of this commit runs `make run` (other ports, a private Redis database and queue) until
+# the local Mailchimp list holds exactly the demo's emails, then everything it started is stopped (CI).
+smoke:
+	./scripts/smoke-fresh-clone.sh
 
 # Tests use DATABASE_URL when set (CI: PostgreSQL, REQUIRE_SERVICES=1); otherwise SQLite,
 # and the end-to-end tests that need PostgreSQL skip with a reason.

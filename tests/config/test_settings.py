@@ -86,6 +86,15 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_fresh_clone_gets_its_var_folder_for_the_sqlite_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("VAR_DIR", str(tmp_path / "var"))
+    loaded = load_settings(monkeypatch, SECRET_KEY="k" * 50, SECRETS_ENCRYPTION_KEYS=fernet_key())
+    assert (tmp_path / "var").is_dir()
+    assert loaded["DATABASES"]["default"]["NAME"] == str(tmp_path / "var" / "db.sqlite3")
+    assert "journal_mode=WAL" in loaded["DATABASES"]["default"]["OPTIONS"]["init_command"]
+
+
 def test_the_service_refuses_to_start_without_keys():
     result = manage("check", env=clean_environment())
     assert result.returncode != 0

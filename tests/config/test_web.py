@@ -156,7 +156,7 @@ def test_two_slow_clients_trickling_bodies_do_not_slow_a_normal_request(gunicorn
     assert [status for status, _ in timings] == [401] * 5
     worst = max(seconds for _, seconds in timings)
     print(f"normal request while two clients trickle: worst of 5 = {worst * 1000:.1f} ms")
-    assert worst < 0.5
+    assert worst < 1.0  # without threads (or deadlines) it waits for a trickler: 30 s, the body deadline
     assert all(client.is_alive() for client in slow)  # still trickling: held by no more than their own threads
 
 
