@@ -11,7 +11,7 @@ import redis
 
 from audiences.events_api import views
 from audiences.inputs import input_create
-from audiences.models import BatchReceipt
+from audiences.models import BatchReceipt, Input
 from config import ratelimit
 from tests.conftest import service_missing
 from tests.events_api.conftest import batch
@@ -153,3 +153,19 @@ def test_behind_a_trusted_proxy_the_client_is_the_address_it_saw(rf, settings):
     assert ratelimit.client_address(request) == "203.0.113.7"  # not the first entry, which the client wrote
     settings.TRUSTED_PROXY_COUNT = 0
     assert ratelimit.client_address(request) == "127.0.0.1"
+
+
+def test_every_limit_lets_the_request_through_when_redis_fails(rf, settings, monkeypatch, credentials):
+    settings.RATE_LIMIT_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    settings.EVENTS_API_RATE_LIMIT, settings.EVENTS_API_RATE_BURST = 1, 1
+    request = rf.post("/v2/events")
+    source = Input.objects.get(key=credentials[0])
+    checks = [
+        lambda: ratelimit.authentication_refused(request, credentials),
+        lambda: ratelimit.authentication_failed(request, credentials),
+        lambda: ratelimit.batches_refused(request, source, 5),
+    ]
+    for check in checks:
+        monkeypatch.setattr(ratelimit, "_redis_paused_until", 0.0)  # each one meets the failure itself
+        assert check() is None
+        assert ratelimit._redis_paused_until > 0  # and Redis is left alone for a while
