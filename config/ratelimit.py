@@ -115,11 +115,9 @@ def client_address(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR", "")
 
 
-def _too_many(message: str, retry_after: float, *, limit: str | None = None) -> JsonResponse:
+def _too_many(code: str, message: str, retry_after: float, *, limit: str | None = None) -> JsonResponse:
     seconds = max(1, math.ceil(retry_after))
-    response = JsonResponse(
-        {"errors": [{"code": "rate_limited", "message": f"{message} Retry after {seconds} s."}]}, status=429
-    )
+    response = JsonResponse({"errors": [{"code": code, "message": f"{message} Retry after {seconds} s."}]}, status=429)
     response["Retry-After"] = str(seconds)
     if limit is not None:
         response["X-mp-rate-limit-exceeded"] = limit
@@ -159,9 +157,9 @@ def authentication_refused(request: HttpRequest, credentials: tuple[str, str] | 
     window = settings.EVENTS_API_AUTH_FAILURE_WINDOW
     retry_after = window - now % window
     if limits["client"] and counts["client"] >= limits["client"]:
-        return _too_many("Too many failed authentications from this client.", retry_after)
+        return _too_many("authentication_throttled", "Too many failed authentications from this client.", retry_after)
     if limits["key"] and counts.get("key", 0) >= limits["key"] and not known_client:
-        return _too_many("Too many failed authentications with this key.", retry_after)
+        return _too_many("authentication_throttled", "Too many failed authentications with this key.", retry_after)
     return None
 
 
@@ -203,6 +201,7 @@ def batches_refused(request: HttpRequest, input: Any, batches: int) -> JsonRespo
     if int(allowed):
         return None
     return _too_many(
+        "rate_limited",
         f"This input is over its rate limit of {rate:g} batches per second (bursts of {burst}).",
         int(wait) / 1_000_000,
         limit="feed",

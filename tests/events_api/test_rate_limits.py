@@ -124,6 +124,7 @@ def test_failed_authentication_is_throttled_per_client_without_checking_credenti
     monkeypatch.setattr(views, "authenticate", lambda *args: checked.append(args) or real_authenticate(*args))
     throttled = post("/v2/events", batch())  # even the right secret: not checked at all
     assert throttled.status_code == 429 and checked == []
+    assert throttled.json()["errors"][0]["code"] == "authentication_throttled"
     assert throttled["Retry-After"] == "60"  # the window started at NOW, a multiple of 60
     # Another client is not affected; this one is let in again once the window is over.
     assert post("/v2/events", batch(), REMOTE_ADDR="10.0.0.9").status_code == 202
