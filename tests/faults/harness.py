@@ -389,10 +389,13 @@ class Stack:
         self.point_publisher_at_broker()
 
     def point_publisher_at_broker(self) -> None:
-        """This process rings the doorbell too (after its own writes): on the private broker."""
+        """This process rings the doorbell too (after its own writes): on the private broker,
+        until stop() points it back where it was."""
         from tests.e2e.conftest import _reset_broker_connections
 
-        self.celery_app.conf.update(broker_url=self.redis.url, task_default_queue="forwarding")
+        conf = self.celery_app.conf
+        self._publisher_was = {"broker_url": conf.broker_url, "task_default_queue": conf.task_default_queue}
+        conf.update(broker_url=self.redis.url, task_default_queue="forwarding")
         _reset_broker_connections()
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -464,9 +467,14 @@ class Stack:
         return [p for p in self.processes if p.kind == "worker" and p.alive()]
 
     def stop(self) -> None:
+        from tests.e2e.conftest import _reset_broker_connections
+
         for process in self.processes:
             if process.alive():
                 process.kill9()
+        if hasattr(self, "_publisher_was"):
+            self.celery_app.conf.update(**self._publisher_was)
+            _reset_broker_connections()
         self.redis.stop()
         self.partner.stop()
         self.upstream.stop()
