@@ -335,8 +335,12 @@ class Churn:
     def join(self, *, stop: bool = False) -> None:
         if stop:
             self.stopped.set()
-        for thread in self._threads:
-            thread.join()
+        try:
+            for thread in self._threads:
+                thread.join()
+        except BaseException:  # e.g. the scenario's time limit: no churn may outlive the scenario
+            self.stopped.set()
+            raise
         if self.errors:
             raise self.errors[0]
 
