@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WEB_PORT ?= 8000
 LOCAL_MAILCHIMP_PORT ?= 8025
 
-.PHONY: run smoke test lint setup migrate demo services clean
+.PHONY: run smoke test faults lint setup migrate demo services clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ smoke:
 # and the end-to-end tests that need PostgreSQL skip with a reason.
 test: setup
 	$(BIN)/python -m pytest
+
+# The fault suite (tests/faults/): real workers and beat, a private redis-server, a faulty partner.
+# Needs PostgreSQL (DATABASE_URL) and the redis-server program; prints a table at the end.
+faults: setup
+	$(BIN)/python -m pytest -m faults tests/faults
 
 lint: setup
 	$(BIN)/ruff check .

@@ -13,8 +13,8 @@ from audiences.events_api import views
 from audiences.inputs import input_create
 from audiences.models import BatchReceipt, Input
 from config import ratelimit
-from tests.conftest import service_missing
 from tests.audiences.events_api.conftest import batch
+from tests.conftest import service_missing
 
 pytestmark = pytest.mark.django_db
 
