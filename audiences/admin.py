@@ -1,8 +1,9 @@
-"""Audiences and profiles in the admin, and the tutorial's "Connect your Audience" flow.
+"""Audiences and profiles in the admin.
 
 Audiences are written by audience_create / audience_update (the form calls them while it
-validates, as explained in outputs/forms.py); profiles only through the API's upsert, so
-their admin is read-only.
+validates, as explained in config/admin_forms.py); profiles only through the API's upsert, so
+their admin is read-only. An audience's connections and the tutorial's "Connect output" flow are
+added to the audience's page by forwarding (forwarding/admin/audiences.py), downstream of this app.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
@@ -29,12 +29,8 @@ from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
+from config.admin_forms import add_service_errors
 from config.roles import DOWNLOAD_AUDIENCE
-from connections.forms import ConnectSettingsForm
-from connections.models import Connection
-from connections.selectors import connection_stats
-from outputs.forms import add_service_errors
-from outputs.models import Output
 
 CRITERIA_HELP = format_html(
     "A JSON criteria tree. Operators: {}.<pre>{}</pre>",
@@ -96,7 +92,7 @@ class AudienceForm(forms.ModelForm):
         fields = ["name", "external_name", "description", "status", "criteria"]
 
     def _post_clean(self) -> None:
-        # Replaces the model validation: the service validates and writes (outputs/forms.py).
+        # Replaces the model validation: the service validates and writes (config/admin_forms.py).
         if self.errors:
             return
         values = {name: self.cleaned_data[name] for name in self._meta.fields if name in self.cleaned_data}
@@ -139,7 +135,6 @@ class AudienceAdmin(admin.ModelAdmin):
         "adds_24h",
         "drops_24h",
         "volatility",
-        "connections_count",
         "last_calculated_at",
     )
     list_filter = ("status",)
@@ -150,7 +145,6 @@ class AudienceAdmin(admin.ModelAdmin):
         "adds_24h",
         "drops_24h",
         "volatility",
-        "connected_outputs",
         "criteria_version",
         "last_calculated_at",
         "created_at",
@@ -163,14 +157,7 @@ class AudienceAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Audience]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                size=count_of(AudienceMembership, "audience"),
-                connections_count=count_of(Connection, "audience"),
-            )
-        )
+        return super().get_queryset(request).annotate(size=count_of(AudienceMembership, "audience"))
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return AudienceChangeList
@@ -205,15 +192,6 @@ class AudienceAdmin(admin.ModelAdmin):
         metrics = self.metrics(obj)
         return f"{metrics.volatility:.1%}" if metrics else "—"
 
-    @admin.display(description="connected outputs")
-    def connected_outputs(self, obj: Audience) -> int | str:
-        metrics = self.metrics(obj)
-        return metrics.connected_outputs if metrics else "—"
-
-    @admin.display(description="connections", ordering="connections_count")
-    def connections_count(self, obj: Audience) -> int:
-        return getattr(obj, "connections_count", 0)
-
     def save_model(self, request: HttpRequest, obj: Audience, form: Any, change: bool) -> None:
         # Already saved by audience_create / audience_update while the form validated.
         pass
@@ -221,8 +199,6 @@ class AudienceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Audience | None = None) -> bool:
         # No service deletes audiences (membership and partners would be left behind): archive instead.
         return False
-
-    # --- the Connections section of the change page ---------------------------------------
 
     def render_change_form(
         self,
@@ -234,117 +210,54 @@ class AudienceAdmin(admin.ModelAdmin):
         obj: Audience | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
-            # Each part shows to those who may see it (config/roles.py), as in the REST API.
-            context["show_connections"] = request.user.has_perm("connections.view_connection")
-            context["connection_rows"] = [
-                {
-                    "connection": connection,
-                    "stats": connection_stats(connection),
-                    "url": reverse("admin:connections_connection_change", args=[connection.pk]),
-                }
-                for connection in Connection.objects.filter(audience=obj).select_related("output")
-                if context["show_connections"]
-            ]
-            context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
-            context["can_connect"] = request.user.has_perm("connections.add_connection")
+            # The button shows to those who may download (config/roles.py), as in the REST API.
             if request.user.has_perm(DOWNLOAD_AUDIENCE):
                 context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    # --- "Connect output" -----------------------------------------------------------------
+    # --- download ---------------------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:
-        connect = path(
-            "<path:object_id>/connect/",
-            self.admin_site.admin_view(self.connect_view),
-            name="audiences_audience_connect",
-        )
         download = path(
             "<path:object_id>/download/",
             self.admin_site.admin_view(self.download_view),
             name="audiences_audience_download",
         )
-        return [connect, download, *super().get_urls()]
+        return [download, *super().get_urls()]
 
     def download_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Choose identity types, then answer the ZIP (one CSV and a manifest), streamed."""
-        audience = self.get_object(request, unquote(object_id))
-        if audience is None:
-            raise Http404("No such audience.")
-        if not (self.has_view_permission(request, audience) and request.user.has_perm(DOWNLOAD_AUDIENCE)):
-            raise PermissionDenied
+        audience = self.audience_for_page(request, object_id, permission=DOWNLOAD_AUDIENCE)
         # Not `request.POST or None`: a POST with no box ticked must show the error.
         form = AudienceDownloadForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             return zip_response([audience.pk], form.cleaned_data["identity_types"], stem=f"audience_{audience.pk}")
-        audience_url = reverse("admin:audiences_audience_change", args=[audience.pk])
-        context: dict[str, Any] = {
-            **self.admin_site.each_context(request),
-            "title": f"Download “{audience}”",
-            "subtitle": None,
-            "opts": self.opts,
-            "original": audience,
-            "audience": audience,
-            "audience_url": audience_url,
-            "form": form,
-        }
+        context = {**self.audience_page_context(request, audience, f"Download “{audience}”"), "form": form}
         return TemplateResponse(request, "admin/audiences/audience/download.html", context)
 
-    def connect_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Step 1 lists the outputs (links to ?output=<id>); step 2 asks for that output's
-        connection settings and calls connection_create."""
+    # --- pages under an audience (Download here, "Connect output" in forwarding) -------------
+
+    def audience_for_page(self, request: HttpRequest, object_id: str, *, permission: str | None = None) -> Audience:
+        """The audience of a page under it; 404 if there is none, 403 without the view permission (and
+        `permission`, when given)."""
         audience = self.get_object(request, unquote(object_id))
         if audience is None:
             raise Http404("No such audience.")
-        if not (self.has_view_permission(request, audience) and request.user.has_perm("connections.add_connection")):
+        if not self.has_view_permission(request, audience) or (permission and not request.user.has_perm(permission)):
             raise PermissionDenied
-        audience_url = reverse("admin:audiences_audience_change", args=[audience.pk])
-        context: dict[str, Any] = {
+        return audience
+
+    def audience_page_context(self, request: HttpRequest, audience: Audience, title: str) -> dict[str, Any]:
+        """What every page under an audience shows: the admin's frame and the way back to the audience."""
+        return {
             **self.admin_site.each_context(request),
-            "title": f"Connect an output to “{audience}”",
+            "title": title,
             "subtitle": None,
             "opts": self.opts,
             "original": audience,
             "audience": audience,
-            "audience_url": audience_url,
+            "audience_url": reverse("admin:audiences_audience_change", args=[audience.pk]),
         }
-        output_id = request.GET.get("output")
-        if not output_id or not output_id.isdigit():
-            connected = dict(Connection.objects.filter(audience=audience).values_list("output_id", "pk"))
-            context["outputs"] = [
-                {
-                    "output": output,
-                    # An audience connects to an output once: link to the existing connection instead.
-                    "connection_url": (
-                        reverse("admin:connections_connection_change", args=[connected[output.pk]])
-                        if output.pk in connected
-                        else None
-                    ),
-                }
-                for output in Output.objects.order_by("name")
-            ]
-            context["directory_url"] = reverse("admin:outputs_output_directory")
-            return TemplateResponse(request, "admin/audiences/audience/connect_choose_output.html", context)
-
-        output = get_object_or_404(Output, pk=output_id)
-        form = ConnectSettingsForm(request.POST if request.method == "POST" else None, audience=audience, output=output)
-        if request.method == "POST" and form.is_valid():
-            messages.success(
-                request, f"Connected “{audience}” to “{output.name}”; its current members are queued for sending."
-            )
-            return redirect(f"{audience_url}#connections")
-        context.update(
-            {
-                "output": output,
-                "form": form,
-                "adminform": admin.helpers.AdminForm(
-                    form, [("Connection Settings", {"fields": list(form.fields)})] if form.fields else [], {}
-                ),
-                "errors": admin.helpers.AdminErrorList(form, []),
-                "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
-            }
-        )
-        return TemplateResponse(request, "admin/audiences/audience/connect_settings.html", context)
 
 
 # --- profiles -------------------------------------------------------------------------------

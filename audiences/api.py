@@ -28,7 +28,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audiences import selectors, services
+from audiences import profiles, selectors, services
 from audiences.download import zip_response
 from audiences.identities import IDENTITY_TYPE_CHOICES, normalise_identity
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
@@ -41,7 +41,7 @@ from audiences.serializers import (
     ProfileUpsertResultSerializer,
     ProfileUpsertSerializer,
 )
-from config.api_errors import Conflict
+from config.api_errors import ConflictError
 from config.api_schema import ProfileConflictSerializer, error_response
 from config.api_views import ObjectLookupMixin
 from config.roles import DOWNLOAD_AUDIENCE
@@ -172,7 +172,7 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
     def create(self, request: Request) -> Response:
         body = ProfileUpsertSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        result = services.profile_upsert(
+        result = profiles.profile_upsert(
             identities=body.validated_data["identities"], attributes=body.validated_data.get("attributes")
         )
         profile = self.get_queryset().get(pk=result.profile.pk)
@@ -246,7 +246,10 @@ ZIP_RESPONSES = {
     update=extend_schema(description="Name and criteria required; the other fields are kept when not sent."),
     partial_update=extend_schema(description="Only the fields sent change."),
     destroy=extend_schema(
-        responses={204: None, 409: error_response("409", "The audience has connections; delete them first.")}
+        responses={
+            204: None,
+            409: error_response("409", "Rows depend on the audience (its connections); delete them first."),
+        }
     ),
     members=extend_schema(summary="The members, with their identities", responses=AudienceMemberSerializer(many=True)),
     download=extend_schema(
@@ -270,7 +273,7 @@ class AudienceViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = AudienceSerializer
-    queryset = Audience.objects.prefetch_related("connections")
+    queryset = Audience.objects.all()
     filterset_class = AudienceFilter
     search_fields = ["name", "external_name", "description"]
     ordering_fields = ["id", "name", "status", "created_at", "updated_at", "last_calculated_at"]
@@ -290,12 +293,13 @@ class AudienceViewSet(
     def list(self, request: Request) -> Response:
         # REST_FRAMEWORK sets PAGE_SIZE, so there always is a page.
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        # Metrics of the whole page in one query (the serializer would count one audience at a time).
-        context = {
-            **self.get_serializer_context(),
-            "audience_metrics": selectors.audience_metrics(a.pk for a in page),
-        }
+        context = {**self.get_serializer_context(), **self.page_context(page)}
         return self.get_paginated_response(self.get_serializer(page, many=True, context=context).data)
+
+    def page_context(self, page: list[Audience]) -> dict[str, Any]:
+        """What the serializer shows of a whole page, computed in one query (the serializer would count
+        one audience at a time): the metrics."""
+        return {"audience_metrics": selectors.audience_metrics(a.pk for a in page)}
 
     def create(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)
@@ -315,11 +319,13 @@ class AudienceViewSet(
         return self.update(request, pk, partial=True)
 
     def perform_destroy(self, instance: Audience) -> None:
-        # Connection.audience is PROTECT: deleting would orphan what partners hold.
+        # Rows that depend on the audience protect it (e.g. its connections: deleting it would orphan what
+        # partners hold).
         try:
             instance.delete()
-        except ProtectedError:
-            raise Conflict("This audience has connections; delete them before deleting the audience.") from None
+        except ProtectedError as exc:
+            names = ", ".join(sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects}))
+            raise ConflictError(f"This audience has {names}; delete them before deleting the audience.") from None
 
     @action(
         detail=True,

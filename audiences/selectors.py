@@ -1,5 +1,5 @@
-"""Reads about audiences: their metrics (size, adds, drops, volatility, connected outputs) and a
-profile's membership history. Set-wise: a page of audiences costs one query, not one per audience."""
+"""Reads about audiences: their metrics (size, adds, drops, volatility) and a profile's membership
+history. Set-wise: a page of audiences costs one query, not one per audience."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -24,7 +24,6 @@ class AudienceMetrics:
     adds_24h: int  # profiles that entered in the last 24 hours
     drops_24h: int  # profiles that left in the last 24 hours
     volatility: float  # (adds + drops) / size, 0 for an empty audience
-    connected_outputs: int
     last_calculated_at: datetime | None
 
 
@@ -60,8 +59,6 @@ def audience_metrics(audience_ids: Iterable[int], *, now: datetime | None = None
     """Metrics of these audiences, in one query whatever their number. Unknown ids are absent.
 
     Adds and drops count distinct profiles (a profile entering twice in a day is one add)."""
-    from connections.models import Connection  # connections depends on audiences, not the reverse
-
     ids = list(audience_ids)
     if not ids:
         return {}
@@ -74,12 +71,8 @@ def audience_metrics(audience_ids: Iterable[int], *, now: datetime | None = None
             size_n=_count(AudienceMembership.objects.all(), "audience"),
             adds_n=_count(recent.filter(kind=MembershipChange.Kind.ENTERED), "audience", distinct="profile_id"),
             drops_n=_count(recent.filter(kind=MembershipChange.Kind.LEFT), "audience", distinct="profile_id"),
-            # A connection being deleted (ending) no longer counts as connected.
-            outputs_n=_count(
-                Connection.objects.filter(~Q(status=Connection.Status.ENDING)), "audience", distinct="output_id"
-            ),
         )
-        .values_list("pk", "size_n", "adds_n", "drops_n", "outputs_n", "last_calculated_at")
+        .values_list("pk", "size_n", "adds_n", "drops_n", "last_calculated_at")
     )
     return {
         pk: AudienceMetrics(
@@ -88,10 +81,9 @@ def audience_metrics(audience_ids: Iterable[int], *, now: datetime | None = None
             adds_24h=adds,
             drops_24h=drops,
             volatility=volatility(adds, drops, size),
-            connected_outputs=outputs,
             last_calculated_at=last_calculated_at,
         )
-        for pk, size, adds, drops, outputs, last_calculated_at in rows
+        for pk, size, adds, drops, last_calculated_at in rows
     }
 
 

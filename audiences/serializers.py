@@ -1,7 +1,7 @@
 """API shapes for profiles and audiences.
 
 Request serializers check the shape only (types, presence); the rules (identity formats,
-criteria, name lengths and uniqueness) live in audiences.services, which names the field
+criteria, name lengths and uniqueness) live in audiences.profiles and audiences.services, which name the field
 of every error, so they are not repeated here.
 """
 
@@ -38,7 +38,7 @@ MEMBERSHIP_CHANGES_SHOWN = 50
     }
 )
 class IdentitiesField(serializers.JSONField):
-    """Any JSON: services.clean_identities checks it and names e.g. "identities[1].value"."""
+    """Any JSON: profiles.clean_identities checks it and names e.g. "identities[1].value"."""
 
 
 @extend_schema_field(
@@ -52,7 +52,7 @@ class IdentitiesField(serializers.JSONField):
     }
 )
 class AttributesField(serializers.JSONField):
-    """Any JSON: services.clean_attributes checks it and names e.g. "attributes.plan"."""
+    """Any JSON: profiles.clean_attributes checks it and names e.g. "attributes.plan"."""
 
 
 class ProfileUpsertSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
@@ -145,8 +145,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     adds_24h = serializers.SerializerMethodField()
     drops_24h = serializers.SerializerMethodField()
     volatility = serializers.SerializerMethodField()
-    connected_outputs = serializers.SerializerMethodField()
-    connections = serializers.SerializerMethodField()
 
     class Meta:
         model = Audience
@@ -163,8 +161,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
             "adds_24h",
             "drops_24h",
             "volatility",
-            "connected_outputs",
-            "connections",
         ]
         read_only_fields = ["criteria_version", "last_calculated_at"]
 
@@ -187,12 +183,6 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
 
     def get_volatility(self, audience: Audience) -> float:
         return self._metrics(audience).volatility
-
-    def get_connected_outputs(self, audience: Audience) -> int:
-        return self._metrics(audience).connected_outputs
-
-    def get_connections(self, audience: Audience) -> list[int]:
-        return sorted(c.pk for c in audience.connections.all())
 
 
 class HistoryEntrySerializer(serializers.Serializer):

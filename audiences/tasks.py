@@ -1,11 +1,14 @@
+"""Thin tasks: each takes ids and calls one function. Queued by name (config/queueing.py)."""
+
 from datetime import datetime
 
 from celery import shared_task
 
-from audiences import recompute
+from audiences import retention
+from audiences.membership import recompute
 
 
-@shared_task(name="audiences.tasks.recompute_audience", acks_late=True)
+@shared_task(name=recompute.RECOMPUTE_TASK, acks_late=True)
 def recompute_audience(audience_id: int, criteria_version: int | None = None) -> dict:
     return recompute.recompute_audience(audience_id, criteria_version=criteria_version).as_dict()
 
@@ -17,4 +20,4 @@ def recompute_time_based_audiences(now: datetime | None = None) -> dict:
 
 @shared_task(name="audiences.tasks.purge_expired_events")
 def purge_expired_events(now: datetime | None = None) -> dict:
-    return recompute.purge_expired_events(now=now)
+    return retention.purge_expired_events(now=now)

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import common  # noqa: F401  (the repository on sys.path, settings and keys for the run)
+
 BENCH_DB = "audience_forwarding_bench"
 
 
@@ -98,7 +96,7 @@ def main() -> None:
 
     output = output_create(name="Bench", partner_key="mailchimp", settings={"api_key": key, "double_opt_in": False})
     server.create_list("bench")
-    from connections.services import connection_create
+    from forwarding.lifecycle import connection_create
 
     started = time.perf_counter()
     conn = connection_create(audience=audience, output=output, settings={"list_id": "bench"})

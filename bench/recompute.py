@@ -8,7 +8,7 @@ Premium. Steps: compute the audience once; flip `status` on members and qualifyi
 10% of the membership changes (half leave, half enter); then, on the same data,
   floor   - the bare SQL computing the new member set and its difference with the stored membership
             (counts only: nothing written);
-  service - audiences.recompute.recompute_audience: the same set and difference, plus the membership
+  service - audiences.membership.recompute.recompute_audience: the same set and difference, plus the membership
             rows, the change log and the outbox for a connected (paused) Mailchimp output.
 Prints both times, their ratio, and this process's peak RSS (run it at 100,000 and at 1,000,000
 profiles to compare memory; `bench/recompute_memory.sh` does both).
@@ -93,10 +93,10 @@ def main() -> None:
 
     from django.db import connection
 
-    from audiences.management.commands.demo import CRITERIA
+    from audiences.membership.recompute import recompute_audience
     from audiences.models import Audience, AudienceMembership, MembershipChange
-    from audiences.recompute import recompute_audience
     from connections.models import Connection
+    from forwarding.management.commands.demo import CRITERIA
     from forwarding.models import PendingChange
     from outputs.services import output_create
 

@@ -15,7 +15,8 @@ A 409 `profile_conflict` also carries `profile_ids`. The Events API (/v2/) keeps
 
 Services raise django.core.exceptions.ValidationError with a dict {field_path: [messages]}; DRF
 serializers and filters raise their own ValidationError with nested dicts and lists; both come out
-flat, as above.
+flat, as above. A service (or view) refusing because of the state of other data raises a ConflictError
+(e.g. audiences' ProfileConflict): a 409 in the same shape, with what its subclass adds.
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from audiences.services import ProfileConflict
+
+def error_body(code: str, detail: str, errors: Mapping[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"code": code, "detail": detail, "errors": dict(errors or {}), **extra}
 
 
-class Conflict(exceptions.APIException):
-    """409: the request is valid but the current state refuses it (e.g. delete an output in use)."""
+class ConflictError(Exception):
+    """A refusal because of the state of other data, not of the input (an identity held by another
+    profile, an output still connected): answered 409. Subclasses set `code` and add what the client
+    needs to resolve it to response_data()."""
 
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The request conflicts with the current state of the resource."
-    default_code = "conflict"
+    code = "conflict"
+
+    def response_data(self) -> dict[str, Any]:
+        return error_body(self.code, str(self))
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -88,17 +94,12 @@ def flat_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or api_settings.NON_FIELD_ERRORS_KEY: [str(detail)]}
 
 
-def error_body(code: str, detail: str, errors: Mapping[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"code": code, "detail": detail, "errors": dict(errors or {}), **extra}
-
-
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler (status, headers such as WWW-Authenticate and Retry-After, rollback), with
-    Django's ValidationError as a 400, ProfileConflict as a 409, and every body in the one shape."""
-    if isinstance(exc, ProfileConflict):
+    Django's ValidationError as a 400, a ConflictError as a 409, and every body in the one shape."""
+    if isinstance(exc, ConflictError):
         set_rollback()
-        body = error_body("profile_conflict", str(exc), {"identities": [str(exc)]}, profile_ids=sorted(exc.profile_ids))
-        return Response(body, status=status.HTTP_409_CONFLICT)
+        return Response(exc.response_data(), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         exc = serializers.ValidationError(django_error_detail(exc))
     elif isinstance(exc, Http404):

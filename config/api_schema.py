@@ -4,8 +4,8 @@
   (config/api_errors.py): 401 and 403 everywhere, 404 on an object's URL, 400 for every POST, PUT
   and PATCH and every paginated list, 413 and 415 where there is a request body. Views declare the rest
   (a 409, a 202, a ZIP) with extend_schema.
-* add_events_api (a postprocessing hook) adds the Events API (/v2/), which is not REST framework:
-  its paths, HTTP Basic security and mParticle's batch schema (audiences/events_api/openapi.py).
+* The Events API (/v2/), which is not REST framework, is added by audiences' postprocessing hook
+  (audiences/events_api/openapi.py, named in SPECTACULAR_SETTINGS): config imports no app.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
-
-from audiences.events_api.openapi import events_api_components, events_api_paths
 
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input: `errors` names every field or query parameter at fault.",
@@ -73,16 +71,3 @@ class AutoSchema(SpectacularAutoSchema):
             if status not in responses:
                 responses[status] = self._get_response_for_code(error_response(status), status, direction=direction)
         return dict(sorted(responses.items()))
-
-
-def add_events_api(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
-    """drf-spectacular postprocessing hook: the Events API beside the REST API."""
-    result.setdefault("paths", {}).update(events_api_paths())
-    components = result.setdefault("components", {})
-    schemas, security_schemes = events_api_components()
-    components.setdefault("schemas", {}).update(schemas)
-    components.setdefault("securitySchemes", {}).update(security_schemes)
-    result.setdefault("tags", []).append(
-        {"name": "events", "description": "mParticle-compatible Events API (HTTP Basic: an input's key and secret)."}
-    )
-    return result

@@ -5,8 +5,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.permissions import IsAdminUser
 from rest_framework.routers import APIRootView, DefaultRouter
 
-from audiences.api import AudienceViewSet, ProfileViewSet
-from connections.api import ConnectionViewSet
+from audiences.api import ProfileViewSet
+from forwarding.api import ConnectedAudienceViewSet, ConnectionViewSet
 from outputs.api import OutputViewSet, PartnerViewSet
 
 
@@ -19,7 +19,8 @@ class APIRoot(APIRootView):
 router = DefaultRouter()
 router.APIRootView = APIRoot
 router.register("profiles", ProfileViewSet, basename="profile")
-router.register("audiences", AudienceViewSet, basename="audience")
+# The audience resource as forwarding extends it with the audience's connections.
+router.register("audiences", ConnectedAudienceViewSet, basename="audience")
 router.register("partners", PartnerViewSet, basename="partner")
 router.register("outputs", OutputViewSet, basename="output")
 router.register("connections", ConnectionViewSet, basename="connection")

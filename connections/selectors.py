@@ -1,55 +1,47 @@
-"""Reads about connections: the figures the admin and the API show."""
+"""Reads of what partners hold: each connection's members as the partner last answered, and which outputs
+an audience is connected to."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 
-from audiences.models import AudienceMembership, Identity
 from connections.models import Connection, ConnectionMember
-from forwarding.models import PendingChange
+from connections.status import CONNECTED
 
 
-@dataclass
-class ConnectionStats:
-    audience_size: int
-    with_accepted_identity: int  # members having at least one identity the partner takes
-    without_accepted_identity: int  # members the partner cannot receive (e.g. no email for Mailchimp)
-    delivered: int  # identities the partner holds from us now
-    pending: int  # changes waiting to be sent
-    retrying: int  # of which waiting for a retry after an error
-    rejected: int  # identities the partner refused for good
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+def held_identities(connection_id: int, identities: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of these (type, value) identities that the partner currently holds (we delivered them as added)."""
+    rows = ConnectionMember.objects.filter(
+        connection_id=connection_id, value__in={v for _, v in identities}, state=ConnectionMember.State.ADDED
+    ).values_list("identity_type", "value")
+    return {row for row in rows if row in identities}
 
 
-def connection_stats(connection: Connection) -> ConnectionStats:
-    accepted = connection.output.partner_class.accepted_identity_types
-    size = AudienceMembership.objects.filter(audience_id=connection.audience_id).count()
-    reachable = (
-        Identity.objects.filter(
-            type__in=accepted,
-            profile__memberships__audience_id=connection.audience_id,
-        )
-        .values("profile_id")
-        .distinct()
-        .count()
-    )
-    members = ConnectionMember.objects.filter(connection=connection).aggregate(
+def member_counts(connection: Connection) -> dict[str, int]:
+    """{"delivered": identities the partner holds from us, "rejected": identities it refused for good}."""
+    return ConnectionMember.objects.filter(connection=connection).aggregate(
         delivered=Count("id", filter=Q(state=ConnectionMember.State.ADDED)),
         rejected=Count("id", filter=Q(state=ConnectionMember.State.REJECTED)),
     )
-    pending = PendingChange.objects.filter(connection=connection).aggregate(
-        total=Count("id"), retrying=Count("id", filter=Q(attempts__gt=0))
+
+
+def rejected_members(connection: Connection) -> QuerySet[ConnectionMember]:
+    """The identities the partner refused, newest first, with its reasons."""
+    return ConnectionMember.objects.filter(connection=connection, state=ConnectionMember.State.REJECTED).order_by(
+        "-updated_at", "-id"
     )
-    return ConnectionStats(
-        audience_size=size,
-        with_accepted_identity=reachable,
-        without_accepted_identity=size - reachable,
-        delivered=members["delivered"],
-        pending=pending["total"],
-        retrying=pending["retrying"],
-        rejected=members["rejected"],
+
+
+def connected_output_counts(audience_ids: Iterable[int]) -> dict[int, int]:
+    """Audience id -> how many outputs it is connected to (a connection being deleted no longer counts),
+    for every id given, in one query."""
+    ids = list(audience_ids)
+    rows = (
+        Connection.objects.filter(audience_id__in=ids, status__in=CONNECTED)
+        .values("audience_id")
+        .annotate(n=Count("output_id", distinct=True))
+        .values_list("audience_id", "n")
     )
+    return {audience_id: 0 for audience_id in ids} | dict(rows)

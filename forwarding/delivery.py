@@ -1,7 +1,7 @@
 """Delivery: drain a connection's outbox to its partner, batch by batch, recording every outcome.
 
-One worker at a time holds a connection's lease (a timestamp on the row, so a killed worker's
-lease simply expires), which keeps the partner seeing each identity's changes in order. A batch
+One worker at a time holds a connection's lease (forwarding/leases.py), which keeps the partner
+seeing each identity's changes in order. A batch
 is sent, then in one transaction each identity's outcome is recorded and its pending change is
 deleted, unless a newer word arrived meanwhile (the version guard).
 """
@@ -9,19 +9,22 @@ deleted, unless a newer word arrived meanwhile (the version guard).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
+from connections.selectors import held_identities
+from connections.status import delivers
+from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
+from forwarding.leases import acquire_lease, release_lease, renew_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
@@ -38,39 +41,6 @@ class DeliveryReport:
     skipped: int = 0  # removals of identities the partner never held: nothing to send
     stopped: str = ""  # why delivery stopped early, if it did
     errors: list[str] = field(default_factory=list)
-
-
-def backoff_seconds(attempts: int, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter, never sooner than the partner's Retry-After."""
-    config = settings.FORWARDING
-    ceiling = min(config["BACKOFF_MAX_SECONDS"], config["BACKOFF_BASE_SECONDS"] * (2 ** max(0, attempts - 1)))
-    delay = random.uniform(0, ceiling)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
-
-
-# --- the lease -------------------------------------------------------------------------------
-
-
-def acquire_lease(connection_id: int, *, statuses: tuple[str, ...] = (Connection.Status.SENDING,)) -> bool:
-    now = timezone.now()
-    taken = Connection.objects.filter(
-        Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now),
-        pk=connection_id,
-        status__in=statuses,
-    ).update(delivery_lease_until=now + timedelta(seconds=settings.FORWARDING["LEASE_SECONDS"]))
-    return taken == 1
-
-
-def renew_lease(connection_id: int) -> None:
-    Connection.objects.filter(pk=connection_id).update(
-        delivery_lease_until=timezone.now() + timedelta(seconds=settings.FORWARDING["LEASE_SECONDS"])
-    )
-
-
-def release_lease(connection_id: int) -> None:
-    Connection.objects.filter(pk=connection_id).update(delivery_lease_until=None)
 
 
 def has_due_work(connection_id: int) -> bool:
@@ -110,7 +80,7 @@ def _drain(connection_id: int, report: DeliveryReport) -> None:
     partner = None
     while True:
         connection = Connection.objects.select_related("output").get(pk=connection_id)
-        if connection.status != Connection.Status.SENDING:
+        if not delivers(connection.status):
             report.stopped = f"connection is {connection.status}"
             return
         # One partner (and so one keep-alive HTTP session) for the whole drain.
@@ -128,18 +98,9 @@ def _drain(connection_id: int, report: DeliveryReport) -> None:
         renew_lease(connection_id)
 
 
-def _held_values(connection_id: int, batch: list[PendingChange]) -> set[tuple[str, str]]:
-    """The batch's identities that the partner currently holds (we delivered them as added)."""
-    wanted = {(p.identity_type, p.value) for p in batch}
-    rows = ConnectionMember.objects.filter(
-        connection_id=connection_id, value__in={v for _, v in wanted}, state=ConnectionMember.State.ADDED
-    ).values_list("identity_type", "value")
-    return {row for row in rows if row in wanted}
-
-
 def _send_batch(connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport) -> bool:
     """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
-    held = _held_values(connection.pk, batch)
+    held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
     skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
     to_send = [p for p in batch if p not in skipped]
     attributes = dict(

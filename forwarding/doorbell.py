@@ -1,22 +1,22 @@
 """Celery is the doorbell: ringing tells a worker to look at a connection's outbox.
 
 A ring that cannot reach the broker is logged and dropped; the sweeper rings again, because
-the outbox rows in the database are the truth.
+the outbox rows in the database are the truth. Tasks are rung by name (config/queueing.py):
+forwarding/tasks.py, which runs them, sits above every module that rings.
 """
 
 from __future__ import annotations
 
-import logging
-
 from django.db import transaction
 
-logger = logging.getLogger(__name__)
+from config import queueing
+
+DELIVER_TASK = "forwarding.tasks.deliver_connection"
+END_TASK = "forwarding.tasks.end_connection"
 
 
 def ring(connection_id: int, *, countdown: float | None = None) -> None:
-    from forwarding.tasks import deliver_connection
-
-    send_safely(deliver_connection, connection_id, countdown=countdown)
+    queueing.send_safely(DELIVER_TASK, connection_id, countdown=countdown)
 
 
 def ring_after_commit(connection_id: int) -> None:
@@ -26,14 +26,8 @@ def ring_after_commit(connection_id: int) -> None:
 
 
 def ring_end(connection_id: int, *, countdown: float | None = None) -> None:
-    from forwarding.tasks import end_connection
-
-    send_safely(end_connection, connection_id, countdown=countdown)
+    queueing.send_safely(END_TASK, connection_id, countdown=countdown)
 
 
-def send_safely(task, *args, countdown: float | None = None) -> None:
-    """apply_async that logs instead of failing when the broker is unreachable."""
-    try:
-        task.apply_async(args=list(args), countdown=countdown)
-    except Exception:
-        logger.warning("could not queue %s%s; the sweeper will", task.name, args, exc_info=True)
+def ring_end_after_commit(connection_id: int) -> None:
+    transaction.on_commit(lambda: ring_end(connection_id))

@@ -1,21 +1,28 @@
-"""Turns membership deltas into pending changes (the outbox), in the caller's transaction.
+"""Turns membership changes into pending changes (the outbox), in the caller's transaction.
 
-For each connection of the audience (whatever its status but "ending": a paused or faulted
-connection keeps its outbox so that resuming catches up), every identity of a type the
-partner accepts becomes one pending change, coalesced per (connection, identity): the last
-word wins. After commit, realtime connections that are sending get a doorbell.
+The planner is forwarding's consumer of audiences' membership change log (`OutboxPlanner`, registered in
+ForwardingConfig.ready()). For each connection of the audience (whatever its status but "ending": a paused
+or faulted connection keeps its outbox so that resuming catches up), every identity of a type the partner
+accepts becomes one pending change, coalesced per (connection, identity): the last word wins. After
+commit, realtime connections that are sending get a doorbell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.db import connection as db
 from django.utils import timezone
 
-from audiences.models import Identity
+from audiences.membership.consumers import MembershipDelta
+from audiences.models import AudienceMembership, Identity
 from connections.models import Connection
+from connections.status import PLANNING, delivers
+from forwarding.doorbell import ring_after_commit
 from forwarding.models import PendingChange
+
+ADD = PendingChange.Action.ADD
+REMOVE = PendingChange.Action.REMOVE
 
 UPSERT_SQL = """
 INSERT INTO {table} (connection_id, identity_type, value, action, profile_id, version, attempts,
@@ -52,12 +59,31 @@ SET action = excluded.action, profile_id = excluded.profile_id, version = {pendi
 """
 
 
-def _planning_connections(audience_id: int) -> list[Connection]:
-    return list(
-        Connection.objects.filter(audience_id=audience_id)
-        .exclude(status=Connection.Status.ENDING)
-        .select_related("output")
-    )
+class OutboxPlanner:
+    """forwarding's consumer of the membership change log (audiences.membership.consumers): members who
+    enter an audience are added on its connections, members who leave are removed, members who stay and
+    change (new identities, new attributes) are added again, so the partner holds the fresh word."""
+
+    def members_changed(self, deltas: Mapping[int, MembershipDelta]) -> None:
+        plan_membership_changes(
+            [(a, d.entered, ADD) for a, d in deltas.items() if d.entered]
+            + [(a, d.left, REMOVE) for a, d in deltas.items() if d.left]
+        )
+
+    def members_changed_in_tables(self, *, audience_id: int, entered_table: str | None, left_table: str | None) -> None:
+        if entered_table is not None:
+            plan_for_profile_table(audience_id=audience_id, table=entered_table, action=ADD)
+        if left_table is not None:
+            plan_for_profile_table(audience_id=audience_id, table=left_table, action=REMOVE)
+
+    def members_updated(
+        self, *, profile_id: int, audience_ids: Sequence[int], identity_ids: Sequence[int] | None
+    ) -> None:
+        plan_membership_changes([(a, [profile_id], ADD) for a in audience_ids], identity_ids=identity_ids)
+
+
+def _planning_connections(audience_ids: set[int]) -> list[Connection]:
+    return list(Connection.objects.filter(audience_id__in=audience_ids, status__in=PLANNING).select_related("output"))
 
 
 def plan_for_profiles(
@@ -82,11 +108,7 @@ def plan_membership_changes(
     if not changes:
         return 0
     by_audience: dict[int, list[Connection]] = {}
-    for connection in (
-        Connection.objects.filter(audience_id__in={a for a, _, _ in changes})
-        .exclude(status=Connection.Status.ENDING)
-        .select_related("output")
-    ):
+    for connection in _planning_connections({a for a, _, _ in changes}):
         by_audience.setdefault(connection.audience_id, []).append(connection)
     changes = [c for c in changes if c[0] in by_audience]
     if not changes:
@@ -117,8 +139,6 @@ def plan_membership_changes(
 
 def plan_backfill(*, connection: Connection) -> int:
     """Queue an add for every accepted identity of the audience's current members (set-wise)."""
-    from audiences.models import AudienceMembership
-
     accepted = sorted(connection.output.partner_class.accepted_identity_types)
     now = timezone.now()
     sql = BACKFILL_SQL.format(
@@ -143,7 +163,7 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
     written = 0
     with_news = []
     with db.cursor() as cursor:
-        for connection in _planning_connections(audience_id):
+        for connection in _planning_connections({audience_id}):
             accepted = sorted(connection.output.partner_class.accepted_identity_types)
             if not accepted:
                 continue
@@ -163,11 +183,6 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
 
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:
-    from forwarding.doorbell import ring_after_commit
-
     for connection in connections:
-        if (
-            connection.status == Connection.Status.SENDING
-            and connection.output.partner_class.delivery_mode == "realtime"
-        ):
+        if delivers(connection.status) and connection.output.partner_class.delivery_mode == "realtime":
             ring_after_commit(connection.pk)

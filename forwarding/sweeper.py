@@ -8,9 +8,10 @@ from datetime import timedelta
 from django.db.models import F, Q
 from django.utils import timezone
 
+from audiences.membership.recompute import recompute_queue
 from audiences.models import Audience
 from connections.models import Connection
-from forwarding.doorbell import ring, ring_end, send_safely
+from forwarding.doorbell import ring, ring_end
 from forwarding.models import DeliveryAttempt, PendingChange
 
 ATTEMPT_LOG_DAYS = 30
@@ -19,8 +20,6 @@ RECOMPUTE_GRACE = timedelta(minutes=5)
 
 
 def sweep() -> dict[str, int]:
-    from audiences.tasks import recompute_audience
-
     now = timezone.now()
     free = Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now)
     due = PendingChange.objects.filter(next_attempt_at__lte=now).values("connection_id")
@@ -41,6 +40,6 @@ def sweep() -> dict[str, int]:
         .values_list("pk", "criteria_version")
     )
     for audience_id, version in stale:
-        send_safely(recompute_audience, audience_id, version)
+        recompute_queue(audience_id, version)
     purged, _ = DeliveryAttempt.objects.filter(at__lt=now - timedelta(days=ATTEMPT_LOG_DAYS)).delete()
     return {"delivering": len(to_deliver), "ending": len(to_end), "recomputing": len(stale), "purged": purged}

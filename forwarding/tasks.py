@@ -1,21 +1,21 @@
-"""Thin tasks: each takes ids and calls one service. They may run twice; the services allow it."""
+"""Thin tasks: each takes ids and calls one service. They may run twice; the services allow it.
+Rung by name (forwarding/doorbell.py, config/queueing.py)."""
 
 from dataclasses import asdict
 
 from celery import shared_task
 
-from connections import services as connection_services
-from forwarding import delivery, sweeper
+from forwarding import delivery, doorbell, lifecycle, sweeper
 
 
-@shared_task(name="forwarding.tasks.deliver_connection", acks_late=True)
+@shared_task(name=doorbell.DELIVER_TASK, acks_late=True)
 def deliver_connection(connection_id: int) -> dict:
     return asdict(delivery.deliver_connection(connection_id=connection_id))
 
 
-@shared_task(name="forwarding.tasks.end_connection", acks_late=True)
+@shared_task(name=doorbell.END_TASK, acks_late=True)
 def end_connection(connection_id: int) -> str:
-    return connection_services.connection_end(connection_id=connection_id)
+    return lifecycle.connection_end(connection_id=connection_id)
 
 
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)

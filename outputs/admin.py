@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -32,7 +32,7 @@ DELIVERY_LABELS = {
 
 @admin.register(Output)
 class OutputAdmin(admin.ModelAdmin):
-    list_display = ("name", "partner_key", "connections_count", "updated_at")
+    list_display = ("name", "partner_key", "updated_at")
     list_filter = ("partner_key",)
     search_fields = ("name",)
 
@@ -73,15 +73,6 @@ class OutputAdmin(admin.ModelAdmin):
             "has_add_permission": self.has_add_permission(request),
         }
         return TemplateResponse(request, "admin/outputs/output/directory.html", context)
-
-    # --- list ----------------------------------------------------------------------------
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Output]:
-        return super().get_queryset(request).annotate(connections_count=Count("connections"))
-
-    @admin.display(description="connections", ordering="connections_count")
-    def connections_count(self, obj: Output) -> int:
-        return obj.connections_count
 
     # --- add / change --------------------------------------------------------------------
 
@@ -143,5 +134,5 @@ class OutputAdmin(admin.ModelAdmin):
         return ", ".join(names) or "None"
 
     def save_model(self, request: HttpRequest, obj: Output, form: Any, change: bool) -> None:
-        # Already saved by output_create / output_update while the form validated (outputs/forms.py).
+        # Already saved by output_create / output_update while the form validated (config/admin_forms.py).
         pass

@@ -9,7 +9,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api_errors import Conflict
+from config.api_errors import ConflictError
 from config.api_schema import error_response
 from config.api_views import ObjectLookupMixin
 from outputs import services
@@ -63,10 +63,18 @@ class PartnerViewSet(viewsets.ViewSet):
             )
         ]
     ),
-    update=extend_schema(description="Name and partner required; settings replaced (a secret left out is kept)."),
-    partial_update=extend_schema(description="Only what is sent changes."),
+    update=extend_schema(
+        description="Name and partner required; the settings are replaced: those left out take their defaults, "
+        "a secret left out keeps its stored value."
+    ),
+    partial_update=extend_schema(
+        description="Only what is sent changes: settings not named keep their values, as do secrets left out."
+    ),
     destroy=extend_schema(
-        responses={204: None, 409: error_response("409", "The output has connections; delete them first.")}
+        responses={
+            204: None,
+            409: error_response("409", "Rows depend on the output (its connections); delete them first."),
+        }
     ),
 )
 class OutputViewSet(
@@ -100,24 +108,27 @@ class OutputViewSet(
         )
         return Response(self.get_serializer(output).data, status=status.HTTP_201_CREATED)
 
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self.update(request, pk, partial=True)
-
     def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
-        """PUT: name and partner required, settings replaced (a secret left out keeps its stored value);
-        PATCH: only what is sent."""
+        """PATCH changes only what it names (the name, some settings); PUT (name and partner required)
+        replaces the settings: omitted ones take their defaults. Either way a secret not given keeps its
+        stored value (outputs.services)."""
         serializer = self.get_serializer(self.get_object(), data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
         output = services.output_update(
             output=serializer.instance,
             name=serializer.validated_data.get("name"),
             settings=serializer.validated_data.get("settings"),
+            replace_settings=not partial,
         )
         return Response(self.get_serializer(output).data)
 
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk, partial=True)
+
     def perform_destroy(self, instance: Output) -> None:
-        # Connection.output is PROTECT: a connection needs its output until it has ended.
+        # Rows that depend on the output protect it (e.g. a connection needs its output until it has ended).
         try:
             instance.delete()
-        except ProtectedError:
-            raise Conflict("This output has connections; delete them before deleting the output.") from None
+        except ProtectedError as exc:
+            names = ", ".join(sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects}))
+            raise ConflictError(f"This output has {names}; delete them before deleting the output.") from None

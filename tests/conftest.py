@@ -4,8 +4,13 @@ REQUIRE_SERVICES=1 (as CI sets), where they fail instead."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+
+# The API fixtures (a token client, and an audience, output and connection made through the services)
+# serve the API tests of every app.
+pytest_plugins = ["tests.fixtures.api"]
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
@@ -23,14 +28,20 @@ def _no_partner_overrides(settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
 
 
+@pytest.fixture(autouse=True)
+def _own_rate_limit_counters(settings):
+    # Each test counts its own Events API limits (the Redis is shared with other runs and tests).
+    settings.RATE_LIMIT_KEY_PREFIX = f"test-limits:{uuid.uuid4().hex}:"
+
+
 @pytest.fixture
 def rings(monkeypatch):
-    """Record doorbell rings instead of queueing them: for tests of the services, not the broker
-    (the end-to-end tests ring a real Redis)."""
+    """Record queued tasks (doorbell rings, recomputes) instead of queueing them: for tests of the services,
+    not the broker (the end-to-end tests ring a real Redis). Each call: (task name, args, countdown)."""
     calls: list[tuple[str, tuple, float | None]] = []
 
-    def record(task, *args, countdown=None):
-        calls.append((task.name, args, countdown))
+    def record(task_name, *args, countdown=None):
+        calls.append((task_name, args, countdown))
 
-    monkeypatch.setattr("forwarding.doorbell.send_safely", record)
+    monkeypatch.setattr("config.queueing.send_safely", record)
     return calls

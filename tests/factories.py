@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import Audience
 from connections.models import Connection
@@ -44,7 +45,7 @@ def profile(*, email: str | None = None, gaid: str | None = None, **attributes: 
         identities.append({"type": "google_advertising_id", "value": gaid})
     if not identities:
         identities.append({"type": "customer", "value": f"c-{len(str(attributes))}-{id(attributes)}"})
-    return audience_services.profile_upsert(identities=identities, attributes=attributes).profile
+    return profiles.profile_upsert(identities=identities, attributes=attributes).profile
 
 
 def parisian(email: str | None, **extra: Any):
@@ -52,7 +53,7 @@ def parisian(email: str | None, **extra: Any):
 
 
 def connect(audience: Audience, output: Output, list_id: str = "list1") -> Connection:
-    from connections.services import connection_create
+    from forwarding.lifecycle import connection_create
 
     return connection_create(audience=audience, output=output, settings={"list_id": list_id})
 

@@ -26,11 +26,32 @@ does not walk the JSON again.
 
 # The public surface, gathered from the modules that hold each part.
 from audiences.criteria.evaluator import (
+    Predicate,
+    ValueTest,
     compile_criteria,
     compile_value_test,
     matches,
 )
-from audiences.criteria.language import (
+from audiences.criteria.reading import (
+    attribute_names,
+    depends_on_time,
+    event_lookback,
+    event_window_start,
+    lookback_start,
+    referenced_audiences,
+)
+from audiences.criteria.validation import (
+    CriteriaError,
+    validate_criteria,
+)
+from audiences.criteria.values import (
+    boolean_view,
+    date_bounds,
+    date_view,
+    number_view,
+    pattern_regex,
+)
+from audiences.criteria.vocabulary import (
     AUDIENCE_OPERATORS,
     DATE_OPERATORS,
     DATE_RE,
@@ -54,26 +75,6 @@ from audiences.criteria.language import (
     STRING_OPERATORS,
     TRIMMED,
     WINDOW_UNITS,
-    CriteriaError,
-    Predicate,
-    ValueTest,
-)
-from audiences.criteria.reading import (
-    attribute_names,
-    depends_on_time,
-    event_lookback,
-    event_window_start,
-    referenced_audiences,
-)
-from audiences.criteria.validation import (
-    validate_criteria,
-)
-from audiences.criteria.values import (
-    boolean_view,
-    date_bounds,
-    date_view,
-    number_view,
-    pattern_regex,
 )
 
 __all__ = [
@@ -112,6 +113,7 @@ __all__ = [
     "depends_on_time",
     "event_lookback",
     "event_window_start",
+    "lookback_start",
     "matches",
     "number_view",
     "pattern_regex",

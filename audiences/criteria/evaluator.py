@@ -5,28 +5,35 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import ge, gt, le, lt
 from typing import Any
 
-from audiences.criteria.language import (
-    DEFAULT_EVENT_WINDOW,
-    NEGATIVE_OPERATORS,
-    NUMBER_OPERATORS,
-    PRESENCE_OPERATORS,
-    Predicate,
-    ValueTest,
-)
-from audiences.criteria.reading import (
-    _event_window,
-)
+from django.utils import timezone
+
+from audiences.criteria.facts import ProfileFacts
+from audiences.criteria.reading import _event_window
 from audiences.criteria.values import (
-    _window,
     boolean_view,
     date_bounds,
     date_view,
     number_view,
     pattern_regex,
 )
-from audiences.facts import ProfileFacts
+from audiences.criteria.vocabulary import (
+    DEFAULT_EVENT_WINDOW,
+    DEFAULT_FREQUENCY,
+    NUMBER_COMPARISONS,
+    NUMBER_OPERATORS,
+    POSITIVE_OF,
+    PRESENCE_OPERATORS,
+    window,
+)
+
+# A compiled tree: does this profile match at `now`? And a compiled attribute condition on one value.
+Predicate = Callable[[ProfileFacts, datetime], bool]
+ValueTest = Callable[[Any, datetime], bool]
+# The evaluator's meaning of each comparison symbol of NUMBER_COMPARISONS.
+COMPARE = {">": gt, ">=": ge, "<": lt, "<=": le}
 
 
 def matches(tree: Mapping, facts: ProfileFacts | Mapping[str, Any], now: datetime | None = None) -> bool:
@@ -35,9 +42,7 @@ def matches(tree: Mapping, facts: ProfileFacts | Mapping[str, Any], now: datetim
     if not isinstance(facts, ProfileFacts):
         facts = ProfileFacts(profile_id=0, attributes={str(k).lower(): v for k, v in facts.items()})
     if now is None:
-        from django.utils import timezone as django_timezone
-
-        now = django_timezone.now()
+        now = timezone.now()
     return compile_criteria(tree)(facts, now)
 
 
@@ -102,8 +107,8 @@ def compile_value_test(operator: str, expected: Any) -> ValueTest:
         return lambda a, now: a is not None
     if operator == "not_exists":
         return lambda a, now: a is None
-    positive = _positive_test(operator.removeprefix("not_") if operator in NEGATIVE_OPERATORS else operator, expected)
-    if operator in NEGATIVE_OPERATORS:
+    positive = _positive_test(POSITIVE_OF.get(operator, operator), expected)
+    if operator in POSITIVE_OF:
         # Absent or of the wrong type: negative operators hold.
         return lambda a, now: a is None or not positive(a, now)
     return lambda a, now: a is not None and positive(a, now)
@@ -156,16 +161,11 @@ def _number_test(operator: str, expected: Any) -> ValueTest:
 
         return between
     bound = number_view(expected)
-    compare = {
-        "greater_than": lambda n: n > bound,
-        "greater_or_equal": lambda n: n >= bound,
-        "less_than": lambda n: n < bound,
-        "less_or_equal": lambda n: n <= bound,
-    }[operator]
+    compare = COMPARE[NUMBER_COMPARISONS[operator]]
 
     def test(a: Any, now: datetime) -> bool:
         n = view(a)
-        return n is not None and compare(n)
+        return n is not None and compare(n, bound)
 
     return test
 
@@ -178,11 +178,11 @@ def _in_range(start: datetime, end: datetime, inclusive: bool) -> Callable[[date
 
 def _date_test(operator: str, expected: Any) -> ValueTest:
     if operator == "within_last":
-        window = _window(expected)
+        length = window(expected)
 
         def within_last(a: Any, now: datetime) -> bool:
             d = date_view(a)
-            return d is not None and now - window <= d <= now
+            return d is not None and now - length <= d <= now
 
         return within_last
     if operator == "date_before":
@@ -228,15 +228,15 @@ def _compile_event(node: Mapping) -> Predicate:
     tests = tuple(
         (c["attribute"].lower(), compile_value_test(c["operator"], c.get("value"))) for c in node.get("attributes", ())
     )
-    frequency = node.get("frequency") or {"operator": "more_than", "count": 0}
+    frequency = node.get("frequency") or DEFAULT_FREQUENCY
     count, operator = frequency["count"], frequency["operator"]
     recency = node.get("recency") or {}
     fixed = _event_window(node, datetime.now(UTC)) if "between" in recency else None
-    window = _window(recency["within_last"]) if "within_last" in recency else DEFAULT_EVENT_WINDOW
+    length = window(recency["within_last"]) if "within_last" in recency else DEFAULT_EVENT_WINDOW
 
     def qualifying(facts: ProfileFacts, now: datetime) -> int:
         if fixed is None:
-            start, end, inclusive = now - window, now, True
+            start, end, inclusive = now - length, now, True
         else:
             start, end, inclusive = fixed
         found = 0

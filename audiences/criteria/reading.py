@@ -6,11 +6,8 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from audiences.criteria.language import DEFAULT_EVENT_WINDOW
-from audiences.criteria.values import (
-    _window,
-    date_bounds,
-)
+from audiences.criteria.values import date_bounds
+from audiences.criteria.vocabulary import DEFAULT_EVENT_WINDOW, DEFAULT_RECENCY, window
 
 
 def _walk(tree: Mapping) -> Iterator[Mapping]:
@@ -75,30 +72,35 @@ def depends_on_time(tree: Any) -> bool:
 
 def event_window_start(tree: Any, now: datetime) -> datetime | None:
     """The earliest event timestamp any event condition of the tree can look at; None without one."""
-    window, start = event_lookback(tree)
-    starts = [s for s in (now - window if window is not None else None, start) if s is not None]
+    return lookback_start(*event_lookback(tree), now)
+
+
+def lookback_start(longest: timedelta | None, earliest: datetime | None, now: datetime) -> datetime | None:
+    """The earliest instant an event_lookback() (the longest window, the earliest fixed start) reaches at
+    `now`: the earlier of the two; None when both are None."""
+    starts = [s for s in (now - longest if longest is not None else None, earliest) if s is not None]
     return min(starts) if starts else None
 
 
 def _event_window(node: Mapping, now: datetime) -> tuple[datetime, datetime, bool]:
     """(start, end, end_inclusive) of an event condition's recency at `now`."""
-    recency = node.get("recency") or {"within_last": {"amount": 30, "unit": "days"}}
+    recency = node.get("recency") or DEFAULT_RECENCY
     if "between" in recency:
         first, last = recency["between"]
         start, _, _ = date_bounds(first)
         _, end, inclusive = date_bounds(last)
         return start, end, inclusive
-    return now - _window(recency["within_last"]), now, True
+    return now - window(recency["within_last"]), now, True
 
 
 def event_lookback(tree: Any) -> tuple[timedelta | None, datetime | None]:
     """How far back the tree's event conditions look: (the longest `within_last` window, the earliest
     `between` start), each None when no event condition has one. `event_window_start(tree, now)` is
     min(now - window, start)."""
-    window: timedelta | None = None
+    longest: timedelta | None = None
     start: datetime | None = None
     if not isinstance(tree, Mapping):
-        return window, start
+        return longest, start
     for node in _walk(tree):
         if "event" not in node:
             continue
@@ -107,6 +109,6 @@ def event_lookback(tree: Any) -> tuple[timedelta | None, datetime | None]:
             first = date_bounds(recency["between"][0])[0]
             start = first if start is None else min(start, first)
         else:
-            length = _window(recency["within_last"]) if "within_last" in recency else DEFAULT_EVENT_WINDOW
-            window = length if window is None else max(window, length)
-    return window, start
+            length = window(recency["within_last"]) if "within_last" in recency else DEFAULT_EVENT_WINDOW
+            longest = length if longest is None else max(longest, length)
+    return longest, start

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from audiences.criteria.language import (
+from django.core.exceptions import ValidationError
+
+from audiences.criteria.reading import (
+    referenced_audiences,
+)
+from audiences.criteria.values import (
+    date_bounds,
+    date_view,
+    number_view,
+)
+from audiences.criteria.vocabulary import (
     AUDIENCE_OPERATORS,
     DATE_OPERATORS,
     DAY_RE,
@@ -16,6 +26,7 @@ from audiences.criteria.language import (
     MAX_EVENT_COUNT,
     MAX_NAME,
     MAX_NODES,
+    MAX_STRING,
     MAX_WINDOW_AMOUNT,
     NODE_KEYS,
     NODE_KINDS,
@@ -25,17 +36,13 @@ from audiences.criteria.language import (
     SCALAR_OPERATORS,
     STRING_OPERATORS,
     WINDOW_UNITS,
-    CriteriaError,
-)
-from audiences.criteria.reading import (
-    referenced_audiences,
-)
-from audiences.criteria.values import (
-    date_bounds,
-    date_view,
-    number_view,
 )
 from audiences.identities import IDENTITY_TYPES
+from audiences.models import Audience
+
+
+class CriteriaError(ValidationError):
+    """A criteria tree that cannot be evaluated; the message starts with the path of the problem."""
 
 
 def validate_criteria(tree: Any, *, audience_id: int | None = None) -> dict:
@@ -52,6 +59,12 @@ def validate_criteria(tree: Any, *, audience_id: int | None = None) -> dict:
 
 def _fail(path: str, message: str) -> None:
     raise CriteriaError(f"{path}: {message}", code="invalid_criteria")
+
+
+def _one_of(names: Iterable[str]) -> str:
+    """'a' or 'b', for an error message."""
+    quoted = [f"'{name}'" for name in sorted(names)]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _count(path: str, counter: list[int]) -> None:
@@ -140,7 +153,7 @@ def _validate_window(value: Any, path: str) -> None:
     if not _is_count(value.get("amount"), 1, MAX_WINDOW_AMOUNT):
         _fail(f"{path}.amount", f"expected a whole number from 1 to {MAX_WINDOW_AMOUNT}")
     if value.get("unit") not in WINDOW_UNITS:
-        _fail(f"{path}.unit", f"unknown unit {value.get('unit')!r}; expected 'days' or 'hours'")
+        _fail(f"{path}.unit", f"unknown unit {value.get('unit')!r}; expected {_one_of(WINDOW_UNITS)}")
 
 
 def _validate_attribute(node: Mapping, path: str) -> None:
@@ -162,8 +175,8 @@ def _validate_attribute(node: Mapping, path: str) -> None:
     elif operator in STRING_OPERATORS:
         if not isinstance(value, str):
             _fail(value_path, f"'{operator}' needs a string")
-        if len(value) > 4096:
-            _fail(value_path, "strings are at most 4096 characters")
+        if len(value) > MAX_STRING:
+            _fail(value_path, f"strings are at most {MAX_STRING} characters")
     elif operator in NUMBER_OPERATORS:
         if not _is_number(value):
             _fail(value_path, f"'{operator}' needs a number")
@@ -245,13 +258,11 @@ def _validate_audience(node: Mapping, path: str, references: list) -> None:
         _fail(f"{path}.audience", "expected an audience id")
     operator = node.get("operator")
     if not isinstance(operator, str) or operator not in AUDIENCE_OPERATORS:
-        _fail(f"{path}.operator", f"unknown operator {operator!r}; expected 'member' or 'not_member'")
+        _fail(f"{path}.operator", f"unknown operator {operator!r}; expected {_one_of(AUDIENCE_OPERATORS)}")
     references.append((f"{path}.audience", audience))
 
 
 def _validate_references(references: list[tuple[str, int]], audience_id: int | None) -> None:
-    from audiences.models import Audience
-
     graph = {pk: referenced_audiences(tree) for pk, tree in Audience.objects.values_list("id", "criteria")}
     for path, referenced in references:
         if referenced not in graph:

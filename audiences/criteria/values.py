@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from audiences.criteria.language import (
+from audiences.criteria.vocabulary import (
     DATE_RE,
     DAY_RE,
     NUMBER_RE,
     TRIMMED,
-    WINDOW_UNITS,
 )
 
 
@@ -94,7 +92,3 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     """A `matches` pattern as a regular expression on the whole lower-cased text: `*` any run, `?` one character."""
     parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()]
     return re.compile("".join(parts), re.DOTALL)
-
-
-def _window(spec: Mapping[str, Any]) -> timedelta:
-    return WINDOW_UNITS[spec["unit"]] * spec["amount"]

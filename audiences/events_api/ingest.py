@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
-from audiences.evaluation import evaluate_profiles
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
+from audiences.membership.evaluation import evaluate_profiles
 from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile, new_mpid
+from config.db import atomic_with_reconnect
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,12 @@ def ingest_batches(input: Input, batches: Sequence[ParsedBatch], *, now: datetim
     """Store these (already validated) batches from `input` and evaluate the audiences of the profiles they
     touched, in one transaction."""
     now = now or timezone.now()
+    # Replayed after a connection lost in COMMIT only if every batch has a source_request_id:
+    # a second run then skips the batches the first one stored (config/db.py).
+    replay_safe = all(batch.source_request_id for batch in batches)
     for attempt in range(2):
         try:
-            with transaction.atomic():
-                result = _ingest(input, batches, now)
+            result = atomic_with_reconnect(lambda: _ingest(input, batches, now), replay_safe=replay_safe)
             break
         except IntegrityError:
             if attempt:
@@ -124,8 +128,6 @@ def _insert_events(rows: list[tuple]) -> None:
     if connection.vendor != "postgresql":
         Event.objects.bulk_create([Event(**dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows])
         return
-    from psycopg.types.json import Jsonb
-
     table = connection.ops.quote_name(Event._meta.db_table)
     attributes = EVENT_COLUMNS.index("attributes")
     with connection.cursor() as cursor:

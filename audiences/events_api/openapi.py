@@ -1,4 +1,5 @@
-"""The Events API in OpenAPI 3.1 terms, for the service's schema (config/api_schema.py).
+"""The Events API in OpenAPI 3.1 terms, added to the service's schema by add_events_api, a drf-spectacular
+postprocessing hook (SPECTACULAR_SETTINGS in config/settings.py).
 
 The request bodies are mParticle's own batch schema, mparticle.inbound.eventsapi.schema.json beside
 this module (JSON Schema draft-07, as mParticle publishes it: https://docs.mparticle.com/schema/),
@@ -199,3 +200,16 @@ def events_api_paths() -> dict[str, Any]:
             "bad ones named by index in the errors' paths.",
         ),
     }
+
+
+def add_events_api(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the Events API beside the REST API."""
+    result.setdefault("paths", {}).update(events_api_paths())
+    components = result.setdefault("components", {})
+    schemas, security_schemes = events_api_components()
+    components.setdefault("schemas", {}).update(schemas)
+    components.setdefault("securitySchemes", {}).update(security_schemes)
+    result.setdefault("tags", []).append(
+        {"name": "events", "description": "mParticle-compatible Events API (HTTP Basic: an input's key and secret)."}
+    )
+    return result

@@ -90,11 +90,11 @@ class Setting:
         return value
 
 
-def clean_settings(schema: Sequence[Setting], values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
-    """Validate submitted settings against a schema; errors name each field.
+def clean_settings(schema: Sequence[Setting], values: Mapping[str, Any]) -> dict:
+    """Validate a complete set of settings against a schema; errors name each field.
 
-    With partial_secrets, a secret left out keeps its stored value (the admin and the API
-    never show secrets again, so an edit leaves them blank).
+    A setting not given takes its default. Partial updates (keeping stored values, secrets
+    included) are outputs.services.output_update's business: it completes `values` first.
     """
     known = {s.name for s in schema}
     errors: dict[str, list[str]] = {}
@@ -103,8 +103,6 @@ def clean_settings(schema: Sequence[Setting], values: Mapping[str, Any], *, part
             errors[name] = [f"Unknown setting '{name}'. Known settings: {', '.join(sorted(known))}."]
     cleaned: dict[str, Any] = {}
     for setting in schema:
-        if partial_secrets and setting.is_secret and values.get(setting.name) in (None, ""):
-            continue
         try:
             cleaned[setting.name] = setting.clean(values.get(setting.name))
         except ValidationError as exc:
@@ -164,9 +162,9 @@ class Partner:
     # --- configuration -------------------------------------------------------------------
 
     @classmethod
-    def clean_configuration(cls, values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
-        """Validate configuration settings. Subclasses add partner-specific checks."""
-        return clean_settings(cls.configuration_settings, values, partial_secrets=partial_secrets)
+    def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
+        """Validate a complete configuration. Subclasses add partner-specific checks."""
+        return clean_settings(cls.configuration_settings, values)
 
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:

@@ -20,9 +20,13 @@ from outputs.partners.base import (
     Setting,
     SettingKind,
 )
-from outputs.partners.http import PartnerClient, PermanentError, TransientError
+from outputs.partners.http import PartnerClient, PermanentError, TransientError, url_segment
 
 API_KEY_RE = re.compile(r"^[A-Za-z0-9]+-(?P<dc>[a-z]+[0-9]+)$")
+# Mailchimp issues list (audience) ids of ten hexadecimal characters ("a1b2c3d4e5"); letters,
+# digits, "-" and "_" leave room for local and staging servers ("potential-parisians") and
+# for nothing that could change the URL it goes into.
+LIST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,50}")
 MERGE_TAG_MAX = 10
 # mParticle's reserved user attributes and the Mailchimp merge fields every list has.
 RESERVED_MERGE_TAGS = {"$firstname": "FNAME", "$lastname": "LNAME", "$mobile": "PHONE", "$address": "ADDRESS"}
@@ -162,10 +166,10 @@ class Mailchimp(Partner):
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
 
     @classmethod
-    def clean_configuration(cls, values: Mapping[str, Any], *, partial_secrets: bool = False) -> dict:
+    def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
         errors: dict[str, list[str]] = {}
         try:
-            cleaned = super().clean_configuration(values, partial_secrets=partial_secrets)
+            cleaned = super().clean_configuration(values)
         except ValidationError as exc:
             errors, cleaned = exc.message_dict, {}
         api_key = cleaned.get("api_key", values.get("api_key"))
@@ -176,6 +180,20 @@ class Mailchimp(Partner):
                 errors["api_key"] = exc.messages
         if errors:
             raise ValidationError(errors)
+        return cleaned
+
+    @classmethod
+    def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:
+        cleaned = super().clean_connection_settings(values)
+        if not LIST_ID_RE.fullmatch(cleaned["list_id"]):
+            raise ValidationError(
+                {
+                    "list_id": [
+                        "A Mailchimp audience id is letters and digits, like a1b2c3d4e5 (Audience > Settings > "
+                        "Audience name and defaults); '-' and '_' are allowed too, at most 50 characters."
+                    ]
+                }
+            )
         return cleaned
 
     @cached_property
@@ -192,7 +210,7 @@ class Mailchimp(Partner):
         list_id = connection_settings["list_id"]
         try:
             client = self.client()
-            data = client.json(client.request("GET", f"/lists/{list_id}"))
+            data = client.json(client.request("GET", f"/lists/{url_segment(list_id)}"))
         except PermanentError as exc:
             if exc.status == 404:
                 raise PermanentError(f"Mailchimp has no list with id '{list_id}' ({exc.message})", status=404) from exc
@@ -227,7 +245,7 @@ class Mailchimp(Partner):
             return []
         body = {"members": [self.member_payload(c) for c in changes], "update_existing": True}
         client = self.client()
-        answer = client.json(client.request("POST", f"/lists/{connection_settings['list_id']}", json=body))
+        answer = client.json(client.request("POST", f"/lists/{url_segment(connection_settings['list_id'])}", json=body))
         errors = {
             str(e.get("email_address", "")).strip().lower(): e
             for e in answer.get("errors") or []
@@ -254,7 +272,7 @@ class Mailchimp(Partner):
         if not self.wants_cleanup_on_end():
             return super().end_connection(connection_settings, held)
         client = self.client()
-        list_id = connection_settings["list_id"]
+        list_id = url_segment(connection_settings["list_id"])
         results = []
         for change in held:
             try:

@@ -17,9 +17,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from audiences import profiles
 from audiences import services as audience_services
 from connections.models import Connection, ConnectionMember
-from connections.services import connection_create
+from forwarding.lifecycle import connection_create
 from forwarding.models import DeliveryAttempt
 from outputs.services import output_create
 from tests.factories import MAILCHIMP_KEY, role_user
@@ -79,7 +80,7 @@ PAGES = [
 @pytest.fixture
 def objects(db) -> dict[str, int]:
     audience = audience_services.audience_create(name="Premium", criteria=CRITERIA, status="active")
-    profile = audience_services.profile_upsert(
+    profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
     output = output_create(name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})

@@ -19,14 +19,15 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import Audience, Profile
 from connections.models import Connection
-from connections.services import connection_create
+from forwarding.lifecycle import connection_create
 from outputs.models import Output
 from outputs.services import output_create
-from tests.api.conftest import MAILCHIMP_KEY, PREMIUM
 from tests.factories import role_user
+from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
 
 ROLES = ("viewer", "marketer", "operator", "admin")
 ALL = frozenset(ROLES)
@@ -108,7 +109,7 @@ def objects(db) -> dict[str, int]:
     output = output_create(name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     spare_output = output_create(name="Spare", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     connection = connection_create(audience=audience, output=output, settings={"list_id": "abc123"})
-    profile = audience_services.profile_upsert(
+    profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
     return {

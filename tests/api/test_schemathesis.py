@@ -30,13 +30,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from audiences import profiles
 from audiences import services as audience_services
 from audiences.inputs import input_create
 from audiences.models import Audience
 from config.wsgi import application
-from connections.services import connection_create
+from forwarding.lifecycle import connection_create
 from outputs.services import output_create
-from tests.api.conftest import MAILCHIMP_KEY, PREMIUM
+from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
 
 # Bounded and reproducible: the same requests on every run.
 CONFIG = SchemathesisConfig.from_dict(
@@ -67,7 +68,7 @@ def credentials(db, admin_user) -> dict[str, str]:
     audience = audience_services.audience_create(name="Premium", criteria=PREMIUM, status=Audience.Status.ACTIVE)
     output = output_create(name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     connection = connection_create(audience=audience, output=output, settings={"list_id": "abc123"})
-    profile = audience_services.profile_upsert(
+    profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
     events_input, secret = input_create("Schemathesis")

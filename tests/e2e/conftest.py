@@ -70,7 +70,13 @@ def broker_queue(redis_url) -> str:
 
 
 @pytest.fixture
-def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings) -> Iterator[dict]:
+def worker_env() -> dict[str, str]:
+    """Extra environment for the worker process; a test module overrides this fixture to change it."""
+    return {}
+
+
+@pytest.fixture
+def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings, worker_env) -> Iterator[dict]:
     """A Celery worker process on the test database, and this process publishing to it."""
     from django.db import connection
 
@@ -93,7 +99,8 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
         "FORWARDING_BACKOFF_BASE_SECONDS": "0.2",
         "FORWARDING_BACKOFF_MAX_SECONDS": "1",
         "SECRET_KEY": settings.SECRET_KEY,
-        "SECRETS_ENCRYPTION_KEY": settings.SECRETS_ENCRYPTION_KEY,
+        "SECRETS_ENCRYPTION_KEYS": ",".join(settings.SECRETS_ENCRYPTION_KEYS),
+        **worker_env,
     }
     env.pop("DATABASE_TEST_NAME", None)
     process = subprocess.Popen(

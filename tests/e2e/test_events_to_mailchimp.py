@@ -11,11 +11,11 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
-from audiences.management.commands.demo import CRITERIA as POTENTIAL_PARISIANS
-from audiences.recompute import recompute_time_based_audiences
+from audiences.membership.recompute import recompute_time_based_audiences
+from forwarding.management.commands.demo import CRITERIA as POTENTIAL_PARISIANS
 from tests import factories
+from tests.audiences.events_api.test_sdk import sdk, sdk_batch  # noqa: F401  (the fixture is used by name)
 from tests.e2e.conftest import API_KEY, wait_until
-from tests.events_api.test_sdk import sdk, sdk_batch  # noqa: F401  (the fixture is used by name)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 LIST_ID = "parisians-from-events"

@@ -8,8 +8,8 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from connections import services as connection_services
 from connections.models import Connection
+from forwarding import lifecycle as connection_services
 from forwarding import sweeper
 from local_partners.mailchimp import subscriber_hash
 from tests import factories
@@ -110,7 +110,7 @@ def test_pending_work_whose_doorbell_was_lost_is_swept(tutorial, mailchimp_serve
     wait_until(lambda: "first@example.com" in statuses(mailchimp_server))
     wait_until(lambda: Connection.objects.get(pk=connection.pk).delivery_lease_until is None)
     with monkeypatch.context() as m:
-        m.setattr("forwarding.doorbell.send_safely", lambda *a, **k: None)  # the ring is lost
+        m.setattr("config.queueing.send_safely", lambda *a, **k: None)  # the ring is lost
         factories.parisian("forgotten@example.com")
     time.sleep(0.5)
     assert "forgotten@example.com" not in statuses(mailchimp_server)

@@ -1,0 +1,321 @@
+"""Connections in the admin: figures, recent deliveries and rejections, and the status switch
+(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle.
+
+The buttons and actions check the same permissions as the REST API (config/roles.py): pause and
+resume need connections.pause_connection, the test connections.test_connection; the recent attempts
+and rejections show to those who may view delivery attempts and connection members."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from audiences.admin import count_of
+from audiences.models import Audience
+from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
+from connections import status
+from connections.models import Connection, ConnectionMember
+from connections.selectors import rejected_members
+from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
+from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.selectors import connection_stats
+
+RECENT_ROWS = 20
+STATS_LABELS = (
+    ("audience_size", "Audience size"),
+    ("with_accepted_identity", "Members with an accepted identity"),
+    ("without_accepted_identity", "Members without one (the partner cannot receive them)"),
+    ("delivered", "Delivered (identities the partner holds)"),
+    ("pending", "Pending"),
+    ("retrying", "of which retrying after an error"),
+    ("rejected", "Rejected by the partner"),
+)
+
+
+@admin.register(Connection)
+class ConnectionAdmin(admin.ModelAdmin):
+    list_display = (
+        "audience",
+        "output",
+        "status",
+        "delivered_count",
+        "pending_count",
+        "rejected_count",
+        "last_delivered_at",
+    )
+    list_filter = ("status", "output")
+    list_select_related = ("audience", "output")
+    search_fields = ("audience__name", "output__name")
+    actions = ("pause_connections", "resume_connections")
+    # Everything is read-only: settings are fixed at creation, the status moves by the buttons.
+    fieldsets = (
+        (None, {"fields": ("audience_link", "output_link", "settings_display")}),
+        ("Status", {"fields": ("status", "status_reason", "status_changed_at", "last_delivered_at")}),
+        ("Figures", {"fields": ("stats_display",)}),
+        (None, {"fields": ("created_at", "updated_at")}),
+    )
+    readonly_fields = (
+        "audience_link",
+        "output_link",
+        "settings_display",
+        "status",
+        "status_reason",
+        "status_changed_at",
+        "last_delivered_at",
+        "stats_display",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("audience", "output")
+            .annotate(
+                delivered_count=count_of(ConnectionMember, "connection", state=ConnectionMember.State.ADDED),
+                rejected_count=count_of(ConnectionMember, "connection", state=ConnectionMember.State.REJECTED),
+                pending_count=count_of(PendingChange, "connection"),
+            )
+        )
+
+    @admin.display(description="delivered", ordering="delivered_count")
+    def delivered_count(self, obj: Connection) -> int:
+        return obj.delivered_count
+
+    @admin.display(description="pending", ordering="pending_count")
+    def pending_count(self, obj: Connection) -> int:
+        return obj.pending_count
+
+    @admin.display(description="rejected", ordering="rejected_count")
+    def rejected_count(self, obj: Connection) -> int:
+        return obj.rejected_count
+
+    # --- read-only fields of the change page ------------------------------------------------
+
+    @admin.display(description="audience")
+    def audience_link(self, obj: Connection) -> str:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:audiences_audience_change", args=[obj.audience_id]), obj.audience
+        )
+
+    @admin.display(description="output")
+    def output_link(self, obj: Connection) -> str:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:outputs_output_change", args=[obj.output_id]), obj.output
+        )
+
+    @admin.display(description="connection settings")
+    def settings_display(self, obj: Connection) -> str:
+        schema = {s.name: s for s in obj.output.partner_class.connection_settings}
+        rows = []
+        for name, value in obj.settings.items():
+            setting = schema.get(name)
+            shown = "••••••" if setting is not None and setting.is_secret else json.dumps(value, ensure_ascii=False)
+            rows.append((setting.label if setting else name, shown.strip('"')))
+        if not rows:
+            return "None"
+        return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows))
+
+    @admin.display(description="figures")
+    def stats_display(self, obj: Connection) -> str:
+        stats = connection_stats(obj).as_dict()
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((label, stats[k]) for k, label in STATS_LABELS))
+        return format_html('<table id="connection-stats">{}</table>', rows)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Connection | None = None,
+    ) -> HttpResponse:
+        if obj is not None and obj.pk:
+            can_switch = self.has_pause_permission(request)
+            context.update(
+                {
+                    # Not "Change connection": nothing here is edited in a form.
+                    "title": "Connection",
+                    "show_attempts": request.user.has_perm("forwarding.view_deliveryattempt"),
+                    "attempts": DeliveryAttempt.objects.filter(connection=obj).order_by("-at", "-id")[:RECENT_ROWS],
+                    "show_rejections": request.user.has_perm("connections.view_connectionmember"),
+                    "rejections": rejected_members(obj)[:RECENT_ROWS],
+                    "recent_rows": RECENT_ROWS,
+                    "is_ending": not status.can_delete(obj.status),
+                    "can_pause": can_switch and status.can_pause(obj.status),
+                    "can_resume": can_switch and status.can_resume(obj.status),
+                    "can_test": self.has_test_permission(request) and status.can_test(obj.status),
+                    # Nothing on this page is editable, so there is nothing to save.
+                    "show_save": False,
+                    "show_save_and_continue": False,
+                    "show_save_and_add_another": False,
+                }
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def save_model(self, request: HttpRequest, obj: Connection, form: Any, change: bool) -> None:
+        # Never write the row from the admin: a stale copy would undo the worker's status and lease.
+        pass
+
+    # --- the status switch ------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        def button(name: str, view: Callable[[HttpRequest, str], HttpResponse]) -> URLPattern:
+            return path(
+                f"<path:object_id>/{name}/",
+                self.admin_site.admin_view(require_POST(view)),
+                name=f"connections_connection_{name}",
+            )
+
+        # Before the default URLs: "<path:object_id>/" would swallow them.
+        return [
+            button("pause", self.pause_view),
+            button("resume", self.resume_view),
+            button("test", self.test_view),
+            *super().get_urls(),
+        ]
+
+    # The custom permissions, as admin actions read them (`permissions=["pause"]`).
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(PAUSE_CONNECTION)
+
+    def has_test_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(TEST_CONNECTION)
+
+    def _connection_for(
+        self, request: HttpRequest, object_id: str, allowed: Callable[[HttpRequest], bool]
+    ) -> Connection:
+        connection = self.get_object(request, unquote(object_id))
+        if connection is None:
+            raise Http404("No such connection.")
+        if not allowed(request):
+            raise PermissionDenied
+        return connection
+
+    def _back(self, connection: Connection) -> HttpResponseRedirect:
+        return redirect("admin:connections_connection_change", connection.pk)
+
+    def pause_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._switch_status(
+            request, object_id, connection_pause, "Paused.", "Paused: changes are kept and sent when you resume."
+        )
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._switch_status(
+            request, object_id, connection_resume, "Resumed.", "Resumed: pending changes are being sent."
+        )
+
+    def _switch_status(self, request: HttpRequest, object_id: str, service, log: str, success: str) -> HttpResponse:
+        """The status switch: call the service, log the change, tell the user (or show why not)."""
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
+        try:
+            service(connection=connection)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            self.log_change(request, connection, log)
+            messages.success(request, success)
+        return self._back(connection)
+
+    def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        connection = self._connection_for(request, object_id, self.has_test_permission)
+        ok, message = connection_test(connection=connection)
+        messages.add_message(request, messages.SUCCESS if ok else messages.ERROR, message)
+        return self._back(connection)
+
+    @admin.action(description="Pause selected connections", permissions=["pause"])
+    def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        self._apply_to_each(request, queryset, connection_pause, "Paused")
+
+    @admin.action(description="Resume selected connections", permissions=["pause"])
+    def resume_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        self._apply_to_each(request, queryset, connection_resume, "Resumed")
+
+    def _apply_to_each(
+        self, request: HttpRequest, queryset: QuerySet[Connection], service: Callable[..., Connection], verb: str
+    ) -> None:
+        done = 0
+        for connection in queryset:
+            try:
+                service(connection=connection)
+            except ValidationError as exc:
+                messages.error(request, f"{connection}: {' '.join(exc.messages)}")
+            else:
+                self.log_change(request, connection, f"{verb}.")
+                done += 1
+        if done:
+            messages.success(request, f"{verb} {done} connection{'s' if done != 1 else ''}.")
+
+    # --- add: the audience's "Connect output" flow ------------------------------------------
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        """Connections are made from an audience (as in the tutorial): pick one, or go straight
+        to its "Connect output" page with ?audience=<id>."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        audience_id = request.GET.get("audience", "")
+        if audience_id.isdigit():
+            return redirect("admin:audiences_audience_connect", audience_id)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Connect an audience: choose the audience",
+            "subtitle": None,
+            "opts": self.opts,
+            "audiences": Audience.objects.exclude(status=Audience.Status.ARCHIVED).order_by("name"),
+        }
+        return TemplateResponse(request, "admin/connections/connection/choose_audience.html", context)
+
+    # --- delete: the connection ends, a task cleans up, then the row goes --------------------
+
+    def has_delete_permission(self, request: HttpRequest, obj: Connection | None = None) -> bool:
+        if obj is not None and not status.can_delete(obj.status):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request: HttpRequest, obj: Connection) -> None:
+        self._end(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        for connection in queryset:
+            self._end(request, connection)
+        # The stock action goes on to say "deleted"; say what really happens.
+        self.message_user(request, "The connections are ending: they are removed once the partner is cleaned up.")
+
+    def _end(self, request: HttpRequest, connection: Connection) -> None:
+        try:
+            connection_delete(connection=connection)
+        except ValidationError as exc:  # e.g. deleted meanwhile by someone else
+            self.message_user(request, f"{connection}: {' '.join(exc.messages)}", messages.WARNING)
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[str], dict[str, int], set[str], list[str]]:
+        # The stock page would list every member and pending change (perhaps millions); the
+        # service removes those itself, so name only the connections.
+        objs = list(objs)
+        perms_needed = set() if self.has_delete_permission(request) else {str(self.opts.verbose_name)}
+        model_count = {str(self.opts.verbose_name_plural): len(objs)}
+        return [str(obj) for obj in objs], model_count, perms_needed, []
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> HttpResponse:
+        self.message_user(
+            request,
+            f"The connection “{obj_display}” is ending: it sends nothing more, and is removed once the "
+            "partner has been cleaned up (where the output's settings ask for it).",
+            messages.SUCCESS,
+        )
+        return redirect("admin:connections_connection_changelist")

@@ -1,0 +1,131 @@
+"""API shapes for connections, their delivery attempts and rejected members, and the audience with its
+connections."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from audiences.models import Audience
+from audiences.serializers import AudienceSerializer
+from config.api_errors import RejectUnknownFieldsMixin
+from connections.models import Connection, ConnectionMember
+from connections.selectors import connected_output_counts
+from forwarding.models import DeliveryAttempt
+from forwarding.selectors import connection_stats
+from outputs.models import Output
+
+
+class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+    """Read, and create (audience, output, settings); forwarding.lifecycle decides the rest."""
+
+    # An unknown id is a 400 naming the field ('Invalid pk "9" - object does not exist.').
+    audience = serializers.PrimaryKeyRelatedField(queryset=Audience.objects.all())
+    output = serializers.PrimaryKeyRelatedField(queryset=Output.objects.all())
+    # Checked against the partner's connection settings by the service (errors name e.g. "list_id").
+    settings = serializers.DictField(required=False, default=dict)
+    stats = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Connection
+        fields = [
+            "id",
+            "audience",
+            "output",
+            "settings",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "last_delivered_at",
+            "created_at",
+            "stats",
+        ]
+        read_only_fields = ["status", "status_reason", "status_changed_at", "last_delivered_at", "created_at"]
+        # DRF would add a unique-together check on (audience, output); the service answers that
+        # one, naming "output".
+        validators: list = []
+
+    def get_stats(self, connection: Connection) -> dict[str, int]:
+        return connection_stats(connection).as_dict()
+
+
+class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """PUT / PATCH of a connection: its status is what can be edited today (sending or paused, the
+    pause / resume switch). Audience, output and settings are fixed at creation: sent back
+    unchanged they are accepted, a different value is refused, naming the field."""
+
+    status = serializers.ChoiceField(
+        choices=[Connection.Status.SENDING, Connection.Status.PAUSED],
+        help_text="sending (resume; clears a fault) or paused.",
+    )
+    audience = serializers.IntegerField(required=False, help_text="Fixed at creation.")
+    output = serializers.IntegerField(required=False, help_text="Fixed at creation.")
+    settings = serializers.JSONField(required=False, help_text="Fixed at creation.")
+
+    def to_internal_value(self, data: object) -> object:
+        # What a read showed besides these fields may be sent back; it is ignored like read-only fields.
+        if isinstance(data, dict):
+            shown = set(ConnectionSerializer.Meta.fields) - set(self.fields)
+            data = {key: value for key, value in data.items() if key not in shown}
+        return super().to_internal_value(data)
+
+    def _unchanged(self, name: str, value: object, current: object) -> object:
+        if value != current:
+            raise serializers.ValidationError(f"The {name} of a connection cannot be changed after it is created.")
+        return value
+
+    def validate_audience(self, value: int) -> int:
+        return self._unchanged("audience", value, self.instance.audience_id)
+
+    def validate_output(self, value: int) -> int:
+        return self._unchanged("output", value, self.instance.output_id)
+
+    def validate_settings(self, value: object) -> object:
+        return self._unchanged("settings", value, self.instance.settings)
+
+
+class ConnectionTestResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "id",
+            "kind",
+            "at",
+            "duration_ms",
+            "sent",
+            "delivered",
+            "rejected",
+            "retried",
+            "result",
+            "error",
+        ]
+
+
+class RejectionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConnectionMember
+        fields = ["identity_type", "value", "reason", "updated_at"]
+
+
+class ConnectedAudienceSerializer(AudienceSerializer):
+    """An audience, with how many outputs it is connected to and its connections' ids."""
+
+    connected_outputs = serializers.SerializerMethodField()
+    connections = serializers.SerializerMethodField()
+
+    class Meta(AudienceSerializer.Meta):
+        fields = [*AudienceSerializer.Meta.fields, "connected_outputs", "connections"]
+
+    def get_connected_outputs(self, audience: Audience) -> int:
+        # A list view counts a whole page in one query and passes it in the context (see audience metrics).
+        counts = self.context.setdefault("connected_outputs", {})
+        if audience.pk not in counts:
+            counts.update(connected_output_counts([audience.pk]))
+        return counts[audience.pk]
+
+    def get_connections(self, audience: Audience) -> list[int]:
+        return sorted(c.pk for c in audience.connections.all())
