@@ -60,7 +60,7 @@ ERROR_LIST = {
     "items": {
         "type": "object",
         "properties": {
-            "code": {"type": "string", "description": "e.g. malformed_json, unauthorized, request_too_large"},
+            "code": {"type": "string", "description": "e.g. malformed_json, unauthorized, rate_limited"},
             "path": {"type": "string", "description": "JSON path of the problem: events[1].event_type, [3].mpid"},
             "message": {"type": "string"},
         },
@@ -171,8 +171,13 @@ def _operation(
                 ),
                 "413": _errors("The request is larger than EVENTS_API_MAX_BYTES (256 KB by default)."),
                 "429": _errors(
-                    "Too many requests: wait Retry-After seconds (mParticle's rate limit answer).",
-                    **{"Retry-After": {"schema": {"type": "integer"}}},
+                    "Too many requests: the input is over its rate limit, counted in batches (with "
+                    "X-mp-rate-limit-exceeded: feed, as mParticle answers), or this client or key failed to "
+                    "authenticate too often (code authentication_throttled). Wait Retry-After seconds.",
+                    **{
+                        "Retry-After": {"schema": {"type": "integer"}, "required": True},
+                        "X-mp-rate-limit-exceeded": {"schema": {"type": "string", "enum": ["feed"]}},
+                    },
                 ),
             },
         }

@@ -16,6 +16,7 @@ import base64
 import re
 
 import pytest
+import redis
 import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -34,9 +35,11 @@ from audiences import profiles
 from audiences import services as audience_services
 from audiences.inputs import input_create
 from audiences.models import Audience
+from config import ratelimit
 from config.wsgi import application
 from forwarding.lifecycle import connection_create
 from outputs.services import output_create
+from tests.conftest import service_missing
 from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
 
 # Bounded and reproducible: the same requests on every run.
@@ -113,3 +116,52 @@ def test_every_answer_matches_the_schema(case, credentials):
     authorization = credentials["basic"] if case.path.startswith("/v2/") else credentials["token"]
 
     case.call_and_validate(headers={"Authorization": authorization}, checks=CHECKS)
+
+
+# --- answers generated requests rarely reach: the Events API's limits (config/ratelimit.py) ---------
+
+
+@pytest.fixture
+def limits_clock(monkeypatch, settings) -> None:
+    """The limits' Redis, required, and their clock stopped (nothing refills while the test runs)."""
+    try:
+        redis.Redis.from_url(settings.RATE_LIMIT_REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis is not reachable at {settings.RATE_LIMIT_REDIS_URL}: {exc}")
+    monkeypatch.setattr(ratelimit, "clock", lambda: 1_800_000_000.0)
+    monkeypatch.setattr(ratelimit, "_redis_paused_until", 0.0)
+
+
+def send_events(authorization: str, source_request_id: str):
+    case = schema["/v2/events"]["POST"].Case(
+        body={
+            "environment": "production",
+            "source_request_id": source_request_id,
+            "user_identities": {"customer_id": "c-1"},
+            "events": [],
+        },
+        headers={"Authorization": authorization},
+    )
+    return case, case.call()
+
+
+def test_an_input_over_its_rate_gets_the_documented_429(credentials, limits_clock, settings):
+    settings.EVENTS_API_RATE_LIMIT, settings.EVENTS_API_RATE_BURST = 1, 1
+    assert send_events(credentials["basic"], "first")[1].status_code == 202
+
+    case, response = send_events(credentials["basic"], "second")
+
+    assert (response.status_code, response.headers["x-mp-rate-limit-exceeded"]) == (429, ["feed"])
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_a_throttled_authentication_gets_the_documented_429(credentials, limits_clock, settings):
+    settings.EVENTS_API_AUTH_FAILURES_PER_CLIENT = 1
+    wrong = "Basic " + base64.b64encode(b"no-such-key:no-such-secret").decode()
+    assert send_events(wrong, "first")[1].status_code == 401
+
+    case, response = send_events(wrong, "second")
+
+    assert response.status_code == 429
+    assert response.json()["errors"][0]["code"] == "authentication_throttled"
+    case.validate_response(response, checks=CHECKS)
