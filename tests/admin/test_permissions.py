@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import responses
+from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.test import Client
 from django.urls import reverse
@@ -147,6 +148,22 @@ def test_the_audience_page_shows_each_role_its_buttons(objects, role):
     assert ("Download</a>" in html) == (role in MARKETER)
     assert ("Connect output" in html) == (role in MARKETER)
     assert 'id="connections"' in html  # every role may view connections
+
+
+def test_the_connections_panel_shows_only_to_those_who_may_view_connections(objects):
+    # A group of one's own: audiences without their connections (forwarding extends the audience's page).
+    group = Group.objects.create(name="audiences only")
+    group.permissions.add(Permission.objects.get(content_type__app_label="audiences", codename="view_audience"))
+    user = role_user(None)
+    user.groups.add(group)
+    client = Client()
+    client.force_login(user)
+
+    html = client.get(reverse("admin:audiences_audience_change", args=[objects["audience"]])).content.decode()
+
+    assert "Premium" in html
+    assert 'id="connections"' not in html
+    assert "Mailchimp" not in html  # the connected output's name
 
 
 @pytest.mark.parametrize("role", ROLES)
