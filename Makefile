@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WEB_PORT ?= 8000
 LOCAL_MAILCHIMP_PORT ?= 8025
 
-.PHONY: run test browser-test lint setup migrate demo services clean
+.PHONY: run smoke test faults browser-test lint setup migrate demo services clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,27 +25,42 @@ demo: migrate
 	$(BIN)/python manage.py demo
 
 # Web (gunicorn), Celery worker, Celery beat and the local Mailchimp server, together.
-# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS).
+# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS). The keys are
+# make run's own, generated once into var/local.env and exported here explicitly (the settings
+# have no default key and refuse to start without one; production sets its own).
 run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0"}
 run: export WEB_BIND = 127.0.0.1:$(WEB_PORT)
 run: export LOCAL_MAILCHIMP_PORT := $(LOCAL_MAILCHIMP_PORT)
+run migrate demo: export SECRET_KEY ?= $(shell ./scripts/local-keys.sh SECRET_KEY)
+run migrate demo: export SECRETS_ENCRYPTION_KEYS ?= $(shell ./scripts/local-keys.sh SECRETS_ENCRYPTION_KEYS)
 run: setup services
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/python manage.py demo
+	@echo ""
+	$(BIN)/python manage.py demo --web-url http://127.0.0.1:$(WEB_PORT) --credentials-file var/demo-input.json
 	@echo ""
 	@echo "  Admin:            http://127.0.0.1:$(WEB_PORT)/admin/  (user and password above)"
-	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: $(BIN)/python manage.py drf_create_token admin)"
+	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: . var/local.env && $(BIN)/python manage.py drf_create_token admin)"
 	@echo "  Local Mailchimp:  curl -s -u any:d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6 \\"
 	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
 	$(BIN)/honcho start
 
+# A fresh clone of this commit runs `make run` (other ports, a private Redis database and queue) until
+# the local Mailchimp list holds exactly the demo's emails, then everything it started is stopped (CI).
+smoke:
+	./scripts/smoke-fresh-clone.sh
+
 # Tests use DATABASE_URL when set (CI: PostgreSQL, REQUIRE_SERVICES=1); otherwise SQLite,
 # and the end-to-end tests that need PostgreSQL skip with a reason.
 test: setup
 	$(BIN)/python -m pytest
+
+# The fault suite (tests/faults/): real workers and beat, a private redis-server, a faulty partner.
+# Needs PostgreSQL (DATABASE_URL) and the redis-server program; prints a table at the end.
+faults: setup
+	$(BIN)/python -m pytest -m faults tests/faults
 
 # The tutorial walked in a real browser (Debian's chromium and chromium-driver, selenium, headless) against the
 # live server, a real Celery worker and the local Mailchimp; needs PostgreSQL and Redis like the end-to-end tests.

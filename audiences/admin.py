@@ -35,6 +35,7 @@ from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from config.admin_forms import add_service_errors
 from config.display import number, when
+from config.roles import DOWNLOAD_AUDIENCE
 
 EXAMPLE_CRITERIA = {"and": []}
 AUDIENCE_FIELDS = ("name", "external_name", "description", "status", "criteria")
@@ -273,7 +274,9 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
         obj: Audience | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
-            context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
+            # The button shows to those who may download (config/roles.py), as in the REST API.
+            if request.user.has_perm(DOWNLOAD_AUDIENCE):
+                context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- download ---------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
 
     def download_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Choose identity types, then answer the ZIP (one CSV and a manifest), streamed."""
-        audience = self.audience_for_page(request, object_id)
+        audience = self.audience_for_page(request, object_id, permission=DOWNLOAD_AUDIENCE)
         # Not `request.POST or None`: a POST with no box ticked must show the error.
         form = AudienceDownloadForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():

@@ -23,6 +23,7 @@ from audiences.criteria import vocabulary
 from audiences.estimates import criteria_estimate, names_seen
 from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience
+from config.roles import BUILD_AUDIENCES, holds
 
 # What a marketer reads for each operator, in the order the builder offers them.
 OPERATOR_LABELS = {
@@ -169,8 +170,8 @@ class CriteriaBuilderAdminMixin:
         return [*own, *super().get_urls()]
 
     def _check_builder_permission(self: Any, request: HttpRequest) -> None:
-        """The builder serves who may create or change audiences."""
-        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+        """The builder serves who may create or change audiences, as the REST API's estimate and names."""
+        if not holds(request.user, BUILD_AUDIENCES):
             raise PermissionDenied
 
     def names_view(self: ModelAdmin, request: HttpRequest) -> HttpResponse:

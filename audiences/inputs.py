@@ -48,3 +48,11 @@ def authenticate(key: str, secret: str) -> Input | None:
     if not hmac.compare_digest(expected, secret_digest(secret)) or instance is None:
         return None
     return instance if instance.is_active else None
+
+
+def input_reset_secret(*, input: Input) -> str:
+    """Give the input a new secret (the old one stops working at once); returns it, shown this once."""
+    secret = secrets.token_urlsafe(32)
+    Input.objects.filter(pk=input.pk).update(secret_sha256=secret_digest(secret))
+    input.secret_sha256 = secret_digest(secret)
+    return secret

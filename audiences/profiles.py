@@ -30,6 +30,8 @@ MAX_ATTRIBUTE_LIST = 1000
 class ProfileConflict(ConflictError):
     """The identities given point to more than one profile; nothing was written (the API answers 409)."""
 
+    code = "profile_conflict"
+
     def __init__(self, profile_ids: Sequence[int], identities: Sequence[str]):
         self.profile_ids = list(profile_ids)
         self.identities = list(identities)
@@ -39,7 +41,12 @@ class ProfileConflict(ConflictError):
         )
 
     def response_data(self) -> dict[str, Any]:
-        return {**super().response_data(), "profile_ids": self.profile_ids}
+        # The identities are the field at fault; the profiles are what to merge.
+        return {
+            **super().response_data(),
+            "errors": {"identities": [str(self)]},
+            "profile_ids": sorted(self.profile_ids),
+        }
 
 
 @dataclass

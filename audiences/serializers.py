@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audiences import selectors
-from audiences.identities import normalise_identity
+from audiences.identities import IDENTITY_TYPES, MAX_IDENTITY_LENGTH
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from config.api_errors import RejectUnknownFieldsMixin
 
@@ -23,30 +23,43 @@ MEMBERSHIP_CHANGES_SHOWN = 50
 # --- profiles --------------------------------------------------------------------------------
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": list(IDENTITY_TYPES)},
+                "value": {"type": "string", "minLength": 1, "maxLength": MAX_IDENTITY_LENGTH},
+            },
+            "required": ["type", "value"],
+        },
+    }
+)
+class IdentitiesField(serializers.JSONField):
+    """Any JSON: profiles.clean_identities checks it and names e.g. "identities[1].value"."""
+
+
+@extend_schema_field(
+    {
+        "type": "object",  # allow_null adds null
+        "description": "User attributes to set: a string, number, boolean or list of those each; null deletes one.",
+        "additionalProperties": {
+            "type": ["string", "number", "boolean", "array", "null"],
+            "items": {"type": ["string", "number", "boolean"]},
+        },
+    }
+)
+class AttributesField(serializers.JSONField):
+    """Any JSON: profiles.clean_attributes checks it and names e.g. "attributes.plan"."""
+
+
 class ProfileUpsertSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    # Any JSON: profiles.clean_identities / clean_attributes check it and name e.g. "identities[1].value".
-    identities = serializers.JSONField()
-    attributes = serializers.JSONField(required=False, allow_null=True)
+    """Find (or create) the profile its identities name, add the new identities, set the attributes."""
 
-
-class ProfileLookupSerializer(serializers.Serializer):
-    """?identity_type=email&identity_value=A@x.com: the value is normalised as it is stored."""
-
-    identity_type = serializers.CharField(required=False)
-    identity_value = serializers.CharField(required=False, trim_whitespace=False)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if not attrs:
-            return attrs
-        for name in ("identity_type", "identity_value"):
-            if name not in attrs:
-                raise serializers.ValidationError({name: ["Give identity_type and identity_value together."]})
-        try:
-            attrs["identity_value"] = normalise_identity(attrs["identity_type"], attrs["identity_value"])
-        except DjangoValidationError as exc:
-            field = "identity_type" if exc.code == "unknown_type" else "identity_value"
-            raise serializers.ValidationError({field: exc.messages}) from None
-        return attrs
+    identities = IdentitiesField()
+    attributes = AttributesField(required=False, allow_null=True)
 
 
 class IdentitySerializer(serializers.ModelSerializer):
@@ -78,12 +91,23 @@ class ProfileSerializer(serializers.ModelSerializer):
         return sorted(m.audience_id for m in memberships)
 
 
+class ProfileUpsertResultSerializer(ProfileSerializer):
+    """The upserted profile, with the audiences it entered and left (the view sets both)."""
+
+    entered = serializers.ListField(child=serializers.IntegerField(), read_only=True)
+    left = serializers.ListField(child=serializers.IntegerField(), read_only=True)
+
+    class Meta(ProfileSerializer.Meta):
+        fields = [*ProfileSerializer.Meta.fields, "entered", "left"]
+
+
 class ProfileDetailSerializer(ProfileSerializer):
     membership_changes = serializers.SerializerMethodField()
 
     class Meta(ProfileSerializer.Meta):
         fields = [*ProfileSerializer.Meta.fields, "membership_changes"]
 
+    @extend_schema_field(MembershipChangeSerializer(many=True))
     def get_membership_changes(self, profile: Profile) -> list[dict[str, Any]]:
         # Newest first (MembershipChange.Meta.ordering); the full history can be long.
         changes = profile.membership_changes.all()[:MEMBERSHIP_CHANGES_SHOWN]
@@ -93,11 +117,16 @@ class ProfileDetailSerializer(ProfileSerializer):
 # --- audiences -------------------------------------------------------------------------------
 
 
-class AudienceEstimateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    """The estimate's request: criteria to count, and the audience being edited (for its cycle check)."""
+@extend_schema_field({"type": "string", "enum": list(Audience.Status.values)})
+class AudienceStatusField(serializers.CharField):
+    """Described as its choices; checked by the service, with the same message as everywhere."""
 
-    criteria = serializers.JSONField()
-    audience = serializers.PrimaryKeyRelatedField(queryset=Audience.objects.all(), required=False, allow_null=True)
+
+@extend_schema_field(
+    {"type": "object", "description": "A criteria tree (docs/criteria.md): and / or / exclude groups of conditions."}
+)
+class CriteriaField(serializers.JSONField):
+    """Any JSON: the service validates the tree and names the path of each problem."""
 
 
 class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
@@ -108,8 +137,10 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     external_name = serializers.CharField(required=False, allow_blank=True)
     description = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     # Not a ChoiceField: the service checks the status with the same message everywhere.
-    status = serializers.CharField(required=False)
-    criteria = serializers.JSONField()
+    status = AudienceStatusField(
+        required=False, help_text="draft (the default), active (computed and forwarded) or archived."
+    )
+    criteria = CriteriaField()
     size = serializers.SerializerMethodField()
     adds_24h = serializers.SerializerMethodField()
     drops_24h = serializers.SerializerMethodField()
@@ -154,6 +185,60 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
         return self._metrics(audience).volatility
 
 
+# --- the criteria builder: estimate and names seen ---------------------------------------------
+
+
+class AudienceEstimateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The estimate's request: criteria to count, and the audience being edited (for its cycle check)."""
+
+    criteria = CriteriaField()
+    audience = serializers.PrimaryKeyRelatedField(
+        queryset=Audience.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="The audience being edited, if any: criteria referring back to it are refused.",
+    )
+
+
+class EstimateSerializer(serializers.Serializer):
+    """An audiences.estimates.Estimate."""
+
+    available = serializers.BooleanField(help_text="False when no count could be made: `reason` says why.")
+    count = serializers.IntegerField(allow_null=True, help_text="Profiles matching now.")
+    total_profiles = serializers.IntegerField(allow_null=True)
+    matches_everybody = serializers.BooleanField(help_text="The criteria hold no condition.")
+    reason = serializers.CharField(allow_blank=True)
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="Names the criteria use that the data never held."
+    )
+    milliseconds = serializers.IntegerField()
+
+
+class NamesQuerySerializer(serializers.Serializer):
+    event = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        help_text="An event name: its attribute names are listed too (event_attributes).",
+    )
+
+
+class NameCountSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    count = serializers.IntegerField(help_text="Profiles or events of the sample that have it.")
+
+
+class NamesSeenSerializer(serializers.Serializer):
+    """An audiences.estimates.NamesSeen: names in a bounded sample of the data, most frequent first."""
+
+    attributes = NameCountSerializer(many=True, help_text="User attribute names of the newest profiles.")
+    events = NameCountSerializer(many=True, help_text="Event names of the newest events.")
+    event_attributes = NameCountSerializer(many=True, help_text="Attribute names of `event`, when asked for.")
+    event = serializers.CharField(allow_null=True)
+    sample_profiles = serializers.IntegerField()
+    sample_events = serializers.IntegerField()
+
+
 class HistoryEntrySerializer(serializers.Serializer):
     """One audiences.selectors.HistoryEntry: when and why a profile entered or left an audience."""
 
@@ -165,8 +250,11 @@ class HistoryEntrySerializer(serializers.Serializer):
 
 
 class AudienceMemberSerializer(serializers.ModelSerializer):
+    """A member: its profile id, when it entered, and its identities (the view prefetches them)."""
+
     profile = serializers.IntegerField(source="profile_id", read_only=True)
+    identities = IdentitySerializer(source="profile.identities", many=True, read_only=True)
 
     class Meta:
         model = AudienceMembership
-        fields = ["profile", "entered_at"]
+        fields = ["profile", "entered_at", "identities"]

@@ -175,6 +175,8 @@ def main() -> None:
     source, secret = input_create(name="bench")
     queue = f"bench-{os.getpid()}"
     env = {**os.environ, "DATABASE_URL": url, "CELERY_QUEUE": queue, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    # Ingestion capacity, not the per-input rate limit (bench/ratelimit.py measures what the limits cost).
+    env.setdefault("EVENTS_API_RATE_LIMIT", "0")
 
     port = free_port()
     floor_server = start_gunicorn(port, env, "bench.json_echo:application", args.workers)

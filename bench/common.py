@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import resource
+import secrets
 import sys
 from pathlib import Path
+
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Scratch databases, keys made for the run (the settings refuse to start without keys).
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+os.environ.setdefault("SECRETS_ENCRYPTION_KEYS", Fernet.generate_key().decode())
 
 
 def use_database(name: str, *, fresh: bool) -> str:

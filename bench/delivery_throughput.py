@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+import common  # noqa: F401  (the repository on sys.path, settings and keys for the run)
+
 BENCH_DB = "audience_forwarding_bench"
 
 

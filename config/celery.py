@@ -3,9 +3,38 @@
 import os
 
 from celery import Celery
+from celery.app.amqp import AMQP
+from kombu import Connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("audience_forwarding")
+
+class BrokerConnection(Connection):
+    """kombu's Connection, except that collect() also forgets the default channel.
+
+    Why: Celery 5.7.0's consumer, on losing the broker, calls ``connection.collect()`` and then
+    ``connection.close()`` (celery/celery#10242, for GH-9705). With Redis, collect() closes the
+    default channel while the worker is waiting in BRPOP: reading that BRPOP's reply fails (the
+    broker is gone), so the channel is left half-closed, and collect() then detaches the transport
+    (``transport.client = None``). close() closes the same channel again; when a task is running
+    (acks_late: its message is unacknowledged) the channel restores it through the detached
+    transport and fails with ``AttributeError: 'NoneType' object has no attribute 'hostname'``.
+    That error is not a connection error, so it escapes Celery's error handling and the worker
+    exits ("Unrecoverable error"): issue 6, defect 3. A collected connection has no channel left
+    to close; kombu itself drops the default channel the same way when it reconnects
+    (Connection._connection_factory and revive). The unacknowledged message stays in Redis's
+    unacked set and comes back after the visibility timeout; the sweeper rings sooner anyway.
+    """
+
+    def collect(self, socket_timeout=None):
+        super().collect(socket_timeout)
+        self._default_channel = None
+
+
+class BrokerAMQP(AMQP):
+    Connection = BrokerConnection
+
+
+app = Celery("audience_forwarding", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -32,20 +33,70 @@ def env_json(name: str, default: dict) -> dict:
     return value
 
 
-DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    if DEBUG or env_bool("ALLOW_INSECURE_DEFAULTS", True):
-        # Development default; production sets SECRET_KEY (README, "Configuration").
-        SECRET_KEY = "insecure-development-key-change-me"
-    else:
-        raise ImproperlyConfigured("SECRET_KEY must be set")
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
-# Partner secrets (API keys, tokens) are encrypted at rest with this key. A Fernet key
-# (32 url-safe base64 bytes); when unset one is derived from SECRET_KEY, so rotating
-# SECRET_KEY without setting this would make stored secrets unreadable.
-SECRETS_ENCRYPTION_KEY = os.environ.get("SECRETS_ENCRYPTION_KEY", "")
+
+def env_fernet_keys() -> list[str]:
+    """SECRETS_ENCRYPTION_KEYS (comma-separated: the first encrypts, every one decrypts), or the
+    one-key form SECRETS_ENCRYPTION_KEY. Each must be a Fernet key; none is ever derived."""
+    keys = env_list("SECRETS_ENCRYPTION_KEYS")
+    single = os.environ.get("SECRETS_ENCRYPTION_KEY", "").strip()
+    if single and not keys:
+        keys = [single]
+    elif single and single not in keys:
+        raise ImproperlyConfigured(
+            "SECRETS_ENCRYPTION_KEY and SECRETS_ENCRYPTION_KEYS are both set and disagree: "
+            "set SECRETS_ENCRYPTION_KEYS only (new key first, old keys after it)"
+        )
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"SECRETS_ENCRYPTION_KEYS: key {position} is not a Fernet key (32 url-safe base64-encoded bytes)"
+            ) from None
+    return keys
+
+
+DEBUG = env_bool("DEBUG", False)
+
+# Real keys or no start: a missing key is never replaced by a default (a database dump would then
+# decrypt with the repository's key). `make run` generates its own local keys into var/local.env
+# and exports them; DEBUG=true runs without them (development only: no partner secret can be stored).
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+# Partner secrets (API keys, tokens) are encrypted at rest with these Fernet keys (MultiFernet).
+SECRETS_ENCRYPTION_KEYS = env_fernet_keys()
+_missing_keys = [
+    name
+    for name, value in (("SECRET_KEY", SECRET_KEY), ("SECRETS_ENCRYPTION_KEYS", SECRETS_ENCRYPTION_KEYS))
+    if not value
+]
+if _missing_keys and not DEBUG:
+    raise ImproperlyConfigured(
+        f"{' and '.join(_missing_keys)} must be set in the environment (README, 'Production'). "
+        "`make run` sets local ones for the demo; DEBUG=true starts without them, for development only."
+    )
+if not SECRET_KEY:
+    SECRET_KEY = "django-insecure-debug-only"  # DEBUG only (refused above otherwise)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS, from the environment (README, "Production"; `manage.py check --deploy` is clean with them set).
+# Behind a TLS-terminating proxy, SECURE_PROXY_SSL_HEADER names the header it sets, e.g.
+# "HTTP_X_FORWARDED_PROTO,https" (the proxy must overwrite any value the client sent).
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    _header, _, _value = os.environ["SECURE_PROXY_SSL_HEADER"].partition(",")
+    if not _header.strip().startswith("HTTP_") or not _value.strip():
+        raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must look like 'HTTP_X_FORWARDED_PROTO,https'")
+    SECURE_PROXY_SSL_HEADER = (_header.strip(), _value.strip())
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 # Partner key -> base URL, to point a partner at a local or staging server.
 # "{dc}" in a Mailchimp URL is replaced with the data center of the API key.
@@ -60,6 +111,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "audiences",
     "outputs",
@@ -98,6 +152,9 @@ TEMPLATES = [
 ]
 
 # SQLite is the embedded default; set DATABASE_URL=postgres://... for PostgreSQL.
+if not os.environ.get("DATABASE_URL"):
+    # The SQLite file lives in var/, which a fresh clone does not have yet.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
@@ -115,6 +172,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # BEGIN IMMEDIATE: a transaction takes the write lock up front and waits for it, instead of
     # failing with "database is locked" when it upgrades from reading to writing.
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    # WAL: the web, the worker and beat read while one of them writes (a rollback journal would
+    # make every reader wait for the writer, and the writer for every reader).
+    DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 if os.environ.get("DATABASE_TEST_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["DATABASE_TEST_NAME"]}
@@ -133,14 +193,44 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# The REST API (README, "REST API"): Django's model permissions per action (config/roles.py),
+# one error shape, strict filters, capped pages, JSON bodies, an OpenAPI 3.1 schema.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PERMISSION_CLASSES": ["config.api_permissions.ActionPermissions"],
+    "DEFAULT_PAGINATION_CLASS": "config.api_lists.CappedLimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": [
+        "config.api_lists.KnownQueryParameters",
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "config.api_lists.SearchFilter",
+        "config.api_lists.StrictOrderingFilter",
+    ],
+    # JSON bodies only; Django's DATA_UPLOAD_MAX_MEMORY_SIZE bounds them (413, config/api_errors.py).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "config.api_schema.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Audience forwarding service",
+    "DESCRIPTION": "REST API (/api/v1/, token authentication) and the mParticle-compatible Events API "
+    "(/v2/, HTTP Basic with an input's key and secret). See the README.",
+    "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "audiences.events_api.openapi.add_events_api",
+    ],
+    "ENUM_NAME_OVERRIDES": {"IdentityTypeEnum": "audiences.identities.IDENTITY_TYPE_CHOICES"},
 }
 
 # Celery: Redis is the broker. Tasks are idempotent doorbells, so acks_late is safe
@@ -190,6 +280,23 @@ RECOMPUTE_WORK_MEM = os.environ.get("RECOMPUTE_WORK_MEM", "128MB")
 # Events API: requests over this size are refused with 413, as mParticle does.
 EVENTS_API_MAX_BYTES = int(os.environ.get("EVENTS_API_MAX_BYTES", str(256 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, EVENTS_API_MAX_BYTES * 2)
+# Events API limits (config/ratelimit.py), in Redis so they hold across web workers. Per input, in
+# batches per second with a burst allowance (mParticle: 270 batches/s per account); 0 turns it off.
+EVENTS_API_RATE_LIMIT = float(os.environ.get("EVENTS_API_RATE_LIMIT", "1000"))
+EVENTS_API_RATE_BURST = int(os.environ.get("EVENTS_API_RATE_BURST", "10000"))
+# Failed authentications allowed per client address, and per key, in each window (0: no limit).
+EVENTS_API_AUTH_FAILURES_PER_CLIENT = int(os.environ.get("EVENTS_API_AUTH_FAILURES_PER_CLIENT", "20"))
+EVENTS_API_AUTH_FAILURES_PER_KEY = int(os.environ.get("EVENTS_API_AUTH_FAILURES_PER_KEY", "200"))
+EVENTS_API_AUTH_FAILURE_WINDOW = int(os.environ.get("EVENTS_API_AUTH_FAILURE_WINDOW", "300"))
+RATE_LIMIT_REDIS_URL = os.environ.get("RATE_LIMIT_REDIS_URL") or CELERY_BROKER_URL
+# Prefix of the limits' Redis keys: deployments sharing one Redis database need different ones.
+RATE_LIMIT_KEY_PREFIX = os.environ.get("RATE_LIMIT_KEY_PREFIX", "af:limits:")
+# Reverse proxies in front that append the client's address to X-Forwarded-For (nginx: 1). 0: REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+if EVENTS_API_RATE_LIMIT < 0 or EVENTS_API_RATE_BURST < 1 or EVENTS_API_AUTH_FAILURE_WINDOW < 1:
+    raise ImproperlyConfigured(
+        "EVENTS_API_RATE_LIMIT must be >= 0, EVENTS_API_RATE_BURST and EVENTS_API_AUTH_FAILURE_WINDOW >= 1"
+    )
 
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
@@ -212,8 +319,15 @@ CELERY_BEAT_SCHEDULE = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # No personal data in logs: PostgreSQL's DETAIL lines (which quote the values of a failed
+    # constraint, e.g. an email) are redacted from every record and traceback.
+    "filters": {"redact_personal_data": {"()": "config.log_redaction.RedactPersonalData"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_personal_data"]}
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# The Celery worker and beat log through LOGGING above (and its redaction), not handlers of their own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

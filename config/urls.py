@@ -12,3 +12,7 @@ urlpatterns = [
     path("api/v1/", include("config.api_urls")),
     path("v2/", include("audiences.events_api.urls")),
 ]
+
+# Under /api/, a missing route or a crash answers the API's error shape instead of an HTML page.
+handler404 = "config.api_errors.not_found_page"
+handler500 = "config.api_errors.server_error_page"

@@ -1,53 +1,163 @@
 """API views for connections (check the shape, call one service, serialize), and the audience resource
-extended with its connections. Mounted by config/api_urls.py."""
+extended with its connections. Mounted by config/api_urls.py.
+
+What a connection lets you edit today is its status (sending / paused): PUT and PATCH take
+`status`, the same switch as POST /pause/ and /resume/. The audience, the output and the
+connection settings are fixed at creation; sending them back unchanged is fine, a different
+value is a 400.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.generics import get_object_or_404
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audiences.api import AudienceViewSet
+from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience
-from config.api_errors import ServiceErrorsMixin
-from connections.models import Connection
+from config.api_lists import UtcDateTimeFilter
+from config.api_schema import error_response
+from config.api_views import ObjectLookupMixin
+from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
+from connections.models import Connection, ConnectionMember
 from connections.selectors import connected_output_counts, rejected_members
 from forwarding import lifecycle
+from forwarding.models import DeliveryAttempt
 from forwarding.serializers import (
     ConnectedAudienceSerializer,
-    ConnectionFilterSerializer,
     ConnectionSerializer,
     ConnectionTestResultSerializer,
+    ConnectionUpdateSerializer,
     DeliveryAttemptSerializer,
     RejectionSerializer,
 )
+from outputs.api import partner_filter
+from outputs.models import Output
 
-ATTEMPTS_SHOWN = 50
+VIEW = "connections.view_connection"
+# PUT / PATCH status, like the pause and resume buttons.
+STATUS_SWITCH = {
+    Connection.Status.SENDING: lifecycle.connection_resume,
+    Connection.Status.PAUSED: lifecycle.connection_pause,
+}
 
 
-class ConnectionViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ConnectionFilter(filters.FilterSet):
+    audience = filters.ModelChoiceFilter(queryset=Audience.objects.all())
+    output = filters.ModelChoiceFilter(queryset=Output.objects.all())
+    status = filters.ChoiceFilter(choices=Connection.Status.choices)
+    partner = partner_filter("output__partner_key")
+
+    class Meta:
+        model = Connection
+        fields = ["audience", "output", "status", "partner"]
+
+
+class DeliveryAttemptFilter(filters.FilterSet):
+    result = filters.ChoiceFilter(choices=DeliveryAttempt.Result.choices, help_text="The outcome of the attempt.")
+    kind = filters.ChoiceFilter(choices=[("batch", "batch"), ("cleanup", "cleanup")])
+    at_after = UtcDateTimeFilter(field_name="at", lookup_expr="gte", help_text="Made at or after (ISO 8601).")
+    at_before = UtcDateTimeFilter(field_name="at", lookup_expr="lt", help_text="Made before (ISO 8601).")
+
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["result", "kind", "at_after", "at_before"]
+
+
+class RejectionFilter(filters.FilterSet):
+    identity_type = filters.ChoiceFilter(choices=IDENTITY_TYPE_CHOICES)
+
+    class Meta:
+        model = ConnectionMember
+        fields = ["identity_type"]
+
+
+@extend_schema_view(
+    create=extend_schema(
+        examples=[
+            OpenApiExample(
+                "Mailchimp list",
+                request_only=True,
+                value={"audience": 1, "output": 1, "settings": {"list_id": "abc123"}},
+            )
+        ]
+    ),
+    update=extend_schema(
+        request=ConnectionUpdateSerializer,
+        description="Switch the status (status required; a faulted connection does not pause).",
+    ),
+    partial_update=extend_schema(
+        request=ConnectionUpdateSerializer, description="Switch the status (a faulted connection does not pause)."
+    ),
+    destroy=extend_schema(
+        responses={
+            202: OpenApiResponse(
+                ConnectionSerializer, description="Ending: the partner is cleaned up, then the connection goes."
+            ),
+            400: error_response("400", "The connection is already being deleted."),
+        }
+    ),
+    pause=extend_schema(
+        request=None,
+        summary="Pause: changes are kept and sent on resume",
+        description="Only a sending connection pauses: a faulted one is a 400 naming `status` (resume it instead).",
+    ),
+    resume=extend_schema(request=None, summary="Resume: clears a fault and sends what is pending"),
+    test=extend_schema(request=None, summary="Ask the partner whether the connection works (200 either way)"),
+    attempts=extend_schema(summary="Delivery attempts, newest first", responses=DeliveryAttemptSerializer(many=True)),
+    rejections=extend_schema(summary="Identities the partner refused", responses=RejectionSerializer(many=True)),
+)
+class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ConnectionSerializer
     # The output is read for every connection's stats (its partner's accepted identity types).
     queryset = Connection.objects.select_related("audience", "output")
+    filterset_class = ConnectionFilter
+    search_fields = ["audience__name", "output__name"]
+    ordering_fields = ["id", "created_at", "status", "status_changed_at", "last_delivered_at"]
+    permissions_by_action = {
+        "list": (VIEW,),
+        "retrieve": (VIEW,),
+        "create": ("connections.add_connection",),
+        "update": (VIEW, PAUSE_CONNECTION),
+        "partial_update": (VIEW, PAUSE_CONNECTION),
+        "destroy": ("connections.delete_connection",),
+        "pause": (VIEW, PAUSE_CONNECTION),
+        "resume": (VIEW, PAUSE_CONNECTION),
+        "test": (VIEW, TEST_CONNECTION),
+        "attempts": (VIEW, "forwarding.view_deliveryattempt"),
+        # Rejected members are identities: personal data.
+        "rejections": (VIEW, "connections.view_connectionmember"),
+    }
 
-    def filter_queryset(self, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
-        if self.action != "list":
-            return queryset
-        params = ConnectionFilterSerializer(data=self.request.query_params)
-        params.is_valid(raise_exception=True)
-        if "audience" in params.validated_data:
-            queryset = queryset.filter(audience_id=params.validated_data["audience"])
-        return queryset
+    def _connection(self) -> Connection:
+        """The connection of a nested list (/attempts/, /rejections/), whose queryset is not connections."""
+        return get_object_or_404(Connection.objects.all(), pk=self.kwargs["pk"])
 
     def create(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         connection = lifecycle.connection_create(**serializer.validated_data)
         return Response(self.get_serializer(connection).data, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
+        """PUT (status required) / PATCH: switch the status between sending and paused."""
+        connection = self.get_object()
+        body = ConnectionUpdateSerializer(connection, data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        wanted = body.validated_data.get("status", connection.status)
+        if wanted != connection.status:
+            connection = STATUS_SWITCH[wanted](connection=connection)
+        return Response(self.get_serializer(connection).data)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk, partial=True)
 
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         # Accepted, not done: a task cleans up at the partner, then deletes the row.
@@ -70,15 +180,33 @@ class ConnectionViewSet(ServiceErrorsMixin, mixins.ListModelMixin, mixins.Retrie
         ok, message = lifecycle.connection_test(connection=self.get_object())
         return Response(ConnectionTestResultSerializer({"ok": ok, "message": message}).data)
 
-    @action(detail=True, methods=["get"], serializer_class=DeliveryAttemptSerializer)
+    @action(
+        detail=True,
+        methods=["get"],
+        serializer_class=DeliveryAttemptSerializer,
+        queryset=DeliveryAttempt.objects.all(),
+        filterset_class=DeliveryAttemptFilter,
+        search_fields=None,
+        ordering_fields=["at", "duration_ms", "sent"],
+    )
     def attempts(self, request: Request, pk: str | None = None) -> Response:
-        # Newest first (DeliveryAttempt.Meta.ordering); a fixed window, not paginated.
-        attempts = self.get_object().attempts.all()[:ATTEMPTS_SHOWN]
-        return Response(DeliveryAttemptSerializer(attempts, many=True).data)
+        """The partner calls made for this connection, newest first (DeliveryAttempt.Meta.ordering)."""
+        attempts = self.get_queryset().filter(connection=self._connection())
+        page = self.paginate_queryset(self.filter_queryset(attempts))
+        return self.get_paginated_response(DeliveryAttemptSerializer(page, many=True).data)
 
-    @action(detail=True, methods=["get"], serializer_class=RejectionSerializer)
+    @action(
+        detail=True,
+        methods=["get"],
+        serializer_class=RejectionSerializer,
+        queryset=ConnectionMember.objects.all(),
+        filterset_class=RejectionFilter,
+        search_fields=None,
+        ordering_fields=["updated_at"],
+    )
     def rejections(self, request: Request, pk: str | None = None) -> Response:
-        page = self.paginate_queryset(rejected_members(self.get_object()))
+        """The identities the partner refused, with its reasons, newest first."""
+        page = self.paginate_queryset(self.filter_queryset(rejected_members(self._connection())))
         return self.get_paginated_response(RejectionSerializer(page, many=True).data)
 
 

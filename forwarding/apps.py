@@ -1,6 +1,8 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 from audiences.membership.consumers import register_membership_consumer
+from config.roles import roles_sync_after_migrate
 
 
 class ForwardingConfig(AppConfig):
@@ -13,3 +15,6 @@ class ForwardingConfig(AppConfig):
 
         # Membership changes reach the outbox through audiences' change log (README, "Architecture").
         register_membership_consumer(OutboxPlanner())
+        # The ready groups (config/roles.py), after every migrate. Connected here because forwarding
+        # comes last in the flow; roles_sync makes every app's permissions itself, so order does not matter.
+        post_migrate.connect(roles_sync_after_migrate, sender=self, dispatch_uid="config.roles")

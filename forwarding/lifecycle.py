@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
+from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
 from forwarding import planner
 from forwarding.backoff import backoff_seconds
@@ -63,7 +64,25 @@ def _set_status(connection: Connection, status: str, reason: str = "") -> Connec
 
 
 def connection_pause(*, connection: Connection) -> Connection:
-    return _set_status(connection, Connection.Status.PAUSED, "Paused by a user.")
+    """Stop sending; changes are still planned and sent on resume. Only a sending connection pauses
+    (connections/status.py): a faulted one sends nothing already, and pausing it would hide its fault,
+    so it is refused here, for the admin and the REST API alike. Pausing a paused one changes nothing."""
+    paused = Connection.objects.filter(pk=connection.pk, status__in=PAUSABLE).update(
+        status=Connection.Status.PAUSED, status_reason="Paused by a user.", status_changed_at=timezone.now()
+    )
+    connection.refresh_from_db()
+    if paused or connection.status == Connection.Status.PAUSED:
+        return connection
+    if connection.status == Connection.Status.ENDING:
+        raise ValidationError({"status": ["This connection is being deleted."]})
+    raise ValidationError(
+        {
+            "status": [
+                f"A {connection.status} connection cannot be paused: it sends nothing already, and pausing "
+                "would hide its fault. Resume it once the partner works again."
+            ]
+        }
+    )
 
 
 @transaction.atomic

@@ -48,10 +48,39 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
         return connection_stats(connection).as_dict()
 
 
-class ConnectionFilterSerializer(serializers.Serializer):
-    """Query parameters of the connection list."""
+class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """PUT / PATCH of a connection: its status is what can be edited today (sending or paused, the
+    pause / resume switch). Audience, output and settings are fixed at creation: sent back
+    unchanged they are accepted, a different value is refused, naming the field."""
 
-    audience = serializers.IntegerField(required=False, min_value=1)
+    status = serializers.ChoiceField(
+        choices=[Connection.Status.SENDING, Connection.Status.PAUSED],
+        help_text="sending (resume; clears a fault) or paused.",
+    )
+    audience = serializers.IntegerField(required=False, help_text="Fixed at creation.")
+    output = serializers.IntegerField(required=False, help_text="Fixed at creation.")
+    settings = serializers.JSONField(required=False, help_text="Fixed at creation.")
+
+    def to_internal_value(self, data: object) -> object:
+        # What a read showed besides these fields may be sent back; it is ignored like read-only fields.
+        if isinstance(data, dict):
+            shown = set(ConnectionSerializer.Meta.fields) - set(self.fields)
+            data = {key: value for key, value in data.items() if key not in shown}
+        return super().to_internal_value(data)
+
+    def _unchanged(self, name: str, value: object, current: object) -> object:
+        if value != current:
+            raise serializers.ValidationError(f"The {name} of a connection cannot be changed after it is created.")
+        return value
+
+    def validate_audience(self, value: int) -> int:
+        return self._unchanged("audience", value, self.instance.audience_id)
+
+    def validate_output(self, value: int) -> int:
+        return self._unchanged("output", value, self.instance.output_id)
+
+    def validate_settings(self, value: object) -> object:
+        return self._unchanged("settings", value, self.instance.settings)
 
 
 class ConnectionTestResultSerializer(serializers.Serializer):

@@ -903,12 +903,19 @@ def _api_key_from_header(authorization: str | None) -> str | None:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive handlers must not block shutdown
 
-    def __init__(self, address: tuple[str, int], app: LocalMailchimpServer) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: Any,
+        handler: type[BaseHTTPRequestHandler] | None = None,
+    ) -> None:
+        # `app` answers requests (LocalMailchimpServer, or the fault-injecting wrapper of
+        # local_partners.faulty with its own handler class).
         self.app = app
         self.connections_opened = 0
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(address, _RequestHandler)
+        super().__init__(address, handler or _RequestHandler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can stall for seconds

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, transaction
 
-from outputs.crypto import decrypt_secrets, encrypt_secrets
+from outputs.crypto import decrypt_secrets, encrypt_secrets, reencrypt_secrets, uses_current_key
 from outputs.models import Output
 from outputs.partners.registry import get_partner_class
 
@@ -95,3 +96,36 @@ def output_update(
         output.encrypted_secrets = encrypt_secrets({**stored_secrets, **secrets})
     output.save()
     return output
+
+
+@dataclass
+class SecretsRotation:
+    reencrypted: int = 0
+    already_current: int = 0
+    unreadable: list[int] = field(default_factory=list)  # output ids no configured key decrypts
+
+
+def output_secrets_reencrypt() -> SecretsRotation:
+    """Re-encrypt every output's stored secrets with the first key of SECRETS_ENCRYPTION_KEYS.
+
+    Idempotent: secrets already under the first key are left as they are. Each output is rewritten
+    in its own transaction under a row lock, so an edit saved meanwhile is neither lost nor undone.
+    Outputs whose secrets no key decrypts are reported, not skipped silently."""
+    result = SecretsRotation()
+    ids = Output.objects.exclude(encrypted_secrets="").order_by("pk").values_list("pk", flat=True)
+    for output_id in ids.iterator():
+        with transaction.atomic():
+            output = Output.objects.select_for_update().filter(pk=output_id).first()
+            if output is None or not output.encrypted_secrets:
+                continue
+            if uses_current_key(output.encrypted_secrets):
+                result.already_current += 1
+                continue
+            try:
+                output.encrypted_secrets = reencrypt_secrets(output.encrypted_secrets)
+            except ImproperlyConfigured:
+                result.unreadable.append(output.pk)
+                continue
+            output.save(update_fields=["encrypted_secrets"])
+            result.reencrypted += 1
+    return result

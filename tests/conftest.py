@@ -4,6 +4,7 @@ REQUIRE_SERVICES=1 (as CI sets), where they fail instead."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -25,6 +26,12 @@ def _no_partner_overrides(settings):
     # Tests talk to partners' real URLs (faked with `responses`) unless a test points elsewhere.
     settings.PARTNER_API_BASE_URLS = {}
     settings.CELERY_TASK_ALWAYS_EAGER = False
+
+
+@pytest.fixture(autouse=True)
+def _own_rate_limit_counters(settings):
+    # Each test counts its own Events API limits (the Redis is shared with other runs and tests).
+    settings.RATE_LIMIT_KEY_PREFIX = f"test-limits:{uuid.uuid4().hex}:"
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
 from audiences import profiles
 from audiences import services as audience_services
 from audiences.models import Audience
@@ -53,3 +56,14 @@ def connect(audience: Audience, output: Output, list_id: str = "list1") -> Conne
     from forwarding.lifecycle import connection_create
 
     return connection_create(audience=audience, output=output, settings={"list_id": list_id})
+
+
+def role_user(role: str | None, *, is_staff: bool = True):
+    """A user in one of the ready groups (config/roles.py), or in none with role=None."""
+    # No password (nothing to hash): tests log in with force_login or a token.
+    user = get_user_model().objects.create_user(
+        f"{role or 'nobody'}-{'staff' if is_staff else 'user'}", is_staff=is_staff
+    )
+    if role is not None:
+        user.groups.add(Group.objects.get(name=role))
+    return user

@@ -232,8 +232,8 @@ class _Parser:
         environment = data.get("environment")
         if environment is None:
             self.error("environment", "Required: 'development', 'production' or 'unknown'.")
-        elif environment not in ENVIRONMENTS:
-            self.error("environment", f"{environment!r} is not 'development', 'production' or 'unknown'.")
+        elif not isinstance(environment, str) or environment not in ENVIRONMENTS:  # a list or object is no key
+            self.error("environment", f"{environment!r:.60} is not 'development', 'production' or 'unknown'.")
         mpid = data.get("mpid")
         if isinstance(mpid, str) and mpid.lstrip("-").isdigit():
             mpid = int(mpid)  # int64 ids often travel as strings (JavaScript loses their precision)
@@ -353,16 +353,16 @@ class _Parser:
             self.error(path, "Expected an event (an object with event_type and data).")
             return None
         event_type = value.get("event_type")
-        if event_type not in EVENT_TYPES:
-            self.error(f"{path}.event_type", f"Unknown event type {event_type!r}.")
+        if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # a list or object is no key
+            self.error(f"{path}.event_type", f"Unknown event type {event_type!r:.60}.")
             return None
         data = self.object_or_none(value.get("data"), f"{path}.data") or {}
         name = self.event_name(event_type, data, f"{path}.data")
         custom_event_type = data.get("custom_event_type")
         if custom_event_type is None:
             custom_event_type = ""
-        elif custom_event_type not in CUSTOM_EVENT_TYPES:
-            self.error(f"{path}.data.custom_event_type", f"Unknown custom event type {custom_event_type!r}.")
+        elif not isinstance(custom_event_type, str) or custom_event_type not in CUSTOM_EVENT_TYPES:
+            self.error(f"{path}.data.custom_event_type", f"Unknown custom event type {custom_event_type!r:.60}.")
         attributes = self.attributes(data.get("custom_attributes"), f"{path}.data.custom_attributes", lists=False)
         timestamp = self.timestamp(data.get("timestamp_unixtime_ms"), f"{path}.data.timestamp_unixtime_ms")
         if name is None:

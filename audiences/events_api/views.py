@@ -21,6 +21,7 @@ from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import BatchError, ParsedBatch, parse_batch
 from audiences.inputs import authenticate
 from audiences.models import Input
+from config import ratelimit
 
 
 def _error(status: int, message: str, *, path: str | None = None, code: str | None = None) -> JsonResponse:
@@ -52,8 +53,11 @@ def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | 
         response["Allow"] = "POST"
         return None, None, response
     credentials = _basic_credentials(request)
+    if (refused := ratelimit.authentication_refused(request, credentials)) is not None:
+        return None, None, refused
     input = authenticate(*credentials) if credentials else None
     if input is None:
+        ratelimit.authentication_failed(request, credentials)
         response = _error(401, "Unauthorized: give an active input's key and secret (HTTP Basic).", code="unauthorized")
         response["WWW-Authenticate"] = 'Basic realm="events"'
         return None, None, response
@@ -75,6 +79,8 @@ def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | 
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, None, _error(400, f"Malformed JSON: {exc}", path="$", code="malformed_json")
+    if (refused := ratelimit.batches_refused(request, input, len(data) if isinstance(data, list) else 1)) is not None:
+        return None, None, refused
     return input, data, None
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -19,12 +20,21 @@ from django.urls import URLPattern, path, reverse
 
 from audiences.admin import AudienceAdmin, count_of
 from audiences.models import Audience
+from config.roles import TEST_CONNECTION, holds
 from connections.models import Connection
 from connections.selectors import connected_output_counts
 from forwarding import labels
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
 from forwarding.selectors import connection_stats
 from outputs.models import Output
+
+# Beyond connections.add_connection, which the whole "Connect output" page needs (connecting asks the
+# partner first, as part of connecting): its Test button is the connection's test, and its preview shows
+# the first members' identities (personal data, as the REST API's members).
+CONNECT_STEP_PERMISSIONS = {
+    TEST: (TEST_CONNECTION,),
+    PREVIEW: ("audiences.view_profile", "audiences.view_identity"),
+}
 
 
 class ConnectedAudienceAdmin(AudienceAdmin):
@@ -58,10 +68,17 @@ class ConnectedAudienceAdmin(AudienceAdmin):
         obj: Audience | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
-            context["connection_rows"] = [
-                self.connection_row(connection)
-                for connection in Connection.objects.filter(audience=obj).select_related("output")
-            ]
+            # The panel shows to those who may view connections (config/roles.py), as in the REST API.
+            show_connections = request.user.has_perm("connections.view_connection")
+            context["show_connections"] = show_connections
+            context["connection_rows"] = (
+                [
+                    self.connection_row(connection)
+                    for connection in Connection.objects.filter(audience=obj).select_related("output")
+                ]
+                if show_connections
+                else []
+            )
             context["connect_url"] = reverse("admin:audiences_audience_connect", args=[obj.pk])
             context["can_connect"] = request.user.has_perm("connections.add_connection")
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -117,6 +134,9 @@ class ConnectedAudienceAdmin(AudienceAdmin):
         output = get_object_or_404(Output, pk=output_id)
         posted = request.method == "POST"
         action = next((a for a in (TEST, PREVIEW) if posted and f"_{a}" in request.POST), CONNECT)
+        allowed = {a: holds(request.user, needed) for a, needed in CONNECT_STEP_PERMISSIONS.items()}
+        if not allowed.get(action, True):
+            raise PermissionDenied
         form = ConnectSettingsForm(request.POST if posted else None, audience=audience, output=output, action=action)
         if posted and form.is_valid() and form.connection is not None:
             messages.success(
@@ -132,6 +152,8 @@ class ConnectedAudienceAdmin(AudienceAdmin):
                 ),
                 "errors": admin.helpers.AdminErrorList(form, []),
                 "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
+                "can_test": allowed[TEST],
+                "can_preview": allowed[PREVIEW],
                 "test_result": form.test_result,
                 "accepted_types": ", ".join(sorted(output.partner_class.accepted_identity_types)),
                 "preview": form.preview,

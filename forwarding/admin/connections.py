@@ -1,5 +1,9 @@
 """Connections in the admin: figures, recent deliveries and rejections, and the status switch
-(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle."""
+(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle.
+
+The buttons and actions check the same permissions as the REST API (config/roles.py): pause and
+resume need connections.pause_connection, the test connections.test_connection; the recent attempts
+and rejections show to those who may view delivery attempts and connection members."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from django.views.decorators.http import require_POST
 from audiences.admin import TimestampsAdminMixin, count_of
 from audiences.models import Audience
 from config.display import number, when
+from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
@@ -155,18 +160,20 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         obj: Connection | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
-            can_change = self.has_change_permission(request, obj)
+            can_switch = self.has_pause_permission(request)
             context.update(
                 {
                     # Not "Change connection": nothing here is edited in a form.
                     "title": "Connection",
+                    "show_attempts": request.user.has_perm("forwarding.view_deliveryattempt"),
                     "attempts": DeliveryAttempt.objects.filter(connection=obj).order_by("-at", "-id")[:RECENT_ROWS],
+                    "show_rejections": request.user.has_perm("connections.view_connectionmember"),
                     "rejections": rejected_members(obj)[:RECENT_ROWS],
                     "recent_rows": RECENT_ROWS,
                     "is_ending": not status.can_delete(obj.status),
-                    "can_pause": can_change and status.can_pause(obj.status),
-                    "can_resume": can_change and status.can_resume(obj.status),
-                    "can_test": can_change and status.can_test(obj.status),
+                    "can_pause": can_switch and status.can_pause(obj.status),
+                    "can_resume": can_switch and status.can_resume(obj.status),
+                    "can_test": self.has_test_permission(request) and status.can_test(obj.status),
                     # Nothing on this page is editable, so there is nothing to save.
                     "show_save": False,
                     "show_save_and_continue": False,
@@ -197,11 +204,20 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def _connection_for_change(self, request: HttpRequest, object_id: str) -> Connection:
+    # The custom permissions, as admin actions read them (`permissions=["pause"]`).
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(PAUSE_CONNECTION)
+
+    def has_test_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(TEST_CONNECTION)
+
+    def _connection_for(
+        self, request: HttpRequest, object_id: str, allowed: Callable[[HttpRequest], bool]
+    ) -> Connection:
         connection = self.get_object(request, unquote(object_id))
         if connection is None:
             raise Http404("No such connection.")
-        if not self.has_change_permission(request, connection):
+        if not allowed(request):
             raise PermissionDenied
         return connection
 
@@ -209,7 +225,7 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         return redirect("admin:connections_connection_change", connection.pk)
 
     def pause_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        connection = self._connection_for_change(request, object_id)
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
         if not status.can_pause(connection.status):  # e.g. a page left open while the connection faulted
             messages.warning(request, f"Not paused: the connection is {labels.status_word(connection).lower()}.")
             return self._back(connection)
@@ -224,8 +240,9 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
 
     def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Resume says what it did: a faulted connection is first tested with the partner (a refusal leaves
-        it faulted, and says so); then how many pending changes are due now, from the status read again."""
-        connection = self._connection_for_change(request, object_id)
+        it faulted, and says so); then how many pending changes are due now, from the status read again.
+        The test is part of resuming: pausing and resuming is the permission asked."""
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
         if connection.status == Connection.Status.FAULTED:
             ok, partner_words = connection_test(connection=connection)
             if not ok:
@@ -243,16 +260,16 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         return self._back(connection)
 
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        connection = self._connection_for_change(request, object_id)
+        connection = self._connection_for(request, object_id, self.has_test_permission)
         ok, message = connection_test(connection=connection)
         messages.add_message(request, messages.SUCCESS if ok else messages.ERROR, message)
         return self._back(connection)
 
-    @admin.action(description="Pause selected connections", permissions=["change"])
+    @admin.action(description="Pause selected connections", permissions=["pause"])
     def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._apply_to_each(request, queryset, connection_pause, "Paused", status.can_pause)
 
-    @admin.action(description="Resume selected connections", permissions=["change"])
+    @admin.action(description="Resume selected connections", permissions=["pause"])
     def resume_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._apply_to_each(request, queryset, connection_resume, "Resumed", status.can_resume)
 

@@ -6,7 +6,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audiences import profiles, services
 from audiences.models import Audience, AudienceMembership
-from tests.fixtures.api import PREMIUM
+from tests.fixtures.api import PREMIUM, errors
 
 URL = "/api/v1/audiences/"
 
@@ -49,8 +49,8 @@ def test_invalid_criteria_names_the_path(api):
     response = api.post(URL, {"name": "A", "criteria": criteria}, format="json")
 
     assert response.status_code == 400
-    assert set(response.json()) == {"criteria"}
-    assert response.json()["criteria"][0].startswith("criteria.and[0].operator")
+    assert set(errors(response)) == {"criteria"}
+    assert errors(response)["criteria"][0].startswith("criteria.and[0].operator")
     assert not Audience.objects.exists()
 
 
@@ -70,7 +70,7 @@ def test_invalid_create_names_the_field(api, body, field):
     response = api.post(URL, body, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
+    assert field in errors(response)
     assert not Audience.objects.exists()
 
 
@@ -78,7 +78,7 @@ def test_duplicate_name_is_refused(api, audience):
     response = api.post(URL, {"name": audience.name, "criteria": PREMIUM}, format="json")
 
     assert response.status_code == 400
-    assert "already exists" in response.json()["name"][0]
+    assert "already exists" in errors(response)["name"][0]
 
 
 def test_list_counts_sizes_in_one_query_per_page(api, audience):
@@ -138,7 +138,7 @@ def test_invalid_patch_names_the_field(api, audience, body, field):
     response = api.patch(f"{URL}{audience.pk}/", body, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
+    assert field in errors(response)
     audience.refresh_from_db()
     assert audience.name == "Premium"
     assert audience.criteria_version == 1
@@ -148,19 +148,25 @@ def test_archiving_a_connected_audience_is_refused(api, connection):
     response = api.patch(f"{URL}{connection.audience_id}/", {"status": "archived"}, format="json")
 
     assert response.status_code == 400
-    assert response.json()["status"] == ["This audience has connections: remove them before archiving it."]
+    assert errors(response)["status"] == ["This audience has connections: remove them before archiving it."]
 
 
-def test_put_is_not_offered(api, audience):
+def test_put_requires_name_and_criteria_and_keeps_what_is_not_sent(api, audience):
     response = api.put(f"{URL}{audience.pk}/", {"name": "B", "criteria": PREMIUM}, format="json")
 
-    assert response.status_code == 405
+    assert response.status_code == 200, response.json()
+    audience.refresh_from_db()
+    assert audience.name == "B"
+    assert audience.status == Audience.Status.ACTIVE
+    assert audience.criteria_version == 1  # the same criteria: nothing to recompute
+    assert set(errors(api.put(f"{URL}{audience.pk}/", {"name": "C"}, format="json"))) == {"criteria"}
 
 
 def test_delete_is_refused_while_connected(api, connection):
     response = api.delete(f"{URL}{connection.audience_id}/")
 
-    assert response.status_code == 400
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
     assert "connections" in response.json()["detail"]
     assert Audience.objects.filter(pk=connection.audience_id).exists()
 
@@ -185,5 +191,6 @@ def test_members_are_paginated(api, audience):
     body = response.json()
     assert body["count"] == 3
     assert [m["profile"] for m in body["results"]] == ids[:2]
-    assert set(body["results"][0]) == {"profile", "entered_at"}
+    assert set(body["results"][0]) == {"profile", "entered_at", "identities"}
+    assert body["results"][0]["identities"] == [{"type": "email", "value": "0@x.com"}]
     assert body["next"]

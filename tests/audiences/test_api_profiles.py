@@ -6,6 +6,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audiences.models import Identity, MembershipChange, Profile
+from tests.fixtures.api import errors
 
 URL = "/api/v1/profiles/"
 GAID = "6A8B3E2C-1F4D-4B7A-9C0E-2D5F8A1B3C4E"
@@ -130,8 +131,8 @@ def test_invalid_upsert_names_the_field_and_writes_nothing(api, body, field):
     response = api.post(URL, body, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
-    assert isinstance(response.json()[field], list)
+    assert field in errors(response)
+    assert isinstance(errors(response)[field], list)
     assert Profile.objects.count() == 0
     assert Identity.objects.count() == 0
 
@@ -140,9 +141,9 @@ def test_oversized_attribute_name_is_refused(api):
     response = upsert(api, [{"type": "email", "value": "a@x.com"}], {"x" * 257: "v"})
 
     assert response.status_code == 400
-    (field,) = response.json()
+    (field,) = errors(response)
     assert field.startswith("attributes.xxx")
-    assert "at most 256 characters" in response.json()[field][0]
+    assert "at most 256 characters" in errors(response)[field][0]
     assert Profile.objects.count() == 0
 
 
@@ -161,6 +162,7 @@ def test_identities_of_two_profiles_conflict(api):
     )
 
     assert response.status_code == 409
+    assert response.json()["code"] == "profile_conflict"
     assert response.json()["profile_ids"] == sorted([a, b])
     assert "merge them first" in response.json()["detail"]
     assert not Identity.objects.filter(type="other").exists()
@@ -232,7 +234,7 @@ def test_invalid_lookup_names_the_parameter(api, params, field):
     response = api.get(URL, params)
 
     assert response.status_code == 400
-    assert field in response.json()
+    assert field in errors(response)
 
 
 def test_list_without_filter_pages_all_profiles(api):

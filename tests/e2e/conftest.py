@@ -99,7 +99,7 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
         "FORWARDING_BACKOFF_BASE_SECONDS": "0.2",
         "FORWARDING_BACKOFF_MAX_SECONDS": "1",
         "SECRET_KEY": settings.SECRET_KEY,
-        "SECRETS_ENCRYPTION_KEY": settings.SECRETS_ENCRYPTION_KEY,
+        "SECRETS_ENCRYPTION_KEYS": ",".join(settings.SECRETS_ENCRYPTION_KEYS),
         **worker_env,
     }
     env.pop("DATABASE_TEST_NAME", None)

@@ -13,7 +13,7 @@ from connections.models import Connection, ConnectionMember
 from forwarding import lifecycle as connection_services
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs import services as output_services
-from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
+from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM, errors
 
 URL = "/api/v1/connections/"
 LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/abc123"
@@ -66,7 +66,7 @@ def test_invalid_create_names_the_field(api, audience, output, body, field):
     response = api.post(URL, {"audience": audience.pk, "output": output.pk, **body}, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
+    assert field in errors(response)
     assert not Connection.objects.exists()
 
 
@@ -78,7 +78,7 @@ def test_an_archived_audience_cannot_be_connected(api, output):
     )
 
     assert response.status_code == 400
-    assert "archived" in response.json()["audience"][0]
+    assert "archived" in errors(response)["audience"][0]
     assert not Connection.objects.exists()
 
 
@@ -90,7 +90,7 @@ def test_connecting_twice_is_refused(api, connection):
     )
 
     assert response.status_code == 400
-    assert "already connected" in response.json()["output"][0]
+    assert "already connected" in errors(response)["output"][0]
 
 
 def test_list_filters_by_audience(api, connection, output):
@@ -102,7 +102,7 @@ def test_list_filters_by_audience(api, connection, output):
 
     assert everything["count"] == 2
     assert [c["id"] for c in filtered["results"]] == [connection.pk]
-    assert api.get(URL, {"audience": "x"}).json().keys() == {"audience"}
+    assert errors(api.get(URL, {"audience": "x"})).keys() == {"audience"}
 
 
 def test_responses_never_show_the_secret(api, connection):
@@ -155,9 +155,36 @@ def test_an_ending_connection_cannot_be_paused_or_resumed(api, connection, verb)
     response = api.post(f"{URL}{connection.pk}/{verb}/")
 
     assert response.status_code == 400
-    assert "being deleted" in response.json()["status"][0]
+    assert "being deleted" in errors(response)["status"][0]
     connection.refresh_from_db()
     assert connection.status == Connection.Status.ENDING
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("post", "pause/", None), ("put", "", {"status": "paused"}), ("patch", "", {"status": "paused"})],
+)
+def test_a_faulted_connection_is_not_paused_by_any_route(api, connection, method, path, body):
+    """As in the admin (connections/status.py): a faulted connection sends nothing already; pausing it would
+    only hide its fault. Resume is the way out."""
+    Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.FAULTED, status_reason="HTTP 401")
+
+    response = getattr(api, method)(f"{URL}{connection.pk}/{path}", body, format="json")
+
+    assert response.status_code == 400
+    assert "faulted connection cannot be paused" in errors(response)["status"][0]
+    connection.refresh_from_db()
+    assert (connection.status, connection.status_reason) == (Connection.Status.FAULTED, "HTTP 401")
+
+
+def test_pausing_a_paused_connection_changes_nothing(api, connection):
+    paused_at = connection_services.connection_pause(connection=connection).status_changed_at
+
+    response = api.post(f"{URL}{connection.pk}/pause/")
+
+    assert (response.status_code, response.json()["status"]) == (200, "paused")
+    connection.refresh_from_db()
+    assert connection.status_changed_at == paused_at
 
 
 def test_actions_on_an_unknown_connection_are_404(api):
@@ -165,8 +192,10 @@ def test_actions_on_an_unknown_connection_are_404(api):
     assert api.get(f"{URL}999999/attempts/").status_code == 404
 
 
-def test_create_and_retrieve_only(api, connection):
-    assert api.patch(f"{URL}{connection.pk}/", {"settings": {"list_id": "x"}}, format="json").status_code == 405
+def test_settings_cannot_be_changed_and_actions_are_post_only(api, connection):
+    response = api.patch(f"{URL}{connection.pk}/", {"settings": {"list_id": "x"}}, format="json")
+
+    assert errors(response) == {"settings": ["The settings of a connection cannot be changed after it is created."]}
     assert api.get(f"{URL}{connection.pk}/pause/").status_code == 405
 
 
@@ -216,7 +245,7 @@ def test_test_uses_the_stored_key(api, connection, settings):
         assert api.post(f"{URL}{connection.pk}/test/").json()["ok"] is True
 
 
-def test_attempts_shows_the_last_50_newest_first(api, connection):
+def test_attempts_are_paginated_newest_first(api, connection):
     now = timezone.now()
     DeliveryAttempt.objects.bulk_create(
         [
@@ -225,10 +254,11 @@ def test_attempts_shows_the_last_50_newest_first(api, connection):
         ]
     )
 
-    response = api.get(f"{URL}{connection.pk}/attempts/")
+    response = api.get(f"{URL}{connection.pk}/attempts/", {"limit": 50})
 
     assert response.status_code == 200
-    attempts = response.json()
+    assert response.json()["count"] == 60
+    attempts = response.json()["results"]
     assert len(attempts) == 50
     assert [a["sent"] for a in attempts[:3]] == [0, 1, 2]
     assert set(attempts[0]) == {
@@ -285,3 +315,49 @@ def test_rejections_lists_rejected_members_only(api, connection):
         }
     ]
     assert api.get(f"{URL}{connection.pk}/").json()["stats"]["rejected"] == 2
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_put_and_patch_switch_the_status(api, connection, method):
+    send = getattr(api, method)
+
+    paused = send(f"{URL}{connection.pk}/", {"status": "paused"}, format="json")
+
+    assert paused.status_code == 200, paused.json()
+    assert paused.json()["status"] == "paused"
+    Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.FAULTED)
+    resumed = send(f"{URL}{connection.pk}/", {"status": "sending"}, format="json")
+    assert resumed.json()["status"] == "sending"  # resuming clears the fault
+    assert resumed.json()["status_reason"] == ""
+
+
+def test_what_was_read_can_be_sent_back(api, connection):
+    shown = api.get(f"{URL}{connection.pk}/").json()
+
+    response = api.put(f"{URL}{connection.pk}/", {**shown, "status": "paused"}, format="json")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "paused"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"status": "faulted"}, "status"),
+        ({"status": "ending"}, "status"),
+        ({"status": "paused", "audience": 999999}, "audience"),
+        ({"status": "paused", "output": 999999}, "output"),
+        ({"status": "paused", "settings": {"list_id": "other"}}, "settings"),
+        ({"status": "paused", "priority": 1}, "priority"),
+    ],
+)
+def test_what_cannot_be_edited_is_refused_naming_the_field(api, connection, body, field):
+    response = api.patch(f"{URL}{connection.pk}/", body, format="json")
+
+    assert list(errors(response)) == [field]
+    connection.refresh_from_db()
+    assert connection.status == Connection.Status.SENDING
+
+
+def test_put_requires_the_status(api, connection):
+    assert list(errors(api.put(f"{URL}{connection.pk}/", {}, format="json"))) == ["status"]

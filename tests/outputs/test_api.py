@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from outputs import services as output_services
 from outputs.models import Output
-from tests.fixtures.api import MAILCHIMP_KEY
+from tests.fixtures.api import MAILCHIMP_KEY, errors
 
 URL = "/api/v1/outputs/"
 OTHER_KEY = "fedcba9876543210fedcba9876543210-us21"
@@ -95,7 +96,7 @@ def test_invalid_create_names_the_field(api, body, field):
     response = api.post(URL, body, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
+    assert field in errors(response)
     assert not Output.objects.exists()
     assert_no_secret(response)
 
@@ -105,7 +106,7 @@ def test_a_key_without_data_center_is_explained(api):
         URL, {"name": "M", "partner": "mailchimp", "settings": {"api_key": "0123456789abcdef"}}, format="json"
     )
 
-    assert response.json() == {
+    assert errors(response) == {
         "api_key": ["A Mailchimp API key ends with its data center after a dash, e.g. 0123456789abcdef-us6."]
     }
 
@@ -155,7 +156,7 @@ def test_invalid_patch_names_the_field_and_changes_nothing(api, output, body, fi
     response = api.patch(f"{URL}{output.pk}/", body, format="json")
 
     assert response.status_code == 400
-    assert field in response.json(), response.json()
+    assert field in errors(response)
     output.refresh_from_db()
     assert output.name == "Mailchimp"
     assert output.configuration()["api_key"] == MAILCHIMP_KEY
@@ -168,13 +169,14 @@ def test_duplicate_name_is_refused(api, output):
     )
 
     assert response.status_code == 400
-    assert "already exists" in response.json()["name"][0]
+    assert "already exists" in errors(response)["name"][0]
 
 
 def test_delete_is_refused_while_connected(api, connection):
     response = api.delete(f"{URL}{connection.output_id}/")
 
-    assert response.status_code == 400
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
     assert "connections" in response.json()["detail"]
     assert Output.objects.filter(pk=connection.output_id).exists()
 
@@ -184,3 +186,18 @@ def test_delete_unconnected_output(api, output):
 
     assert response.status_code == 204
     assert not Output.objects.exists()
+
+
+def test_put_replaces_the_settings_and_keeps_a_secret_left_out(api, db):
+    output = output_services.output_create(
+        name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY, "double_opt_in": False}
+    )
+
+    response = api.put(f"{URL}{output.pk}/", {"name": "Renamed", "partner": "mailchimp"}, format="json")
+
+    assert response.status_code == 200, response.json()
+    output.refresh_from_db()
+    assert output.name == "Renamed"
+    assert output.settings["double_opt_in"] is True  # not sent: back to the partner's default
+    assert output.configuration()["api_key"] == MAILCHIMP_KEY
+    assert set(errors(api.put(f"{URL}{output.pk}/", {"name": "X"}, format="json"))) == {"partner"}

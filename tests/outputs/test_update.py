@@ -18,6 +18,7 @@ from django.urls import reverse
 from outputs.models import Output
 from outputs.partners.mailchimp import Mailchimp
 from outputs.services import output_create, output_update
+from tests.fixtures.api import errors
 
 pytestmark = pytest.mark.django_db
 
@@ -133,7 +134,7 @@ def test_put_without_the_required_fields_is_refused_by_name(api, output):
     response = api.put(f"{URL}{output.pk}/", {"settings": {"email_type": "html"}}, content_type="application/json")
 
     assert response.status_code == 400
-    assert set(response.json()) == {"name", "partner"}
+    assert set(errors(response)) == {"name", "partner"}
     assert stored(output) == {"api_key": KEY, **STORED}
 
 

@@ -5,11 +5,19 @@ at least once in the last 30 days AND status is Premium) ends up with 100 member
 email and 80 an Android advertising id, beside 40 profiles that do not match (Free users, and Premium
 users whose video was about Rome). The data goes in as Events API batches of an input "Demo app", a
 Mailchimp output points at the local Mailchimp server and is connected to the list
-`potential-parisians`, and an admin user is created, its password printed."""
+`potential-parisians`, and an admin user is created, its password printed.
+
+It ends by printing the exact command that sends an event as the demo input (its real key and secret).
+The secret is stored hashed, so with --credentials-file (as `make run` passes, var/demo-input.json) the
+demo keeps it there to print it again on the next run; when that file is missing or stale, the demo
+input gets a new secret."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import shlex
 import uuid
 from datetime import timedelta
 
@@ -21,13 +29,14 @@ from django.utils import timezone
 from audiences import services as audience_services
 from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import parse_batch
-from audiences.inputs import input_create
-from audiences.models import Audience
+from audiences.inputs import authenticate, input_create, input_reset_secret
+from audiences.models import Audience, Input
 from forwarding.lifecycle import connection_create
 from outputs.services import output_create
 
 DEMO_API_KEY = "d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6"
 DEMO_LIST_ID = "potential-parisians"
+DEMO_INPUT = "Demo app"
 CRITERIA = {
     "and": [
         {
@@ -99,13 +108,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--admin-user", default="admin")
+        parser.add_argument("--web-url", default="http://127.0.0.1:8000", help="where the web process answers")
+        parser.add_argument(
+            "--credentials-file",
+            help="keep the demo input's key and secret in this file (mode 600), to print them on every run",
+        )
 
-    def handle(self, *args, admin_user: str, **options) -> None:
+    def handle(self, *args, admin_user: str, web_url: str, credentials_file: str | None, **options) -> None:
         password = self._admin(admin_user)
+        created_secret = None
         if Audience.objects.filter(name="Potential Parisians").exists():
             self.stdout.write("Demo data already loaded.")
         else:
-            self._load()
+            created_secret = self._load()
         self.stdout.write(self.style.SUCCESS("Demo loaded."))
         if password:
             self.stdout.write(f"Admin user: {admin_user}  password: {password}")
@@ -113,6 +128,50 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Admin user: {admin_user} (password unchanged; reset it with `manage.py changepassword`)"
             )
+        source = Input.objects.filter(name=DEMO_INPUT).first()
+        if source is None:
+            return
+        secret = created_secret or self._kept_secret(source, credentials_file)
+        if secret is None:
+            self.stdout.write(f"Events API input '{DEMO_INPUT}': key {source.key} (its secret was shown once)")
+            return
+        if credentials_file:
+            self._keep_secret(source, secret, credentials_file)
+        command = [
+            ".venv/bin/python",
+            "scripts/send_events.py",
+            "--host",
+            f"{web_url.rstrip('/')}/v2",
+            f"--key={source.key}",
+            f"--secret={secret}",
+            "--email",
+            "new@example.com",
+            "--city",
+            "Paris",
+        ]
+        self.stdout.write(
+            f"Events API input '{DEMO_INPUT}': key {source.key}  secret {secret}\n"
+            "Send an event with the official mParticle SDK (new@example.com joins 'Potential Parisians'):\n"
+            f"  {shlex.join(command)}"
+        )
+
+    def _kept_secret(self, source: Input, credentials_file: str | None) -> str | None:
+        """The demo input's secret from the credentials file, or a new one when the file is missing or stale."""
+        if not credentials_file:
+            return None
+        try:
+            with open(credentials_file) as file:
+                kept = json.load(file)
+            if authenticate(kept["key"], kept["secret"]) == source:
+                return kept["secret"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return input_reset_secret(input=source)
+
+    def _keep_secret(self, source: Input, secret: str, credentials_file: str) -> None:
+        descriptor = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"key": source.key, "secret": secret}, file)
 
     def _admin(self, username: str) -> str | None:
         user_model = get_user_model()
@@ -123,7 +182,8 @@ class Command(BaseCommand):
         return password
 
     @transaction.atomic
-    def _load(self) -> None:
+    def _load(self) -> str:
+        """Load the demo; returns the demo input's secret."""
         audience = audience_services.audience_create(
             name="Potential Parisians",
             external_name="Potential Parisians",
@@ -139,7 +199,7 @@ class Command(BaseCommand):
         connection_create(audience=audience, output=output, settings={"list_id": DEMO_LIST_ID})
         # Active before the data arrives: members enter in real time as the batches are ingested.
         audience = audience_services.audience_update(audience=audience, status="active")
-        source, secret = input_create(name="Demo app")
+        source, secret = input_create(name=DEMO_INPUT)
         batches = demo_batches()
         ingest_batches(source, [parse_batch(b, path=f"[{i}]") for i, b in enumerate(batches)])
         audience.refresh_from_db()
@@ -147,7 +207,4 @@ class Command(BaseCommand):
             f"Audience '{audience.name}': {audience.memberships.count()} members; "
             f"output '{output.name}' connected to list '{DEMO_LIST_ID}'."
         )
-        self.stdout.write(
-            f"Events API input 'Demo app': key {source.key}  secret {secret}  (shown once; "
-            "send events with `.venv/bin/python scripts/send_events.py --key KEY --secret SECRET`)"
-        )
+        return secret

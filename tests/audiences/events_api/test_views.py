@@ -128,10 +128,15 @@ BAD = [
     ({"events": [{"event_type": "custom_event", "data": {"custom_event_type": "other"}}]}, "events[0].data.event_name"),
     ({"events": [{"event_type": "screen_view", "data": {}}]}, "events[0].data.screen_name"),
     ({"events": [event(custom_event_type="gossip")]}, "events[0].data.custom_event_type"),
+    ({"events": [event(custom_event_type=["media"])]}, "events[0].data.custom_event_type"),
+    ({"events": [{"event_type": {}, "data": {"event_name": "x"}}]}, "events[0].event_type"),
     ({"events": [event(timestamp_unixtime_ms="yesterday")]}, "events[0].data.timestamp_unixtime_ms"),
     ({"events": "lots"}, "events"),
     ({"events": ["x"]}, "events[0]"),
     ({"environment": "staging"}, "environment"),
+    # Found by schemathesis: an object where a string is expected was a 500 (unhashable), as were
+    # the object and the list for the event types above.
+    ({"environment": {}}, "environment"),
     ({"mpid": "abc"}, "mpid"),
     ({"deleted_user_attributes": "status"}, "deleted_user_attributes"),
     ({"user_identities": {}}, "user_identities"),  # no identity at all

@@ -22,6 +22,7 @@ from outputs.partners.base import Action, MemberChange
 from outputs.partners.http import PartnerClient, PermanentError, TransientError, partner_call_deadline, url_segment
 from outputs.partners.mailchimp import Mailchimp
 from outputs.services import output_create
+from tests.fixtures.api import errors
 
 HUGE = 200 * MIB
 CAP = 8 * MIB  # the default PARTNER_MAX_RESPONSE_BYTES
@@ -174,5 +175,5 @@ def test_connecting_with_a_list_id_that_could_change_the_url_is_refused_by_the_a
     response = admin_client.post("/api/v1/connections/", body, content_type="application/json")
 
     assert response.status_code == 400
-    assert list(response.json()) == ["list_id"]
+    assert list(errors(response)) == ["list_id"]
     assert not Connection.objects.exists()
