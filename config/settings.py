@@ -251,6 +251,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 FORWARDING = {
     # Seconds between sweeps that re-ring pending work nobody is handling.
     "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "15")),
+    # Seconds between checks of bulk connections' upload criteria (forwarding/bulk.py).
+    "BULK_CHECK_INTERVAL": float(os.environ.get("FORWARDING_BULK_CHECK_INTERVAL", "60")),
     # How long one worker may hold a connection's delivery lease without renewing it.
     "LEASE_SECONDS": int(os.environ.get("FORWARDING_LEASE_SECONDS", "300")),
     # Exponential backoff with full jitter for transient partner errors.
@@ -306,6 +308,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=FORWARDING["SWEEP_INTERVAL"]),
     },
     # Audiences whose membership changes with the clock (event recency, "within the last").
+    # Bulk connections whose upload criteria are met get their upload (forwarding/bulk.py).
+    "forwarding-bulk-uploads": {
+        "task": "forwarding.tasks.flush_bulk_uploads",
+        "schedule": timedelta(seconds=FORWARDING["BULK_CHECK_INTERVAL"]),
+    },
     "audiences-recompute-time-based": {
         "task": "audiences.tasks.recompute_time_based_audiences",
         "schedule": timedelta(seconds=float(os.environ.get("TIME_BASED_RECOMPUTE_INTERVAL", "300"))),

@@ -26,6 +26,7 @@ from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
 from forwarding.leases import acquire_lease, release_lease, renew_lease
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.partner_calls import apply_changes
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
@@ -79,7 +80,7 @@ def deliver_connection(*, connection_id: int) -> DeliveryReport:
 def _drain(connection_id: int, report: DeliveryReport) -> None:
     partner = None
     while True:
-        connection = Connection.objects.select_related("output").get(pk=connection_id)
+        connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
         if not delivers(connection.status):
             report.stopped = f"connection is {connection.status}"
             return
@@ -112,6 +113,7 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
             value=p.value,
             action=Action(p.action),
             attributes=attributes.get(p.profile_id, {}) if p.action == PendingChange.Action.ADD else {},
+            profile_id=p.profile_id,
         )
         for p in to_send
     }
@@ -120,7 +122,8 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
     error: PartnerError | None = None
     if to_send:
         try:
-            results = partner.apply_batch(connection.settings, list(changes.values()))
+            # Grouped per identity or per profile, as the partner's pattern wants (forwarding/partner_calls.py).
+            results = apply_changes(partner, connection, list(changes.values()))
         except PartnerError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later

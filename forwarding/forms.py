@@ -85,7 +85,9 @@ class ConnectSettingsForm(forms.Form):
         try:
             settings = clean_connection_settings(output=self.output, settings=self.settings_values())
             if self.action == TEST:
-                self.test_result = connection_settings_test(output=self.output, settings=settings)
+                self.test_result = connection_settings_test(
+                    output=self.output, settings=settings, audience=self.audience
+                )
             elif self.action == PREVIEW:
                 self.preview = connection_preview(audience=self.audience, output=self.output, settings=settings)
             else:
@@ -103,7 +105,7 @@ class ConnectSettingsForm(forms.Form):
                 }
             )
         check_connectable(audience=self.audience, output=self.output)  # before asking the partner anything
-        ok, message = connection_settings_test(output=self.output, settings=settings)
+        ok, message = connection_settings_test(output=self.output, settings=settings, audience=self.audience)
         if not ok:
             field = self.output.partner_class.destination_setting or None
             raise ValidationError({field: [f"{message} Nothing was saved."]} if field else [message])

@@ -23,6 +23,7 @@ from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
 from forwarding.leases import acquire_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.partner_calls import audience_ref
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
 from outputs.partners.http import PartnerError, TransientError
@@ -98,7 +99,7 @@ def connection_test(*, connection: Connection) -> tuple[bool, str]:
     """Ask the partner whether the credentials and the partner-side audience work."""
     partner = connection.output.partner()
     try:
-        return True, partner.test_connection(connection.settings)
+        return True, partner.test_connection(connection.settings, audience_ref(connection.audience))
     except PartnerError as exc:
         return False, exc.message
 
@@ -119,7 +120,7 @@ def connection_end(*, connection_id: int) -> str:
     if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
         return "busy or gone"
     try:
-        connection = Connection.objects.select_related("output").get(pk=connection_id)
+        connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
         partner = connection.output.partner()
         if partner.wants_cleanup_on_end():
             while True:
@@ -133,7 +134,7 @@ def connection_end(*, connection_id: int) -> str:
                 changes = [MemberChange(m.identity_type, m.value, Action.REMOVE) for m in held]
                 now = timezone.now()
                 try:
-                    partner.end_connection(connection.settings, changes)
+                    partner.end_connection(connection.settings, audience_ref(connection.audience), changes)
                 except PartnerError as exc:
                     DeliveryAttempt.objects.create(
                         connection=connection,

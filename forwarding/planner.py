@@ -20,6 +20,7 @@ from connections.models import Connection
 from connections.status import PLANNING, delivers
 from forwarding.doorbell import ring_after_commit
 from forwarding.models import PendingChange
+from outputs.partners.base import Capability
 
 ADD = PendingChange.Action.ADD
 REMOVE = PendingChange.Action.REMOVE
@@ -184,5 +185,6 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:
     for connection in connections:
-        if delivers(connection.status) and connection.output.partner_class.delivery_mode == "realtime":
+        # Bulk connections wait for their upload criteria (forwarding/bulk.py), not for a doorbell.
+        if delivers(connection.status) and connection.output.partner_class.has(Capability.REALTIME):
             ring_after_commit(connection.pk)

@@ -13,6 +13,7 @@ from django.db.models import Count
 
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from connections.validation import clean_connection_settings
+from forwarding.partner_calls import audience_ref
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
 from outputs.partners.http import PartnerError
@@ -57,7 +58,13 @@ def connection_preview(*, audience: Audience, output: Output, settings: Mapping[
     )
     attributes = dict(Profile.objects.filter(pk__in=sample_ids).values_list("pk", "attributes"))
     changes = [
-        MemberChange(identity_type=kind, value=value, action=Action.ADD, attributes=attributes.get(profile_id, {}))
+        MemberChange(
+            identity_type=kind,
+            value=value,
+            action=Action.ADD,
+            attributes=attributes.get(profile_id, {}),
+            profile_id=profile_id,
+        )
         for kind, value, profile_id in Identity.objects.filter(profile_id__in=sample_ids, type__in=accepted)
         .order_by("profile_id", "id")
         .values_list("type", "value", "profile_id")
@@ -67,15 +74,17 @@ def connection_preview(*, audience: Audience, output: Output, settings: Mapping[
         reachable_members=reachable,
         identities=[IdentityCount(kind, n, kind in accepted) for kind, n in per_type],
         would_send=sum(n for kind, n in per_type if kind in accepted),
-        sample_request=output.partner().describe_batch(cleaned, changes) if changes else {},
+        sample_request=output.partner().describe_batch(cleaned, audience_ref(audience), changes) if changes else {},
         sample_members=len(sample_ids),
         is_draft=audience.status == Audience.Status.DRAFT,
     )
 
 
-def connection_settings_test(*, output: Output, settings: Mapping[str, Any]) -> tuple[bool, str]:
+def connection_settings_test(
+    *, output: Output, settings: Mapping[str, Any], audience: Audience | None = None
+) -> tuple[bool, str]:
     """Ask the partner whether these (cleaned) settings work, before any connection exists: (ok, its words)."""
     try:
-        return True, output.partner().test_connection(settings)
+        return True, output.partner().test_connection(settings, audience_ref(audience) if audience else None)
     except PartnerError as exc:
         return False, exc.message

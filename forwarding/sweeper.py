@@ -13,6 +13,8 @@ from audiences.models import Audience
 from connections.models import Connection
 from forwarding.doorbell import ring, ring_end
 from forwarding.models import DeliveryAttempt, PendingChange
+from outputs.partners.base import Capability
+from outputs.partners.registry import partner_keys_with
 
 ATTEMPT_LOG_DAYS = 30
 # A recompute this long overdue was lost (its task never ran); ring it again.
@@ -24,7 +26,10 @@ def sweep() -> dict[str, int]:
     free = Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now)
     due = PendingChange.objects.filter(next_attempt_at__lte=now).values("connection_id")
     to_deliver = list(
-        Connection.objects.filter(free, status=Connection.Status.SENDING, pk__in=due).values_list("pk", flat=True)
+        Connection.objects.filter(free, status=Connection.Status.SENDING, pk__in=due)
+        # Bulk connections are uploaded on their upload criteria by forwarding/bulk.py, not re-rung here.
+        .exclude(output__partner_key__in=partner_keys_with(Capability.BULK))
+        .values_list("pk", flat=True)
     )
     for connection_id in to_deliver:
         ring(connection_id)

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from forwarding import delivery, doorbell, lifecycle, sweeper
+from forwarding import bulk, delivery, doorbell, lifecycle, sweeper
 
 
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True)
@@ -21,3 +21,13 @@ def end_connection(connection_id: int) -> str:
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)
 def sweep_pending_work() -> dict:
     return sweeper.sweep()
+
+
+@shared_task(name="forwarding.tasks.flush_bulk_uploads", acks_late=True)
+def flush_bulk_uploads() -> dict:
+    return bulk.flush_due_uploads()
+
+
+@shared_task(name=bulk.UPLOAD_TASK, acks_late=True)
+def upload_connection(connection_id: int) -> dict:
+    return asdict(bulk.upload_connection(connection_id=connection_id))

@@ -17,22 +17,33 @@ from django.utils.html import format_html
 
 from outputs.forms import output_form_for
 from outputs.models import Output
-from outputs.partners.base import Partner
+from outputs.partners.base import Capability, Partner
 from outputs.partners.registry import PARTNERS, get_partner_class
 
-PATTERN_LABELS = {
-    "list": "List: keeps an audience (list, segment) at the partner in sync",
-    "attribute": "Attribute: tags each user with the audience name",
+CAPABILITY_LABELS = {
+    Capability.LIST: "List: keeps an audience (list, segment) at the partner in sync",
+    Capability.ATTRIBUTE: "Attribute: tags each user with the audience name",
+    Capability.REALTIME: "Realtime: changes are sent as they happen",
+    Capability.BULK: "Bulk: changes are queued and uploaded at intervals",
+    Capability.CREATES_AUDIENCE: "creates its audience on connect",
+    Capability.LISTS_MEMBERS: "its members can be read back",
+    Capability.REPORTS_COUNT: "reports its own count",
 }
-DELIVERY_LABELS = {
-    "realtime": "Realtime: changes are sent as they happen",
-    "bulk": "Bulk: changes are queued and uploaded at intervals",
-}
+OPTIONAL_CAPABILITIES = (Capability.CREATES_AUDIENCE, Capability.LISTS_MEMBERS, Capability.REPORTS_COUNT)
+
+
+def delivery_label(partner: type[Partner]) -> str:
+    label = CAPABILITY_LABELS[partner.rhythm()]
+    criteria = partner.default_upload_criteria
+    if partner.has(Capability.BULK) and criteria is not None:
+        minutes = int(criteria.wait.total_seconds() // 60)
+        label += f" (every {minutes} min or {criteria.messages:,} changes, whichever comes first)"
+    return label
 
 
 @admin.register(Output)
 class OutputAdmin(admin.ModelAdmin):
-    list_display = ("name", "partner_key", "updated_at")
+    list_display = ("name", "partner_name", "updated_at")
     list_filter = ("partner_key",)
     search_fields = ("name",)
 
@@ -54,9 +65,10 @@ class OutputAdmin(admin.ModelAdmin):
                 "key": key,
                 "name": cls.name,
                 "description": cls.description,
-                "pattern": PATTERN_LABELS.get(cls.pattern, cls.pattern),
+                "pattern": CAPABILITY_LABELS[cls.pattern()],
                 "identity_types": sorted(cls.accepted_identity_types),
-                "delivery_mode": DELIVERY_LABELS.get(cls.delivery_mode, cls.delivery_mode),
+                "delivery_mode": delivery_label(cls),
+                "abilities": [CAPABILITY_LABELS[c] for c in OPTIONAL_CAPABILITIES if cls.has(c)],
                 "configuration_settings": [s.label for s in cls.configuration_settings],
                 "connection_settings": [s.label for s in cls.connection_settings],
                 "configured": configured.get(key, 0),
@@ -126,6 +138,14 @@ class OutputAdmin(admin.ModelAdmin):
                 reverse("admin:outputs_output_directory"),
             )
         return format_html("<strong>{}</strong> — {}", partner.name, partner.description)
+
+    @admin.display(description="partner", ordering="partner_key")
+    def partner_name(self, obj: Output) -> str:
+        # The key is a plain string (no choices frozen in a migration): its name comes from the registry.
+        try:
+            return obj.partner_class.name
+        except LookupError:
+            return f"{obj.partner_key} (not installed)"
 
     @admin.display(description="secrets set")
     def secrets_set(self, obj: Output) -> str:

@@ -2,18 +2,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from outputs.crypto import decrypt_secrets
 from outputs.partners.base import Partner
-from outputs.partners.registry import PARTNER_CHOICES, get_partner_class
+from outputs.partners.registry import get_partner_class
 
 
 class Output(models.Model):
     """One configured partner account (mParticle's "audience configuration")."""
 
     name = models.CharField(max_length=100, unique=True)
-    partner_key = models.CharField("partner", max_length=40, choices=PARTNER_CHOICES)
+    # A key of outputs.partners.registry, checked by clean() and the services, not frozen into the schema as
+    # choices: a new partner needs no migration.
+    partner_key = models.CharField("partner", max_length=40)
     # Non-secret configuration settings, as cleaned by the partner's schema.
     settings = models.JSONField(default=dict, blank=True)
     # Secret settings (API keys, tokens): a Fernet token of a JSON object. Never shown again.
@@ -26,6 +29,12 @@ class Output(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.partner_class.name})"
+
+    def clean(self) -> None:
+        try:
+            get_partner_class(self.partner_key)
+        except LookupError as exc:
+            raise ValidationError({"partner_key": [str(exc)]}) from None
 
     @property
     def partner_class(self) -> type[Partner]:

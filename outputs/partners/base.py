@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -112,6 +113,57 @@ def clean_settings(schema: Sequence[Setting], values: Mapping[str, Any]) -> dict
     return cleaned
 
 
+class Capability(enum.StrEnum):
+    """What a partner is and can do, declared as data on its class (Partner.capabilities) and read by the
+    generic code: the planner, delivery, the sweeper and forwarding/bulk.py decide from these, never from
+    a partner's key."""
+
+    # The membership pattern: exactly one of these two.
+    LIST = "list"  # the partner holds an audience (list, segment) we add identities to and remove them from
+    ATTRIBUTE = "attribute"  # we write the audience onto each user's record (an attribute or tag)
+    # The delivery rhythm: exactly one of these two.
+    REALTIME = "realtime"  # changes are sent as they happen (the doorbell, the sweeper)
+    BULK = "bulk"  # changes wait in the outbox and are uploaded on upload criteria (forwarding/bulk.py)
+    # Optional abilities, each with its method (Partner.__init_subclass__ checks it is implemented).
+    CREATES_AUDIENCE = "creates_audience"  # create_audience(): connecting creates the partner-side audience
+    LISTS_MEMBERS = "lists_members"  # list_members(): what the partner holds can be read back
+    REPORTS_COUNT = "reports_count"  # audience_count(): the partner's own count of the audience
+
+
+PATTERNS = frozenset({Capability.LIST, Capability.ATTRIBUTE})
+RHYTHMS = frozenset({Capability.REALTIME, Capability.BULK})
+# Which method a capability obliges a partner class to implement.
+CAPABILITY_METHODS = {
+    Capability.LIST: "apply_batch",
+    Capability.ATTRIBUTE: "apply_profile_updates",
+    Capability.CREATES_AUDIENCE: "create_audience",
+    Capability.LISTS_MEMBERS: "list_members",
+    Capability.REPORTS_COUNT: "audience_count",
+}
+
+
+@dataclass(frozen=True)
+class UploadCriteria:
+    """When a bulk connection's outbox is uploaded: after `wait` since its oldest waiting change, or as soon as
+    `messages` changes wait, whichever comes first (mParticle's upload criteria, reference/PARTNERS.md)."""
+
+    wait: timedelta
+    messages: int
+
+    def describe(self) -> dict[str, int]:
+        return {"wait_seconds": int(self.wait.total_seconds()), "messages": self.messages}
+
+
+@dataclass(frozen=True)
+class AudienceRef:
+    """The connection's audience, as every partner call is told: our id, its name, and the name partners show
+    (mParticle's external name; the name when it has none)."""
+
+    id: int
+    name: str
+    external_name: str
+
+
 class Action(enum.StrEnum):
     ADD = "add"
     REMOVE = "remove"
@@ -131,6 +183,33 @@ class MemberChange:
     value: str
     action: Action
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    # The profile (mParticle's MPID) the identity belongs to, when known: attribute-pattern partners update
+    # a user, not an identity, and may identify the user by it.
+    profile_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ProfileUpdate:
+    """Attribute pattern: everything one user's record at the partner must change, sent as one update.
+    `changes` are that user's identity changes (one or more); the partner answers one MemberResult per change,
+    because each identity's outcome is recorded."""
+
+    profile_id: int | None
+    changes: tuple[MemberChange, ...]
+
+    @property
+    def action(self) -> Action:
+        """ADD while any of the user's identities is added: the user is in the audience."""
+        return Action.ADD if any(c.action is Action.ADD for c in self.changes) else Action.REMOVE
+
+
+def group_by_profile(changes: Sequence[MemberChange]) -> list[ProfileUpdate]:
+    """One ProfileUpdate per user, in the order users first appear; a change without a profile stands alone."""
+    groups: dict[object, list[MemberChange]] = {}
+    for index, change in enumerate(changes):
+        key = ("profile", change.profile_id) if change.profile_id is not None else ("alone", index)
+        groups.setdefault(key, []).append(change)
+    return [ProfileUpdate(group[0].profile_id, tuple(group)) for group in groups.values()]
 
 
 @dataclass(frozen=True)
@@ -150,26 +229,48 @@ class Destination:
 
 
 class Partner:
-    """Base class of partner integrations. Subclasses declare the class attributes below."""
+    """Base class of partner integrations. Subclasses declare the class attributes below as data, and implement
+    the methods their capabilities name (checked when the class is defined)."""
 
     key: ClassVar[str]
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    # "list": the partner holds an audience we add to and remove from; "attribute": we tag users.
-    pattern: ClassVar[str] = "list"
+    # One pattern (LIST or ATTRIBUTE), one rhythm (REALTIME or BULK), and any optional abilities.
+    capabilities: ClassVar[frozenset[Capability]]
     accepted_identity_types: ClassVar[frozenset[str]]
     configuration_settings: ClassVar[tuple[Setting, ...]] = ()
     connection_settings: ClassVar[tuple[Setting, ...]] = ()
-    # "realtime": delivered as changes happen; "bulk": uploaded by upload criteria.
-    delivery_mode: ClassVar[str] = "realtime"
+    # Bulk partners: when an upload is due, unless a connection says otherwise (forwarding/bulk.py).
+    default_upload_criteria: ClassVar[UploadCriteria | None] = None
+    # The most outbox rows (identities) one call takes.
     batch_limit: ClassVar[int] = 100
     default_base_url: ClassVar[str] = ""
     # The connection setting naming the partner-side list or audience, when list_destinations() can list
     # them (the admin then offers a choice instead of a free-text id).
     destination_setting: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_declaration(cls)
+
     def __init__(self, configuration: Mapping[str, Any]):
         self.configuration = dict(configuration)
+
+    # --- what it is (read by the generic code) -------------------------------------------------
+
+    @classmethod
+    def has(cls, capability: Capability) -> bool:
+        return capability in cls.capabilities
+
+    @classmethod
+    def pattern(cls) -> Capability:
+        """Capability.LIST or Capability.ATTRIBUTE."""
+        return next(iter(cls.capabilities & PATTERNS))
+
+    @classmethod
+    def rhythm(cls) -> Capability:
+        """Capability.REALTIME or Capability.BULK."""
+        return next(iter(cls.capabilities & RHYTHMS))
 
     # --- configuration -------------------------------------------------------------------
 
@@ -190,34 +291,44 @@ class Partner:
         """The API root, overridable per partner with PARTNER_API_BASE_URLS."""
         return settings.PARTNER_API_BASE_URLS.get(self.key) or self.default_base_url
 
-    # --- the calls ------------------------------------------------------------------------
+    # --- the calls: every one is told the connection's settings and its audience --------------
 
-    def test_connection(self, connection_settings: Mapping[str, Any]) -> str:
-        """Check credentials and the partner-side audience; return a human summary or raise PartnerError."""
+    def test_connection(self, connection_settings: Mapping[str, Any], audience: AudienceRef | None) -> str:
+        """Check credentials and the partner-side audience; return a human summary or raise PartnerError.
+        `audience` is None when no audience is chosen yet."""
         raise NotImplementedError
 
     def apply_batch(
-        self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, changes: Sequence[MemberChange]
     ) -> list[MemberResult]:
-        """Send up to batch_limit changes; return one result per change, in any order.
+        """LIST pattern: send up to batch_limit identity changes; return one result per change, in any order.
 
         Raises TransientError / AuthError / PermanentError when the whole request fails.
         """
+        raise NotImplementedError
+
+    def apply_profile_updates(
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, updates: Sequence[ProfileUpdate]
+    ) -> list[MemberResult]:
+        """ATTRIBUTE pattern: one update per user (forwarding groups the claimed changes by profile);
+        return one result per change of every update. Raises as apply_batch does."""
         raise NotImplementedError
 
     def list_destinations(self) -> list[Destination]:
         """The lists or audiences the account holds (partners declaring destination_setting); may raise PartnerError."""
         return []
 
-    def describe_batch(self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]) -> dict:
-        """What apply_batch would send for these changes, without sending it (the connect page's preview).
+    def describe_batch(
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, changes: Sequence[MemberChange]
+    ) -> dict:
+        """What one call would send for these changes, without sending it (the connect page's preview).
         No secret goes in it. The default names each change; partners show their real request."""
         return {
             "changes": [{"identity_type": c.identity_type, "value": c.value, "action": str(c.action)} for c in changes]
         }
 
     def end_connection(
-        self, connection_settings: Mapping[str, Any], held: Sequence[MemberChange]
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, held: Sequence[MemberChange]
     ) -> list[MemberResult]:
         """The connection is being deleted: clean up what the partner holds (called in batches).
 
@@ -227,3 +338,38 @@ class Partner:
 
     def wants_cleanup_on_end(self) -> bool:
         return False
+
+    # --- optional abilities (declare the capability, implement the method) -------------------
+
+    def create_audience(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> dict[str, Any]:
+        """CREATES_AUDIENCE: create the partner-side audience on connect; return the connection settings to
+        store (e.g. the new audience's id)."""
+        raise NotImplementedError
+
+    def list_members(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> Iterator[MemberChange]:
+        """LISTS_MEMBERS: what the partner holds, page by page: an ADD per identity in the audience, a REMOVE per
+        identity it keeps as out of it (Mailchimp's unsubscribed)."""
+        raise NotImplementedError
+
+    def audience_count(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
+        """REPORTS_COUNT: the partner's own count of the audience's members (None when it cannot say now)."""
+        raise NotImplementedError
+
+
+def check_declaration(cls: type[Partner]) -> None:
+    """A partner class declares one pattern, one rhythm, upload criteria when bulk, and implements the method of
+    each capability it declares; a mistake fails at import, not at the first delivery."""
+    capabilities = frozenset(Capability(c) for c in getattr(cls, "capabilities", ()))
+    problems = []
+    if len(capabilities & PATTERNS) != 1:
+        problems.append("exactly one of Capability.LIST, Capability.ATTRIBUTE")
+    if len(capabilities & RHYTHMS) != 1:
+        problems.append("exactly one of Capability.REALTIME, Capability.BULK")
+    if Capability.BULK in capabilities and cls.default_upload_criteria is None:
+        problems.append("default_upload_criteria (it is bulk)")
+    for capability, method in CAPABILITY_METHODS.items():
+        if capability in capabilities and getattr(cls, method) is getattr(Partner, method):
+            problems.append(f"an implementation of {method}() (it declares {capability})")
+    if problems:
+        raise TypeError(f"Partner {cls.__name__} must declare {'; '.join(problems)}.")
+    cls.capabilities = capabilities

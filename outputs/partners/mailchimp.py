@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 
 from outputs.partners.base import (
     Action,
+    AudienceRef,
+    Capability,
     Destination,
     MemberChange,
     MemberResult,
@@ -33,6 +35,10 @@ MERGE_TAG_MAX = 10
 # is offered the first ones (and the list id can still be typed).
 LISTS_PAGE_SIZE = 1000
 LISTS_MAX_PAGES = 10
+# GET /lists/{id}/members pages (Mailchimp's largest page is 1,000 too).
+MEMBERS_PAGE_SIZE = 1000
+# Member statuses: "subscribed" and "pending" (double opt-in) are what an add makes; "unsubscribed" is a remove.
+HELD_STATUSES = frozenset({"subscribed", "pending"})
 # mParticle's reserved user attributes and the Mailchimp merge fields every list has.
 RESERVED_MERGE_TAGS = {"$firstname": "FNAME", "$lastname": "LNAME", "$mobile": "PHONE", "$address": "ADDRESS"}
 
@@ -120,7 +126,8 @@ class Mailchimp(Partner):
     key = "mailchimp"
     name = "Mailchimp"
     description = "Keeps a Mailchimp list (audience) in sync: members are subscribed and unsubscribed."
-    pattern = "list"
+    # A list we subscribe and unsubscribe, in real time; its members can be read back and it counts them.
+    capabilities = frozenset({Capability.LIST, Capability.REALTIME, Capability.LISTS_MEMBERS, Capability.REPORTS_COUNT})
     accepted_identity_types = frozenset({"email"})
     configuration_settings = (
         Setting(
@@ -167,7 +174,6 @@ class Mailchimp(Partner):
             max_length=100,
         ),
     )
-    delivery_mode = "realtime"
     batch_limit = 500
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
     destination_setting = "list_id"
@@ -213,15 +219,19 @@ class Mailchimp(Partner):
         """One client (one keep-alive session) per partner instance."""
         return self._client
 
-    def test_connection(self, connection_settings: Mapping[str, Any]) -> str:
+    def _get_list(self, connection_settings: Mapping[str, Any]) -> dict[str, Any]:
         list_id = connection_settings["list_id"]
         try:
             client = self.client()
-            data = client.json(client.request("GET", f"/lists/{url_segment(list_id)}"))
+            return client.json(client.request("GET", f"/lists/{url_segment(list_id)}"))
         except PermanentError as exc:
             if exc.status == 404:
                 raise PermanentError(f"Mailchimp has no list with id '{list_id}' ({exc.message})", status=404) from exc
             raise
+
+    def test_connection(self, connection_settings: Mapping[str, Any], audience: AudienceRef | None) -> str:
+        list_id = connection_settings["list_id"]
+        data = self._get_list(connection_settings)
         stats = data.get("stats", {})
         return (
             f"Mailchimp list '{data.get('name', list_id)}' is reachable: "
@@ -253,7 +263,9 @@ class Mailchimp(Partner):
         """The body of POST /lists/{list_id}: what apply_batch sends, and what the connect page previews."""
         return {"members": [self.member_payload(c) for c in changes], "update_existing": True}
 
-    def describe_batch(self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]) -> dict:
+    def describe_batch(
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, changes: Sequence[MemberChange]
+    ) -> dict:
         return {
             "method": "POST",
             "path": f"/lists/{url_segment(connection_settings['list_id'])}",
@@ -276,7 +288,7 @@ class Mailchimp(Partner):
         return member
 
     def apply_batch(
-        self, connection_settings: Mapping[str, Any], changes: Sequence[MemberChange]
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, changes: Sequence[MemberChange]
     ) -> list[MemberResult]:
         if len(changes) > self.batch_limit:
             raise ValueError(f"Mailchimp takes at most {self.batch_limit} members per call")
@@ -306,10 +318,10 @@ class Mailchimp(Partner):
         return bool(self.configuration.get("delete_on_subscription_end"))
 
     def end_connection(
-        self, connection_settings: Mapping[str, Any], held: Sequence[MemberChange]
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, held: Sequence[MemberChange]
     ) -> list[MemberResult]:
         if not self.wants_cleanup_on_end():
-            return super().end_connection(connection_settings, held)
+            return super().end_connection(connection_settings, audience, held)
         client = self.client()
         list_id = url_segment(connection_settings["list_id"])
         results = []
@@ -321,3 +333,34 @@ class Mailchimp(Partner):
                     raise
             results.append(MemberResult(change, Outcome.DELIVERED))
         return results
+
+    def list_members(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> Iterator[MemberChange]:
+        """The list's members, page by page (GET /lists/{id}/members, count and offset): subscribed and pending
+        ones as adds, unsubscribed ones as removes; cleaned (bounced) and archived ones are left out."""
+        client = self.client()
+        path = f"/lists/{url_segment(connection_settings['list_id'])}/members"
+        offset = 0
+        while True:
+            query = {
+                "count": MEMBERS_PAGE_SIZE,
+                "offset": offset,
+                "fields": "members.email_address,members.status,total_items",
+            }
+            data = client.json(client.request("GET", path, params=query))
+            page = [m for m in data.get("members") or [] if isinstance(m, dict)]
+            for member in page:
+                email = str(member.get("email_address") or "").strip().lower()
+                status = member.get("status")
+                if email and status in HELD_STATUSES:
+                    yield MemberChange("email", email, Action.ADD)
+                elif email and status == "unsubscribed":
+                    yield MemberChange("email", email, Action.REMOVE)
+            offset += len(page)
+            total = data.get("total_items")
+            if not page or not isinstance(total, int) or offset >= total:
+                return
+
+    def audience_count(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
+        """Mailchimp's own count of subscribed members (stats.member_count of GET /lists/{id})."""
+        count = (self._get_list(connection_settings).get("stats") or {}).get("member_count")
+        return count if isinstance(count, int) and not isinstance(count, bool) else None

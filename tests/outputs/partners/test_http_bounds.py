@@ -18,7 +18,7 @@ from audiences.services import audience_create
 from connections.models import Connection
 from local_partners.mailchimp import LocalMailchimpServer
 from local_partners.misbehaving import MIB, MisbehavingServer
-from outputs.partners.base import Action, MemberChange
+from outputs.partners.base import Action, AudienceRef, MemberChange
 from outputs.partners.http import PartnerClient, PermanentError, TransientError, partner_call_deadline, url_segment
 from outputs.partners.mailchimp import Mailchimp
 from outputs.services import output_create
@@ -28,6 +28,7 @@ HUGE = 200 * MIB
 CAP = 8 * MIB  # the default PARTNER_MAX_RESPONSE_BYTES
 DEADLINE = 1.5
 KEY = "0123456789abcdef0123456789abcdef-us6"
+AUDIENCE = AudienceRef(id=1, name="Potential Parisians", external_name="Potential Parisians")
 SLACK = 0.5  # thread scheduling on a busy 2-core machine; a missing deadline overshoots by seconds
 
 
@@ -146,9 +147,9 @@ def test_a_list_id_that_reached_the_client_anyway_stays_one_path_segment(setting
         settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
         partner = Mailchimp(Mailchimp.clean_configuration({"api_key": KEY}))
         with pytest.raises(PermanentError) as excinfo:
-            partner.apply_batch({"list_id": "../../x?y="}, [MemberChange("email", "a@x.com", Action.ADD)])
+            partner.apply_batch({"list_id": "../../x?y="}, AUDIENCE, [MemberChange("email", "a@x.com", Action.ADD)])
         with pytest.raises(PermanentError):
-            partner.test_connection({"list_id": "../../x?y="})
+            partner.test_connection({"list_id": "../../x?y="}, AUDIENCE)
         paths = [r.path for r in server.requests]
 
     assert excinfo.value.status == 404

@@ -9,11 +9,12 @@ import responses
 from django.core.exceptions import ValidationError
 from responses import matchers
 
-from outputs.partners.base import Action, MemberChange, Outcome
+from outputs.partners.base import Action, AudienceRef, MemberChange, Outcome
 from outputs.partners.http import AuthError, PermanentError, TransientError
 from outputs.partners.mailchimp import Mailchimp, data_center, merge_fields, subscriber_hash
 
 KEY = "0123456789abcdef0123456789abcdef-us6"
+AUDIENCE = AudienceRef(id=1, name="Potential Parisians", external_name="Potential Parisians")
 LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/abc123"
 BASIC = "Basic " + base64.b64encode(f"audience-forwarding:{KEY}".encode()).decode()
 
@@ -81,6 +82,7 @@ def test_batch_uses_basic_auth_and_double_opt_in_gives_pending():
     )
     results = partner().apply_batch(
         {"list_id": "abc123"},
+        AUDIENCE,
         [add("a@x.com", **{"$FirstName": "Ann", "city": "Paris", "age": 31, "tags": ["x"]}), remove("b@x.com")],
     )
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DELIVERED]
@@ -108,12 +110,14 @@ def test_without_double_opt_in_members_are_subscribed_as_text():
         json={"errors": []},
     )
     p = partner(double_opt_in=False, email_type="text", send_merge_fields=False)
-    assert p.apply_batch({"list_id": "abc123"}, [add("a@x.com", city="Paris")])[0].outcome is Outcome.DELIVERED
+    assert (
+        p.apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com", city="Paris")])[0].outcome is Outcome.DELIVERED
+    )
 
 
 def test_more_than_500_members_is_refused_before_any_call():
     with pytest.raises(ValueError):
-        partner().apply_batch({"list_id": "abc123"}, [add(f"u{i}@x.com") for i in range(501)])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add(f"u{i}@x.com") for i in range(501)])
 
 
 @responses.activate
@@ -165,7 +169,7 @@ def test_per_member_errors_are_classified_and_never_fail_the_batch():
         remove("gone@x.com"),
         add("merge@x.com"),
     ]
-    results = {r.change.value: r for r in partner().apply_batch({"list_id": "abc123"}, changes)}
+    results = {r.change.value: r for r in partner().apply_batch({"list_id": "abc123"}, AUDIENCE, changes)}
     assert results["ok@x.com"].outcome is Outcome.DELIVERED
     assert results["fake@x.com"].outcome is Outcome.REJECTED
     assert "looks fake or invalid" in results["fake@x.com"].reason
@@ -191,7 +195,7 @@ def test_401_is_an_auth_error_with_mailchimps_words():
         },
     )
     with pytest.raises(AuthError) as excinfo:
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
     assert "API Key Invalid: Your API key may be invalid." in excinfo.value.message
 
 
@@ -200,7 +204,7 @@ def test_401_is_an_auth_error_with_mailchimps_words():
 def test_throttling_and_server_errors_are_transient(status, headers):
     responses.post(LIST_URL, status=status, headers=headers, json={"title": "Too Many Requests", "status": status})
     with pytest.raises(TransientError) as excinfo:
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
     assert excinfo.value.retry_after == (7.0 if headers else None)
 
 
@@ -208,20 +212,20 @@ def test_throttling_and_server_errors_are_transient(status, headers):
 def test_403_without_body_is_throttling_but_with_body_is_auth():
     responses.post(LIST_URL, status=403, body=b"")
     with pytest.raises(TransientError):
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
     responses.replace(responses.POST, LIST_URL, status=403, json={"title": "Forbidden", "detail": "No access"})
     with pytest.raises(AuthError):
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
 
 
 @responses.activate
 def test_connection_errors_are_transient_and_redirects_not_followed():
     responses.post(LIST_URL, body=requests.ConnectionError("refused"))
     with pytest.raises(TransientError):
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
     responses.replace(responses.POST, LIST_URL, status=302, headers={"Location": "https://elsewhere.example/"})
     with pytest.raises(PermanentError):
-        partner().apply_batch({"list_id": "abc123"}, [add("a@x.com")])
+        partner().apply_batch({"list_id": "abc123"}, AUDIENCE, [add("a@x.com")])
 
 
 @responses.activate
@@ -229,14 +233,14 @@ def test_test_connection_reads_the_list_and_names_a_missing_one():
     responses.get(
         LIST_URL, json={"id": "abc123", "name": "Parisians", "stats": {"member_count": 3, "unsubscribe_count": 1}}
     )
-    assert "Parisians" in partner().test_connection({"list_id": "abc123"})
+    assert "Parisians" in partner().test_connection({"list_id": "abc123"}, AUDIENCE)
     responses.get(
         "https://us6.api.mailchimp.com/3.0/lists/nope",
         status=404,
         json={"title": "Resource Not Found", "detail": "The requested resource could not be found."},
     )
     with pytest.raises(PermanentError) as excinfo:
-        partner().test_connection({"list_id": "nope"})
+        partner().test_connection({"list_id": "nope"}, AUDIENCE)
     assert "no list with id 'nope'" in excinfo.value.message
 
 
@@ -246,14 +250,16 @@ def test_end_connection_archives_each_member_and_tolerates_404(settings):
     here = f"{LIST_URL}/members/{subscriber_hash('here@x.com')}"
     responses.delete(here, status=204)
     responses.delete(gone, status=404, json={"title": "Resource Not Found"})
-    results = partner().end_connection({"list_id": "abc123"}, [remove("here@x.com"), remove("gone@x.com")])
+    results = partner().end_connection({"list_id": "abc123"}, AUDIENCE, [remove("here@x.com"), remove("gone@x.com")])
     assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DELIVERED]
     assert len(responses.calls) == 2
 
 
 def test_end_connection_leaves_the_list_alone_when_the_setting_is_off():
     with responses.RequestsMock() as mock:  # any call would fail: none is registered
-        results = partner(delete_on_subscription_end=False).end_connection({"list_id": "abc123"}, [remove("a@x.com")])
+        results = partner(delete_on_subscription_end=False).end_connection(
+            {"list_id": "abc123"}, AUDIENCE, [remove("a@x.com")]
+        )
         assert len(mock.calls) == 0
     assert results[0].outcome is Outcome.DELIVERED
 
@@ -274,11 +280,11 @@ def test_merge_fields_skip_nested_and_reserved_values():
 def test_an_answer_that_is_not_json_is_a_permanent_error_not_a_crash():
     responses.get(LIST_URL, body="<html>not mailchimp</html>", content_type="text/html")
     with pytest.raises(PermanentError) as excinfo:
-        partner().test_connection({"list_id": "abc123"})
+        partner().test_connection({"list_id": "abc123"}, AUDIENCE)
     assert "not a JSON object" in excinfo.value.message
 
 
 def test_a_malformed_base_url_is_a_permanent_error(settings):
     settings.PARTNER_API_BASE_URLS = {"mailchimp": "not a url"}
     with pytest.raises(PermanentError):
-        partner().test_connection({"list_id": "abc123"})
+        partner().test_connection({"list_id": "abc123"}, AUDIENCE)

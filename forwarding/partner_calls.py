@@ -1,0 +1,25 @@
+"""How the generic code calls a partner: told the connection's audience every time, with the claimed changes
+shaped by the partner's pattern (Capability): one change per identity for a LIST partner, one update per user
+(every identity's change together) for an ATTRIBUTE partner. Delivery, the connect page's preview and the
+connection's end all go through here, so no caller branches on a partner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from audiences.models import Audience
+from connections.models import Connection
+from outputs.partners.base import AudienceRef, Capability, MemberChange, MemberResult, Partner, group_by_profile
+
+
+def audience_ref(audience: Audience) -> AudienceRef:
+    """The audience as partners are told it (outputs/ knows nothing of audiences' models)."""
+    return AudienceRef(id=audience.pk, name=audience.name, external_name=audience.partner_name)
+
+
+def apply_changes(partner: Partner, connection: Connection, changes: Sequence[MemberChange]) -> list[MemberResult]:
+    """Send one claimed batch, grouped as the partner's pattern wants; one result per change comes back."""
+    audience = audience_ref(connection.audience)
+    if partner.has(Capability.ATTRIBUTE):
+        return partner.apply_profile_updates(connection.settings, audience, group_by_profile(changes))
+    return partner.apply_batch(connection.settings, audience, changes)
