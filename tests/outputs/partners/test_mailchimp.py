@@ -9,7 +9,7 @@ import responses
 from django.core.exceptions import ValidationError
 from responses import matchers
 
-from outputs.partners.base import Action, AudienceRef, MemberChange, Outcome
+from outputs.partners.base import Action, AudienceRef, Capability, MemberChange, Outcome
 from outputs.partners.http import AuthError, PermanentError, TransientError
 from outputs.partners.mailchimp import Mailchimp, data_center, merge_fields, subscriber_hash
 
@@ -288,3 +288,57 @@ def test_a_malformed_base_url_is_a_permanent_error(settings):
     settings.PARTNER_API_BASE_URLS = {"mailchimp": "not a url"}
     with pytest.raises(PermanentError):
         partner().test_connection({"list_id": "abc123"}, AUDIENCE)
+
+
+def test_mailchimp_declares_a_realtime_list_that_can_be_read_back_and_counted():
+    assert Mailchimp.pattern() is Capability.LIST and Mailchimp.rhythm() is Capability.REALTIME
+    assert Mailchimp.has(Capability.LISTS_MEMBERS) and Mailchimp.has(Capability.REPORTS_COUNT)
+    assert not Mailchimp.has(Capability.CREATES_AUDIENCE) and Mailchimp.default_upload_criteria is None
+
+
+@responses.activate
+def test_list_members_pages_through_the_list_and_reads_statuses_as_adds_and_removes():
+    page = {"count": "2", "fields": "members.email_address,members.status,total_items"}
+    responses.get(
+        f"{LIST_URL}/members",
+        match=[
+            matchers.query_param_matcher({**page, "offset": "0"}),
+            matchers.header_matcher({"Authorization": BASIC}),
+        ],
+        json={
+            "members": [
+                {"email_address": "Ann@X.com", "status": "subscribed"},
+                {"email_address": "bob@x.com", "status": "pending"},
+            ],
+            "total_items": 4,
+        },
+    )
+    responses.get(
+        f"{LIST_URL}/members",
+        match=[matchers.query_param_matcher({**page, "offset": "2"})],
+        json={
+            "members": [
+                {"email_address": "cy@x.com", "status": "unsubscribed"},
+                {"email_address": "dee@x.com", "status": "cleaned"},
+            ],
+            "total_items": 4,
+        },
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("outputs.partners.mailchimp.MEMBERS_PAGE_SIZE", 2)
+        members = list(partner().list_members({"list_id": "abc123"}, AUDIENCE))
+
+    assert members == [
+        MemberChange("email", "ann@x.com", Action.ADD),
+        MemberChange("email", "bob@x.com", Action.ADD),
+        MemberChange("email", "cy@x.com", Action.REMOVE),
+    ]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_audience_count_is_mailchimps_subscribed_count():
+    responses.get(LIST_URL, json={"id": "abc123", "name": "Parisians", "stats": {"member_count": 42}})
+    assert partner().audience_count({"list_id": "abc123"}, AUDIENCE) == 42
+    responses.get(LIST_URL, json={"id": "abc123", "stats": {}})
+    assert partner().audience_count({"list_id": "abc123"}, AUDIENCE) is None
