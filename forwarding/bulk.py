@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -39,9 +40,10 @@ class Backlog:
 
 def upload_criteria(connection: Connection) -> UploadCriteria:
     """The criteria of one connection: its partner's default (the seam where per-connection criteria go)."""
-    criteria = connection.output.partner_class.default_upload_criteria
-    assert criteria is not None, "a bulk partner declares default_upload_criteria (checked at its definition)"
-    return criteria
+    partner = connection.output.partner_class
+    if partner.default_upload_criteria is None:  # prevented when the class is defined (base.check_declaration)
+        raise ImproperlyConfigured(f"Bulk partner {partner.key} declares no default_upload_criteria.")
+    return partner.default_upload_criteria
 
 
 def upload_due(criteria: UploadCriteria, backlog: Backlog, now: datetime) -> bool:
