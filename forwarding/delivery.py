@@ -4,6 +4,11 @@ One worker at a time holds a connection's lease (forwarding/leases.py), which ke
 seeing each identity's changes in order. A batch
 is sent, then in one transaction each identity's outcome is recorded and its pending change is
 deleted, unless a newer word arrived meanwhile (the version guard).
+
+Write-ahead: before a batch goes out, its adds are committed as "maybe held" (ConnectionMember), so an
+add whose answer never comes (a read timeout, a worker killed mid-call, the database lost after the
+call) still counts as possibly held, and the member's removal is sent later. A removal is skipped only
+for an identity the partner cannot hold: never sent, removed, or refused.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -119,6 +125,7 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
     results: list[MemberResult] = []
     error: PartnerError | None = None
     if to_send:
+        _write_ahead(connection.pk, [p for p in to_send if p.action == PendingChange.Action.ADD])
         try:
             results = partner.apply_batch(connection.settings, list(changes.values()))
         except PartnerError as exc:
@@ -131,6 +138,29 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
         return _record_failure(connection, batch, error, duration_ms, report)
     _record_results(connection, batch, changes, results, skipped, held, duration_ms, report)
     return True
+
+
+WRITE_AHEAD_SQL = """
+INSERT INTO {table} (connection_id, identity_type, value, state, reason, updated_at)
+VALUES (%s, %s, %s, %s, '', %s)
+ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET state = excluded.state, updated_at = excluded.updated_at
+WHERE {table}.state <> %s
+"""
+
+
+def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
+    """Commit, before the call, that the partner may hold these identities from now on. A member
+    it holds already stays "added": an update's unknown outcome leaves it held either way."""
+    if not adds:
+        return
+    now = timezone.now()
+    maybe, added = ConnectionMember.State.MAYBE_HELD, ConnectionMember.State.ADDED
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.executemany(
+            WRITE_AHEAD_SQL.format(table=ConnectionMember._meta.db_table),
+            [(connection_id, p.identity_type, p.value, maybe, now, added) for p in adds],
+        )
 
 
 def _record_results(connection, batch, changes, results, skipped, held, duration_ms, report) -> None:
@@ -153,10 +183,13 @@ def _record_results(connection, batch, changes, results, skipped, held, duration
             state = ConnectionMember.State.ADDED if pending.action == "add" else ConnectionMember.State.REMOVED
         else:
             rejected += 1
-            # A refused update of a member the partner already holds leaves it held there,
-            # so its removal must still be sent later.
-            held_already = (pending.identity_type, pending.value) in held and pending.action == "add"
-            state = ConnectionMember.State.ADDED if held_already else ConnectionMember.State.REJECTED
+            # A refused update of a member the partner holds (or may hold, from an add whose answer
+            # never came) leaves it as it was there, so its removal must still be sent later.
+            held_before = held.get((pending.identity_type, pending.value))
+            if pending.action == PendingChange.Action.ADD and held_before:
+                state = held_before
+            else:
+                state = ConnectionMember.State.REJECTED
         members.append(
             ConnectionMember(
                 connection_id=connection.pk,

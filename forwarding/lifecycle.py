@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
+from connections.selectors import MAY_BE_HELD
 from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
 from forwarding import planner
@@ -123,10 +124,11 @@ def connection_end(*, connection_id: int) -> str:
         partner = connection.output.partner()
         if partner.wants_cleanup_on_end():
             while True:
+                # Members whose add's answer never came may be held too: they are cleaned up as well.
                 held = list(
-                    ConnectionMember.objects.filter(connection=connection, state=ConnectionMember.State.ADDED).order_by(
-                        "id"
-                    )[:END_BATCH]
+                    ConnectionMember.objects.filter(connection=connection, state__in=MAY_BE_HELD).order_by("id")[
+                        :END_BATCH
+                    ]
                 )
                 if not held:
                     break
