@@ -10,7 +10,6 @@ from django.db.models import Count, Q, QuerySet
 from connections.models import Connection, ConnectionMember
 from connections.status import CONNECTED
 
-
 # The states in which the partner holds a member, or may hold it (an add whose answer was never recorded).
 MAY_BE_HELD = (ConnectionMember.State.ADDED, ConnectionMember.State.MAYBE_HELD)
 
