@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from audiences.membership.locks import lock_audience_membership
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
@@ -36,8 +37,17 @@ def connection_create(*, audience: Audience, output: Output, settings: Mapping[s
     """Connect an audience to an output; its whole current membership is queued for sending."""
     cleaned = clean_connection_settings(output=output, settings=settings)
     with transaction.atomic():
-        # Locked and read afresh, so an audience archived meanwhile is not connected.
-        audience = Audience.objects.select_for_update().get(pk=audience.pk)
+        # Membership changes read the audience's connections before they commit, so a change
+        # committed after the backfill's snapshot by a transaction that read the connections before
+        # this one commits would reach neither the backfill nor the outbox. Real-time evaluation holds
+        # the audience's membership lock shared, a recompute exclusively: taken exclusively here, it
+        # waits for those running and holds back those to come until this commits, so each change is
+        # in the backfill or planned for the new connection. Taken before the audience row, in the
+        # order a recompute takes them (no deadlock between the two).
+        lock_audience_membership(audience.pk)
+        # Locked and read afresh, so an audience archived meanwhile is not connected. FOR NO KEY
+        # UPDATE: membership rows written meanwhile check their audience with KEY SHARE, which it lets by.
+        audience = Audience.objects.select_for_update(no_key=True).get(pk=audience.pk)
         check_connectable(audience=audience, output=output)
         connection = Connection.objects.create(
             audience=audience,
