@@ -14,6 +14,7 @@ for an identity the partner cannot hold: never sent, removed, or refused.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,6 +50,24 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PartnerCall:
+    """What a delivery attempt records of one partner call besides its outcome."""
+
+    duration_ms: int
+    http_status: int | None  # None: no answer came
+    task_id: str
+
+
+# Email addresses in a partner's error text are masked before it is kept on the attempt (personal data).
+EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
+
+
+def attempt_error(message: str) -> str:
+    """The partner's error text as an attempt keeps it: email addresses masked, at most 2,000 characters."""
+    return EMAIL.sub("[email]", message)[:2000]
+
+
 def has_due_work(connection_id: int) -> bool:
     return PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).exists()
 
@@ -66,14 +85,15 @@ def fault_connection(connection_id: int, reason: str) -> None:
 # --- delivery --------------------------------------------------------------------------------
 
 
-def deliver_connection(*, connection_id: int) -> DeliveryReport:
-    """Drain the connection's due pending changes. Safe to call any number of times at once."""
+def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryReport:
+    """Drain the connection's due pending changes. Safe to call any number of times at once.
+    `task_id`: the Celery task doing it, recorded on each delivery attempt."""
     report = DeliveryReport()
     while True:
         if not acquire_lease(connection_id):
             return report  # someone else is delivering it, or it is not sending
         try:
-            _drain(connection_id, report)
+            _drain(connection_id, report, task_id)
         finally:
             release_lease(connection_id)
         # A change planned after our last look but before the release found the lease taken
@@ -82,7 +102,7 @@ def deliver_connection(*, connection_id: int) -> DeliveryReport:
             return report
 
 
-def _drain(connection_id: int, report: DeliveryReport) -> None:
+def _drain(connection_id: int, report: DeliveryReport, task_id: str) -> None:
     partner = None
     while True:
         connection = Connection.objects.select_related("output").get(pk=connection_id)
@@ -99,12 +119,14 @@ def _drain(connection_id: int, report: DeliveryReport) -> None:
         if not batch:
             return
         report.batches += 1
-        if not _send_batch(connection, partner, batch, report):
+        if not _send_batch(connection, partner, batch, report, task_id):
             return
         renew_lease(connection_id)
 
 
-def _send_batch(connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport) -> bool:
+def _send_batch(
+    connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport, task_id: str
+) -> bool:
     """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
     held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
     skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
@@ -133,10 +155,14 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later
             logger.exception("delivery to connection %s failed unexpectedly", connection.pk)
             error = TransientError(f"unexpected error: {exc.__class__.__name__}: {exc}")
-    duration_ms = int((time.monotonic() - started) * 1000)
+    call = PartnerCall(
+        duration_ms=int((time.monotonic() - started) * 1000),
+        http_status=error.status if error is not None else (partner.last_http_status() if to_send else None),
+        task_id=task_id,
+    )
     if error is not None:
-        return _record_failure(connection, batch, error, duration_ms, report)
-    _record_results(connection, batch, changes, results, skipped, held, duration_ms, report)
+        return _record_failure(connection, batch, error, call, report)
+    _record_results(connection, batch, changes, results, skipped, held, call, report)
     return True
 
 
@@ -163,7 +189,7 @@ def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
         )
 
 
-def _record_results(connection, batch, changes, results, skipped, held, duration_ms, report) -> None:
+def _record_results(connection, batch, changes, results, skipped, held, call: PartnerCall, report) -> None:
     now = timezone.now()
     by_key = {(r.change.identity_type, r.change.value): r for r in results}
     done: list[PendingChange] = list(skipped)
@@ -222,7 +248,9 @@ def _record_results(connection, batch, changes, results, skipped, held, duration
             DeliveryAttempt.objects.create(
                 connection_id=connection.pk,
                 at=now,
-                duration_ms=duration_ms,
+                duration_ms=call.duration_ms,
+                http_status=call.http_status,
+                task_id=call.task_id,
                 sent=len(changes),
                 delivered=delivered,
                 rejected=rejected,
@@ -248,7 +276,7 @@ def _delete_if_unchanged(done: list[PendingChange]) -> None:
     PendingChange.objects.filter(pk__in=unchanged).delete()
 
 
-def _record_failure(connection, batch, error: PartnerError, duration_ms: int, report: DeliveryReport) -> bool:
+def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, report: DeliveryReport) -> bool:
     now = timezone.now()
     max_attempts = settings.FORWARDING["MAX_ATTEMPTS"]
     attempts = max(p.attempts for p in batch) + 1
@@ -273,10 +301,13 @@ def _record_failure(connection, batch, error: PartnerError, duration_ms: int, re
         DeliveryAttempt.objects.create(
             connection_id=connection.pk,
             at=now,
-            duration_ms=duration_ms,
+            duration_ms=call.duration_ms,
+            http_status=call.http_status,
+            error_code=error.code,
+            task_id=call.task_id,
             sent=len(batch),
             result=result,
-            error=error.message[:2000],
+            error=attempt_error(error.message),
         )
         if isinstance(error, AuthError | PermanentError):
             fault_connection(

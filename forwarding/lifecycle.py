@@ -7,6 +7,7 @@ backfills the outbox, resuming makes it due, deleting empties it and ends the co
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
 from forwarding import planner
 from forwarding.backoff import backoff_seconds
+from forwarding.delivery import attempt_error
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
 from forwarding.leases import acquire_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -124,9 +126,10 @@ def connection_delete(*, connection: Connection) -> Connection:
     return connection
 
 
-def connection_end(*, connection_id: int) -> str:
+def connection_end(*, connection_id: int, task_id: str = "") -> str:
     """Finish ending a connection: clean up at the partner in batches, then delete the row.
-    Returns what happened. Transient errors leave the connection ending (the sweeper retries)."""
+    Returns what happened. Transient errors leave the connection ending (the sweeper retries).
+    `task_id`: the Celery task doing it, recorded on each clean-up attempt."""
     if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
         return "busy or gone"
     try:
@@ -144,6 +147,7 @@ def connection_end(*, connection_id: int) -> str:
                     break
                 changes = [MemberChange(m.identity_type, m.value, Action.REMOVE) for m in held]
                 now = timezone.now()
+                started = time.monotonic()
                 try:
                     partner.end_connection(connection.settings, changes)
                 except PartnerError as exc:
@@ -151,9 +155,13 @@ def connection_end(*, connection_id: int) -> str:
                         connection=connection,
                         kind="cleanup",
                         at=now,
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                        http_status=exc.status,
+                        error_code=exc.code,
+                        task_id=task_id,
                         sent=len(changes),
                         result="transient" if isinstance(exc, TransientError) else "permanent",
-                        error=exc.message[:2000],
+                        error=attempt_error(exc.message),
                     )
                     Connection.objects.filter(pk=connection_id).update(
                         status_reason=f"Deleting: the partner refused the cleanup ({exc.message}); retrying."
@@ -169,6 +177,9 @@ def connection_end(*, connection_id: int) -> str:
                     connection=connection,
                     kind="cleanup",
                     at=now,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    http_status=partner.last_http_status(),
+                    task_id=task_id,
                     sent=len(changes),
                     delivered=len(changes),
                     result="ok",
