@@ -160,8 +160,10 @@ def _profile_upsert(pairs: list[tuple[str, str]], attributes: dict[str, Any]) ->
     if created:
         profile = Profile.objects.create(attributes={})
     else:
-        # Serialise concurrent updates of one profile (attribute merge + evaluation).
-        profile = Profile.objects.select_for_update().get(pk=profile_ids[0])
+        # Serialise concurrent updates of one profile (attribute merge + evaluation). FOR NO KEY UPDATE:
+        # rows that point at the profile (an outbox backfill running meanwhile) check it with KEY SHARE,
+        # which FOR UPDATE would block while this waits for the audience lock they hold: a deadlock.
+        profile = Profile.objects.select_for_update(no_key=True).get(pk=profile_ids[0])
     known = {(t, v) for t, v, _ in existing}
     new_identities = [Identity(profile=profile, type=t, value=v) for t, v in pairs if (t, v) not in known]
     Identity.objects.bulk_create(new_identities)

@@ -35,10 +35,16 @@ class Connection(models.Model):
 
 
 class ConnectionMember(models.Model):
-    """What the partner holds for a connection, one identity at a time, as the partner last answered."""
+    """What the partner holds for a connection, one identity at a time, as the partner last answered.
+
+    An add is written ahead as "maybe held" before it is sent (forwarding/delivery.py): if its answer never
+    comes (a timeout, a killed worker, a database lost after the call), the partner may hold the member,
+    so its removal is still sent later. The partner's answer, once recorded, replaces it.
+    """
 
     class State(models.TextChoices):
         ADDED = "added"
+        MAYBE_HELD = "maybe_held", "Maybe held (sent, answer not recorded)"
         REMOVED = "removed"
         REJECTED = "rejected"
 

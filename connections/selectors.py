@@ -10,13 +10,17 @@ from django.db.models import Count, Q, QuerySet
 from connections.models import Connection, ConnectionMember
 from connections.status import CONNECTED
 
+# The states in which the partner holds a member, or may hold it (an add whose answer was never recorded).
+MAY_BE_HELD = (ConnectionMember.State.ADDED, ConnectionMember.State.MAYBE_HELD)
 
-def held_identities(connection_id: int, identities: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Those of these (type, value) identities that the partner currently holds (we delivered them as added)."""
+
+def held_identities(connection_id: int, identities: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Those of these (type, value) identities that the partner holds or may hold, with their state: we
+    delivered them as added, or sent an add whose answer we never recorded."""
     rows = ConnectionMember.objects.filter(
-        connection_id=connection_id, value__in={v for _, v in identities}, state=ConnectionMember.State.ADDED
-    ).values_list("identity_type", "value")
-    return {row for row in rows if row in identities}
+        connection_id=connection_id, value__in={v for _, v in identities}, state__in=MAY_BE_HELD
+    ).values_list("identity_type", "value", "state")
+    return {(t, v): state for t, v, state in rows if (t, v) in identities}
 
 
 def member_counts(connection: Connection) -> dict[str, int]:

@@ -4,16 +4,23 @@ One worker at a time holds a connection's lease (forwarding/leases.py), which ke
 seeing each identity's changes in order. A batch
 is sent, then in one transaction each identity's outcome is recorded and its pending change is
 deleted, unless a newer word arrived meanwhile (the version guard).
+
+Write-ahead: before a batch goes out, its adds are committed as "maybe held" (ConnectionMember), so an
+add whose answer never comes (a read timeout, a worker killed mid-call, the database lost after the
+call) still counts as possibly held, and the member's removal is sent later. A removal is skipped only
+for an identity the partner cannot hold: never sent, removed, or refused.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -44,6 +51,24 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PartnerCall:
+    """What a delivery attempt records of one partner call besides its outcome."""
+
+    duration_ms: int
+    http_status: int | None  # None: no answer came
+    task_id: str
+
+
+# Email addresses in a partner's error text are masked before it is kept on the attempt (personal data).
+EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
+
+
+def attempt_error(message: str) -> str:
+    """The partner's error text as an attempt keeps it: email addresses masked, at most 2,000 characters."""
+    return EMAIL.sub("[email]", message)[:2000]
+
+
 def has_due_work(connection_id: int) -> bool:
     return PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).exists()
 
@@ -61,14 +86,15 @@ def fault_connection(connection_id: int, reason: str) -> None:
 # --- delivery --------------------------------------------------------------------------------
 
 
-def deliver_connection(*, connection_id: int) -> DeliveryReport:
-    """Drain the connection's due pending changes. Safe to call any number of times at once."""
+def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryReport:
+    """Drain the connection's due pending changes. Safe to call any number of times at once.
+    `task_id`: the Celery task doing it, recorded on each delivery attempt."""
     report = DeliveryReport()
     while True:
         if not acquire_lease(connection_id):
             return report  # someone else is delivering it, or it is not sending
         try:
-            _drain(connection_id, report)
+            _drain(connection_id, report, task_id)
         finally:
             release_lease(connection_id)
         # A change planned after our last look but before the release found the lease taken
@@ -77,7 +103,7 @@ def deliver_connection(*, connection_id: int) -> DeliveryReport:
             return report
 
 
-def _drain(connection_id: int, report: DeliveryReport) -> None:
+def _drain(connection_id: int, report: DeliveryReport, task_id: str) -> None:
     partner = None
     while True:
         connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
@@ -94,12 +120,14 @@ def _drain(connection_id: int, report: DeliveryReport) -> None:
         if not batch:
             return
         report.batches += 1
-        if not _send_batch(connection, partner, batch, report):
+        if not _send_batch(connection, partner, batch, report, task_id):
             return
         renew_lease(connection_id)
 
 
-def _send_batch(connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport) -> bool:
+def _send_batch(
+    connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport, task_id: str
+) -> bool:
     """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
     held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
     skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
@@ -121,6 +149,7 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
     results: list[MemberResult] = []
     error: PartnerError | None = None
     if to_send:
+        _write_ahead(connection.pk, [p for p in to_send if p.action == PendingChange.Action.ADD])
         try:
             # Grouped per identity or per profile, as the partner's pattern wants (forwarding/partner_calls.py).
             results = apply_changes(partner, connection, list(changes.values()))
@@ -129,14 +158,41 @@ def _send_batch(connection: Connection, partner, batch: list[PendingChange], rep
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later
             logger.exception("delivery to connection %s failed unexpectedly", connection.pk)
             error = TransientError(f"unexpected error: {exc.__class__.__name__}: {exc}")
-    duration_ms = int((time.monotonic() - started) * 1000)
+    call = PartnerCall(
+        duration_ms=int((time.monotonic() - started) * 1000),
+        http_status=error.status if error is not None else (partner.last_http_status() if to_send else None),
+        task_id=task_id,
+    )
     if error is not None:
-        return _record_failure(connection, batch, error, duration_ms, report)
-    _record_results(connection, batch, changes, results, skipped, held, duration_ms, report)
+        return _record_failure(connection, batch, error, call, report)
+    _record_results(connection, batch, changes, results, skipped, held, call, report)
     return True
 
 
-def _record_results(connection, batch, changes, results, skipped, held, duration_ms, report) -> None:
+WRITE_AHEAD_SQL = """
+INSERT INTO {table} (connection_id, identity_type, value, state, reason, updated_at)
+VALUES (%s, %s, %s, %s, '', %s)
+ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET state = excluded.state, updated_at = excluded.updated_at
+WHERE {table}.state <> %s
+"""
+
+
+def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
+    """Commit, before the call, that the partner may hold these identities from now on. A member
+    it holds already stays "added": an update's unknown outcome leaves it held either way."""
+    if not adds:
+        return
+    now = timezone.now()
+    maybe, added = ConnectionMember.State.MAYBE_HELD, ConnectionMember.State.ADDED
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.executemany(
+            WRITE_AHEAD_SQL.format(table=ConnectionMember._meta.db_table),
+            [(connection_id, p.identity_type, p.value, maybe, now, added) for p in adds],
+        )
+
+
+def _record_results(connection, batch, changes, results, skipped, held, call: PartnerCall, report) -> None:
     now = timezone.now()
     by_key = {(r.change.identity_type, r.change.value): r for r in results}
     done: list[PendingChange] = list(skipped)
@@ -156,10 +212,13 @@ def _record_results(connection, batch, changes, results, skipped, held, duration
             state = ConnectionMember.State.ADDED if pending.action == "add" else ConnectionMember.State.REMOVED
         else:
             rejected += 1
-            # A refused update of a member the partner already holds leaves it held there,
-            # so its removal must still be sent later.
-            held_already = (pending.identity_type, pending.value) in held and pending.action == "add"
-            state = ConnectionMember.State.ADDED if held_already else ConnectionMember.State.REJECTED
+            # A refused update of a member the partner holds (or may hold, from an add whose answer
+            # never came) leaves it as it was there, so its removal must still be sent later.
+            held_before = held.get((pending.identity_type, pending.value))
+            if pending.action == PendingChange.Action.ADD and held_before:
+                state = held_before
+            else:
+                state = ConnectionMember.State.REJECTED
         members.append(
             ConnectionMember(
                 connection_id=connection.pk,
@@ -192,7 +251,9 @@ def _record_results(connection, batch, changes, results, skipped, held, duration
             DeliveryAttempt.objects.create(
                 connection_id=connection.pk,
                 at=now,
-                duration_ms=duration_ms,
+                duration_ms=call.duration_ms,
+                http_status=call.http_status,
+                task_id=call.task_id,
                 sent=len(changes),
                 delivered=delivered,
                 rejected=rejected,
@@ -218,7 +279,7 @@ def _delete_if_unchanged(done: list[PendingChange]) -> None:
     PendingChange.objects.filter(pk__in=unchanged).delete()
 
 
-def _record_failure(connection, batch, error: PartnerError, duration_ms: int, report: DeliveryReport) -> bool:
+def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, report: DeliveryReport) -> bool:
     now = timezone.now()
     max_attempts = settings.FORWARDING["MAX_ATTEMPTS"]
     attempts = max(p.attempts for p in batch) + 1
@@ -243,10 +304,13 @@ def _record_failure(connection, batch, error: PartnerError, duration_ms: int, re
         DeliveryAttempt.objects.create(
             connection_id=connection.pk,
             at=now,
-            duration_ms=duration_ms,
+            duration_ms=call.duration_ms,
+            http_status=call.http_status,
+            error_code=error.code,
+            task_id=call.task_id,
             sent=len(batch),
             result=result,
-            error=error.message[:2000],
+            error=attempt_error(error.message),
         )
         if isinstance(error, AuthError | PermanentError):
             fault_connection(

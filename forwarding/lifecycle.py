@@ -7,6 +7,7 @@ backfills the outbox, resuming makes it due, deleting empties it and ends the co
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,12 +15,15 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from audiences.membership.locks import lock_audience_membership
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
+from connections.selectors import MAY_BE_HELD
 from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
 from forwarding import planner
 from forwarding.backoff import backoff_seconds
+from forwarding.delivery import attempt_error
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
 from forwarding.leases import acquire_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -36,8 +40,17 @@ def connection_create(*, audience: Audience, output: Output, settings: Mapping[s
     """Connect an audience to an output; its whole current membership is queued for sending."""
     cleaned = clean_connection_settings(output=output, settings=settings)
     with transaction.atomic():
-        # Locked and read afresh, so an audience archived meanwhile is not connected.
-        audience = Audience.objects.select_for_update().get(pk=audience.pk)
+        # Membership changes read the audience's connections before they commit, so a change
+        # committed after the backfill's snapshot by a transaction that read the connections before
+        # this one commits would reach neither the backfill nor the outbox. Real-time evaluation holds
+        # the audience's membership lock shared, a recompute exclusively: taken exclusively here, it
+        # waits for those running and holds back those to come until this commits, so each change is
+        # in the backfill or planned for the new connection. Taken before the audience row, in the
+        # order a recompute takes them (no deadlock between the two).
+        lock_audience_membership(audience.pk)
+        # Locked and read afresh, so an audience archived meanwhile is not connected. FOR NO KEY
+        # UPDATE: membership rows written meanwhile check their audience with KEY SHARE, which it lets by.
+        audience = Audience.objects.select_for_update(no_key=True).get(pk=audience.pk)
         check_connectable(audience=audience, output=output)
         connection = Connection.objects.create(
             audience=audience,
@@ -114,9 +127,10 @@ def connection_delete(*, connection: Connection) -> Connection:
     return connection
 
 
-def connection_end(*, connection_id: int) -> str:
+def connection_end(*, connection_id: int, task_id: str = "") -> str:
     """Finish ending a connection: clean up at the partner in batches, then delete the row.
-    Returns what happened. Transient errors leave the connection ending (the sweeper retries)."""
+    Returns what happened. Transient errors leave the connection ending (the sweeper retries).
+    `task_id`: the Celery task doing it, recorded on each clean-up attempt."""
     if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
         return "busy or gone"
     try:
@@ -124,15 +138,17 @@ def connection_end(*, connection_id: int) -> str:
         partner = connection.output.partner()
         if partner.wants_cleanup_on_end():
             while True:
+                # Members whose add's answer never came may be held too: they are cleaned up as well.
                 held = list(
-                    ConnectionMember.objects.filter(connection=connection, state=ConnectionMember.State.ADDED).order_by(
-                        "id"
-                    )[:END_BATCH]
+                    ConnectionMember.objects.filter(connection=connection, state__in=MAY_BE_HELD).order_by("id")[
+                        :END_BATCH
+                    ]
                 )
                 if not held:
                     break
                 changes = [MemberChange(m.identity_type, m.value, Action.REMOVE) for m in held]
                 now = timezone.now()
+                started = time.monotonic()
                 try:
                     partner.end_connection(connection.settings, audience_ref(connection.audience), changes)
                 except PartnerError as exc:
@@ -140,9 +156,13 @@ def connection_end(*, connection_id: int) -> str:
                         connection=connection,
                         kind="cleanup",
                         at=now,
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                        http_status=exc.status,
+                        error_code=exc.code,
+                        task_id=task_id,
                         sent=len(changes),
                         result="transient" if isinstance(exc, TransientError) else "permanent",
-                        error=exc.message[:2000],
+                        error=attempt_error(exc.message),
                     )
                     Connection.objects.filter(pk=connection_id).update(
                         status_reason=f"Deleting: the partner refused the cleanup ({exc.message}); retrying."
@@ -158,6 +178,9 @@ def connection_end(*, connection_id: int) -> str:
                     connection=connection,
                     kind="cleanup",
                     at=now,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    http_status=partner.last_http_status(),
+                    task_id=task_id,
                     sent=len(changes),
                     delivered=len(changes),
                     result="ok",

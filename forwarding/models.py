@@ -38,7 +38,9 @@ class PendingChange(models.Model):
 
 
 class DeliveryAttempt(models.Model):
-    """One partner call made for a connection: what was sent and how it went."""
+    """One partner call made for a connection: what was sent and how it went, with what an operator needs
+    to debug a fault (the partner's HTTP status and error code, the task, the duration). No secrets and no
+    personal data: counts, codes, and the error text with email addresses masked."""
 
     class Result(models.TextChoices):
         OK = "ok"
@@ -57,6 +59,12 @@ class DeliveryAttempt(models.Model):
     retried = models.PositiveIntegerField(default=0)
     result = models.CharField(max_length=10, choices=Result.choices)
     error = models.TextField(blank=True)
+    # The status of the partner's answer; empty when none came (timeout, refused or dropped connection).
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The partner's own name for the error (Mailchimp's problem title, e.g. "API Key Invalid").
+    error_code = models.CharField(max_length=100, blank=True)
+    # The Celery task that made the call (empty when called outside a task), to find it in the worker's log.
+    task_id = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["-at", "-id"]

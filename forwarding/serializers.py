@@ -102,6 +102,9 @@ class DeliveryAttemptSerializer(serializers.ModelSerializer):
             "retried",
             "result",
             "error",
+            "http_status",
+            "error_code",
+            "task_id",
         ]
 
 

@@ -8,14 +8,15 @@ from celery import shared_task
 from forwarding import bulk, delivery, doorbell, lifecycle, sweeper
 
 
-@shared_task(name=doorbell.DELIVER_TASK, acks_late=True)
-def deliver_connection(connection_id: int) -> dict:
-    return asdict(delivery.deliver_connection(connection_id=connection_id))
+# bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
+@shared_task(name=doorbell.DELIVER_TASK, acks_late=True, bind=True)
+def deliver_connection(self, connection_id: int) -> dict:
+    return asdict(delivery.deliver_connection(connection_id=connection_id, task_id=self.request.id or ""))
 
 
-@shared_task(name=doorbell.END_TASK, acks_late=True)
-def end_connection(connection_id: int) -> str:
-    return lifecycle.connection_end(connection_id=connection_id)
+@shared_task(name=doorbell.END_TASK, acks_late=True, bind=True)
+def end_connection(self, connection_id: int) -> str:
+    return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
 
 
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)

@@ -4,6 +4,8 @@ re-evaluate the active audiences for the touched profiles. One transaction per r
 Set-wise, so a bulk request costs a fixed handful of queries whatever its size: receipts (1), lookup of
 every mpid and identity (2), lock of the existing profiles touched (1), new profiles (1), changed
 attributes (1), new identities (1), events (1, COPY on PostgreSQL), conflicts (0-1), then one `evaluate_profiles` call.
+New identities of profiles that stay in an audience are then published to its connections (1 query, and one
+publish per such profile: rare, as most requests bring identities already known).
 
 A batch repeating a `source_request_id` already received from the same input is skipped (it answered 202
 the first time); so is a repeat inside one request. Two requests creating the same identity or mpid at
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +29,18 @@ from psycopg.types.json import Jsonb
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
 from audiences.membership.evaluation import evaluate_profiles
-from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile, new_mpid
+from audiences.membership.ledger import publish_members_updated
+from audiences.models import (
+    Audience,
+    AudienceMembership,
+    BatchReceipt,
+    Event,
+    Identity,
+    IdentityConflict,
+    Input,
+    Profile,
+    new_mpid,
+)
 from config.db import atomic_with_reconnect
 
 logger = logging.getLogger(__name__)
@@ -166,9 +180,14 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
     result.stored = kept
 
     # Lock the existing profiles in id order (no deadlock between requests), and read their attributes.
+    # FOR NO KEY UPDATE, not FOR UPDATE: rows pointing at a profile (a connection's backfill, a recompute's
+    # outbox) check it with KEY SHARE while holding the audience lock this request waits for next.
     existing_ids = sorted({r.target.profile_id for _, r in resolutions if not r.target.new})
     current = dict(
-        Profile.objects.select_for_update().filter(pk__in=existing_ids).order_by("pk").values_list("pk", "attributes")
+        Profile.objects.select_for_update(no_key=True)
+        .filter(pk__in=existing_ids)
+        .order_by("pk")
+        .values_list("pk", "attributes")
     )
 
     # Merge attributes, batch after batch: set user_attributes, then delete deleted_user_attributes
@@ -200,7 +219,9 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
     new_identities = sorted(
         (identity_type, value, r.target.profile_id) for _, r in resolutions for identity_type, value in r.new_identities
     )
-    Identity.objects.bulk_create([Identity(profile_id=p, type=t, value=v) for t, v, p in new_identities])
+    created_identities = Identity.objects.bulk_create(
+        [Identity(profile_id=p, type=t, value=v) for t, v, p in new_identities]
+    )
     events = [
         (
             resolution.target.profile_id,
@@ -239,5 +260,28 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
     result.conflicts = len(conflicts)
 
     result.profile_ids = sorted({t.profile_id for t in merged})
-    evaluate_profiles(result.profile_ids, now=now, reason="events api")
+    changes = evaluate_profiles(result.profile_ids, now=now, reason="events api")
+    _publish_new_identities_of_staying_members(created_identities, changes)
     return result
+
+
+def _publish_new_identities_of_staying_members(
+    identities: Sequence[Identity], changes: Mapping[int, tuple[list[int], list[int]]]
+) -> None:
+    """Members who stay in an audience and got a new identity: the consumers forward it (a member who
+    entered goes with all its identities already). Runs under the audience locks evaluate_profiles took,
+    like the membership changes, so a connection made meanwhile misses none."""
+    new_ids: dict[int, list[int]] = defaultdict(list)
+    for identity in identities:
+        new_ids[identity.profile_id].append(identity.pk)
+    if not new_ids:
+        return
+    stayed: dict[int, list[int]] = defaultdict(list)
+    memberships = AudienceMembership.objects.filter(
+        profile_id__in=list(new_ids), audience__status=Audience.Status.ACTIVE
+    ).values_list("profile_id", "audience_id")
+    for profile_id, audience_id in memberships:
+        if audience_id not in changes.get(profile_id, ([], []))[0]:
+            stayed[profile_id].append(audience_id)
+    for profile_id, audience_ids in sorted(stayed.items()):
+        publish_members_updated(profile_id=profile_id, audience_ids=audience_ids, identity_ids=new_ids[profile_id])

@@ -22,11 +22,19 @@ def _key(audience_id: int) -> int:
     return audience_id & 0x7FFFFFFF
 
 
-def lock_audience_for_recompute(audience_id: int) -> None:
-    """Exclusive, until the end of the current transaction."""
+def lock_audience_membership(audience_id: int) -> None:
+    """Exclusive, until the end of the current transaction: no real-time evaluation of the audience runs
+    meanwhile (each waits), and every one that ran before has committed or rolled back. Taken by a
+    recompute, and by a reader that must see every change either in what it reads or after it commits
+    (forwarding's connect, which backfills from the members, while evaluations read the connections)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, _key(audience_id)])
+
+
+def lock_audience_for_recompute(audience_id: int) -> None:
+    """Exclusive, until the end of the current transaction."""
+    lock_audience_membership(audience_id)
 
 
 def lock_audiences_for_evaluation(audience_ids: Iterable[int]) -> None:

@@ -47,7 +47,20 @@ class PendingChangeAdmin(ReadOnlyModelAdmin):
 
 @admin.register(DeliveryAttempt)
 class DeliveryAttemptAdmin(ReadOnlyModelAdmin):
-    list_display = ("at", "connection", "kind", "result", "sent", "delivered", "rejected", "retried", "duration_ms")
+    list_display = (
+        "at",
+        "connection",
+        "kind",
+        "result",
+        "sent",
+        "delivered",
+        "rejected",
+        "retried",
+        "http_status",
+        "error_code",
+        "duration_ms",
+        "task_id",
+    )
     list_filter = ("result", "kind", "connection", "at")
     list_select_related = ("connection__audience", "connection__output")
     date_hierarchy = "at"

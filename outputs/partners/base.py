@@ -339,6 +339,11 @@ class Partner:
     def wants_cleanup_on_end(self) -> bool:
         return False
 
+    def last_http_status(self) -> int | None:
+        """The HTTP status of the partner's last answer to this instance, if it made a call (recorded on
+        each delivery attempt)."""
+        return None
+
     # --- optional abilities (declare the capability, implement the method) -------------------
 
     def create_audience(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> dict[str, Any]:

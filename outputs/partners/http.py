@@ -48,19 +48,21 @@ def partner_call_deadline() -> float:
 
 
 class PartnerError(Exception):
-    """A partner call failed. `message` is the partner's own words where it gave any."""
+    """A partner call failed. `message` is the partner's own words where it gave any, `code` its own
+    name for the error (e.g. Mailchimp's problem title), `status` the HTTP status of its answer."""
 
-    def __init__(self, message: str, *, status: int | None = None):
+    def __init__(self, message: str, *, status: int | None = None, code: str = ""):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
 
 
 class TransientError(PartnerError):
     """Try again later: connection errors, timeouts, 408, 429, 5xx."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message, status=status)
+    def __init__(self, message: str, *, status: int | None = None, code: str = "", retry_after: float | None = None):
+        super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
 
 
@@ -213,6 +215,7 @@ class PartnerClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.timeout = settings.FORWARDING["HTTP_TIMEOUT"]
+        self.last_status: int | None = None  # the status of the last answer (delivery attempts record it)
 
     def auth_headers(self) -> dict[str, str]:
         return {}
@@ -245,6 +248,7 @@ class PartnerClient:
                 raise TransientError(f"{what}: the answer broke off ({exc.__class__.__name__})") from exc
             finally:
                 response.close()  # back to the pool when read whole; else the connection is dropped
+        self.last_status = response.status_code
         self.raise_for_status(response)
         return response
 
@@ -309,15 +313,23 @@ class PartnerClient:
     def error_message(self, response: requests.Response) -> str:
         return response.text[:500] or response.reason or f"HTTP {response.status_code}"
 
+    def error_code(self, response: requests.Response) -> str:
+        """The partner's own short name for an error answer, where it gives one."""
+        return ""
+
     def raise_for_status(self, response: requests.Response) -> None:
         status = response.status_code
         if status < 300:
             return
         message = f"HTTP {status}: {self.error_message(response)}"
+        code = self.error_code(response)[:100]
         if status in (408, 429) or status >= 500:
             raise TransientError(
-                message, status=status, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+                message,
+                status=status,
+                code=code,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if status in (401, 403):
-            raise AuthError(message, status=status)
-        raise PermanentError(message, status=status)
+            raise AuthError(message, status=status, code=code)
+        raise PermanentError(message, status=status, code=code)

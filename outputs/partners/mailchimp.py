@@ -94,6 +94,14 @@ class MailchimpClient(PartnerClient):
             return ": ".join(str(p) for p in (problem.get("title"), problem.get("detail")) if p)
         return super().error_message(response)
 
+    def error_code(self, response: requests.Response) -> str:
+        # Mailchimp names each error by its problem title ("API Key Invalid", "Resource Not Found").
+        try:
+            problem = response.json()
+        except ValueError:
+            return ""
+        return str(problem.get("title") or "") if isinstance(problem, dict) else ""
+
     def raise_for_status(self, response: requests.Response) -> None:
         # Under very high load Mailchimp answers 403 without a body: that is throttling.
         if response.status_code == 403 and not response.content:
@@ -218,6 +226,9 @@ class Mailchimp(Partner):
     def client(self) -> MailchimpClient:
         """One client (one keep-alive session) per partner instance."""
         return self._client
+
+    def last_http_status(self) -> int | None:
+        return self._client.last_status if "_client" in self.__dict__ else None
 
     def _get_list(self, connection_settings: Mapping[str, Any]) -> dict[str, Any]:
         list_id = connection_settings["list_id"]

@@ -58,12 +58,17 @@ def test_connected_outputs_take_one_query_whatever_the_number_of_audiences():
 def test_what_the_partner_holds():
     connection = connect(audience("Parisians"), mailchimp_output())
     member(connection, "held@x.com", ConnectionMember.State.ADDED)
+    member(connection, "unsure@x.com", ConnectionMember.State.MAYBE_HELD)  # an add whose answer never came
     member(connection, "gone@x.com", ConnectionMember.State.REMOVED)
     member(connection, "old@x.com", ConnectionMember.State.REJECTED, NOW - timedelta(hours=1), "fake")
     member(connection, "new@x.com", ConnectionMember.State.REJECTED, NOW, "compliance")
-    asked = {("email", "held@x.com"), ("email", "gone@x.com"), ("email", "never@x.com"), ("other", "held@x.com")}
+    asked = {("email", v) for v in ("held@x.com", "unsure@x.com", "gone@x.com", "never@x.com")}
+    asked.add(("other", "held@x.com"))
 
-    assert held_identities(connection.pk, asked) == {("email", "held@x.com")}
+    assert held_identities(connection.pk, asked) == {
+        ("email", "held@x.com"): ConnectionMember.State.ADDED,
+        ("email", "unsure@x.com"): ConnectionMember.State.MAYBE_HELD,
+    }
     assert member_counts(connection) == {"delivered": 1, "rejected": 2}
     assert [(m.value, m.reason) for m in rejected_members(connection)] == [
         ("new@x.com", "compliance"),

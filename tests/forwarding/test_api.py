@@ -272,6 +272,9 @@ def test_attempts_are_paginated_newest_first(api, connection):
         "retried",
         "result",
         "error",
+        "http_status",
+        "error_code",
+        "task_id",
     }
 
 

@@ -12,6 +12,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection as db
 
 from audiences import profiles
+from audiences.events_api.ingest import ingest_batches
+from audiences.events_api.parsing import parse_batch
+from audiences.inputs import input_create
 from audiences.membership import consumers, recompute
 from audiences.membership.consumers import MembershipDelta
 from audiences.membership.recompute import recompute_audience
@@ -116,6 +119,32 @@ def test_a_staying_member_with_a_new_identity_or_new_attributes_is_published(rec
     gaid = Identity.objects.get(type="google_advertising_id").pk
     assert recorder.updated == [(ann.pk, [audience.pk], [gaid]), (ann.pk, [audience.pk], None)]
     assert recorder.changed == []  # membership did not change
+
+
+def test_a_staying_member_given_a_new_identity_by_the_events_api_is_published(recorder):
+    """The Events API path too: the new email of a member who stays reaches the partner (its attributes,
+    unchanged here, are not sent again)."""
+    audience = factories.active_audience()
+    ann = profiles.profile_upsert(
+        identities=[{"type": "customer", "value": "c1"}], attributes={"status": "Premium", "favourite_city": "Paris"}
+    ).profile
+    recorder.changed.clear()
+    parisian = {"status": "Premium", "favourite_city": "Paris"}
+
+    batches = [
+        parse_batch({"environment": "production", "user_identities": {"customer_id": "c1", "email": "ann@x.com"}}),
+        # A new profile entering: its identities go with its entry, not as an update.
+        parse_batch(
+            {"environment": "production", "user_identities": {"email": "carl@x.com"}, "user_attributes": parisian}
+        ),
+    ]
+    ingest_batches(input_create("Web")[0], batches)
+
+    email = Identity.objects.get(value="ann@x.com")
+    carl = Identity.objects.get(value="carl@x.com").profile_id
+    assert email.profile_id == ann.pk
+    assert recorder.updated == [(ann.pk, [audience.pk], [email.pk])]
+    assert recorder.changed == [{audience.pk: ([carl], [])}]
 
 
 def test_a_recompute_publishes_its_difference_as_tables_on_postgresql(recorder):
