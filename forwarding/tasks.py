@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from forwarding import delivery, doorbell, lifecycle, sweeper
+from forwarding import alerts, delivery, doorbell, erasure, lifecycle, sweeper
 
 
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True)
@@ -21,3 +21,26 @@ def end_connection(connection_id: int) -> str:
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)
 def sweep_pending_work() -> dict:
     return sweeper.sweep()
+
+
+# A channel that fails is retried with backoff (5 s, 10 s, ... up to 10 min); beat sends again what is left.
+@shared_task(
+    name=alerts.SEND_TASK,
+    acks_late=True,
+    autoretry_for=(alerts.AlertNotSent,),
+    retry_backoff=5,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def send_connection_alert(alert_id: int) -> str:
+    return alerts.alert_send(alert_id=alert_id)
+
+
+@shared_task(name="forwarding.tasks.send_unsent_alerts", acks_late=True)
+def send_unsent_alerts() -> int:
+    return alerts.alerts_resend()
+
+
+@shared_task(name=erasure.FINISH_TASK, acks_late=True)
+def finish_erasures() -> dict:
+    return erasure.erasures_finish()
