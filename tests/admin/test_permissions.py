@@ -78,6 +78,7 @@ PAGES = [
     Page("GET", "audiences_profile_changelist", None, PEOPLE),
     Page("GET", "audiences_profile_change", "profile", PEOPLE),
     Page("GET", "audiences_membershipchange_changelist", None, PEOPLE),
+    Page("GET", "audiences_profileerasure_changelist", None, OPERATOR),
     Page("GET", "audiences_input_changelist", None, OPERATOR),
     Page("GET", "audiences_input_add", None, OPERATOR),
     Page("GET", "audiences_identityconflict_changelist", None, OPERATOR),
