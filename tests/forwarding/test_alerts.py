@@ -134,8 +134,9 @@ def test_a_fault_and_its_recovery_are_told_once_each_by_email_and_webhook(
     assert webhook.received[1]["old_status"] == "faulted" and webhook.received[1]["new_status"] == "sending"
 
 
-def test_one_status_change_is_recorded_once(alerting, connection):
-    change = {
+def a_fault(connection: Connection) -> dict:
+    """The arguments of connection_status_changed for a sending connection faulting now."""
+    return {
         "connection_id": connection.pk,
         "partner": "mailchimp",
         "old_status": "sending",
@@ -143,6 +144,10 @@ def test_one_status_change_is_recorded_once(alerting, connection):
         "changed_at": timezone.now(),
         "reason": "HTTP 401",
     }
+
+
+def test_one_status_change_is_recorded_once(alerting, connection):
+    change = a_fault(connection)
     with transaction.atomic():
         assert alerts.connection_status_changed(**change) is not None
         # The same change told again (a second writer, a retried transaction): nothing new, and the
@@ -196,13 +201,7 @@ def test_a_silent_webhook_is_cut_off_by_its_timeout(alerting, settings, connecti
     webhook = alerting
     settings.ALERT_WEBHOOK_TIMEOUT = 0.5
     webhook.delay = 3
-    alert = alerts.connection_status_changed(
-        connection_id=connection.pk,
-        partner="mailchimp",
-        old_status="sending",
-        new_status="faulted",
-        changed_at=timezone.now(),
-    )
+    alert = alerts.connection_status_changed(**a_fault(connection))
     started = time.monotonic()
     with pytest.raises(alerts.AlertNotSent, match="ReadTimeout"):
         alerts.alert_send(alert_id=alert.pk)
@@ -210,13 +209,7 @@ def test_a_silent_webhook_is_cut_off_by_its_timeout(alerting, settings, connecti
 
 
 def test_beat_sends_again_the_alerts_left_unsent(alerting, connection, rings):
-    alert = alerts.connection_status_changed(
-        connection_id=connection.pk,
-        partner="mailchimp",
-        old_status="sending",
-        new_status="faulted",
-        changed_at=timezone.now(),
-    )
+    alert = alerts.connection_status_changed(**a_fault(connection))
     rings.clear()
     assert alerts.alerts_resend() == 0  # just recorded: its own task is on its way
     ConnectionAlert.objects.filter(pk=alert.pk).update(created_at=timezone.now() - timedelta(minutes=5))
