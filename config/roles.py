@@ -90,6 +90,7 @@ OPERATOR = (
         TEST_CONNECTION,
         "connections.view_connectionmember",
         "forwarding.view_pendingchange",
+        "forwarding.view_connectionalert",
         "audiences.view_input",
         "audiences.add_input",
         "audiences.change_input",

@@ -96,6 +96,7 @@ PAGES = [
     Page("POST", "connections_connection_test", "connection", PEOPLE),
     Page("GET", "forwarding_deliveryattempt_changelist", None, ALL),
     Page("GET", "forwarding_pendingchange_changelist", None, OPERATOR),
+    Page("GET", "forwarding_connectionalert_changelist", None, OPERATOR),
     Page("GET", "auth_user_changelist", None, ADMIN),
     Page("GET", "authtoken_tokenproxy_changelist", None, ADMIN),
 ]

@@ -231,3 +231,10 @@ def test_the_admin_shows_a_banner_of_faulted_connections_on_every_page(admin_cli
     assert "faulted-connections-banner" not in client.get("/admin/").content.decode()
     client.force_login(factories.role_user("viewer"))
     assert "faulted-connections-banner" in client.get("/admin/").content.decode()
+
+
+def test_the_admin_lists_the_alerts_and_what_went_out(admin_client, alerting, connection):
+    alert = alerts.connection_status_changed(**a_fault(connection))
+    alerts.alert_send(alert_id=alert.pk)
+    html = admin_client.get("/admin/forwarding/connectionalert/").content.decode()
+    assert str(connection) in html and "HTTP 401" in html and "faulted" in html
