@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -25,17 +25,18 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from audiences import criteria as criteria_lang
+from audiences import erasure
 from audiences.admin_builder import CRITERIA_HELP, CriteriaBuilderAdminMixin, CriteriaBuilderWidget
 from audiences.criteria.facts import ProfileFacts
 from audiences.download import zip_response
 from audiences.estimates import has_conditions
 from audiences.identities import IDENTITY_TYPE_CHOICES
-from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from config.admin_forms import add_service_errors
 from config.display import number, when
-from config.roles import DOWNLOAD_AUDIENCE
+from config.roles import DOWNLOAD_AUDIENCE, ERASE_PROFILE
 
 EXAMPLE_CRITERIA = {"and": []}
 AUDIENCE_FIELDS = ("name", "external_name", "description", "status", "criteria")
@@ -354,7 +355,10 @@ class MembershipChangeInline(IdentityInline):
 
 @admin.register(Profile)
 class ProfileAdmin(ReadOnlyModelAdmin):
-    """Profiles change through the API's upsert, which also re-evaluates audiences."""
+    """Profiles change through the API's upsert, which also re-evaluates audiences; "Erase" carries out a
+    data subject's request to be forgotten (audiences/erasure.py), after a confirmation page."""
+
+    actions = ("erase_profiles",)
 
     list_display = ("__str__", "identities_summary", "memberships_count", "updated_at")
     search_fields = ("=identities__value",)
@@ -394,6 +398,58 @@ class ProfileAdmin(ReadOnlyModelAdmin):
             ),
         )
         return format_html("<ul>{}</ul>", rows) if rows else "None"
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(ERASE_PROFILE)
+
+    @admin.action(description="Erase the selected profiles (request to be forgotten)", permissions=["erase"])
+    def erase_profiles(self, request: HttpRequest, queryset: QuerySet[Profile]) -> HttpResponse | None:
+        if request.POST.get("confirm") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/audiences/profile/erase_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Erase profiles?",
+                    "opts": self.model._meta,
+                    "profiles": list(queryset.order_by("pk")[:1000]),
+                    "count": queryset.count(),
+                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        erasures = []
+        for profile_id in list(queryset.order_by("pk").values_list("pk", flat=True)):
+            try:
+                erasures.append(erasure.profile_erase(profile_id=profile_id, source="admin"))
+            except Http404:
+                pass  # erased meanwhile
+        removes = sum(e.partner_removes for e in erasures)
+        self.message_user(
+            request,
+            f"Erased {number(len(erasures))} profile(s): identities, events, attributes and history deleted; "
+            f"{number(removes)} partner remove(s) planned. The erasure records keep counts only.",
+            messages.SUCCESS,
+        )
+        return None
+
+
+@admin.register(ProfileErasure)
+class ProfileErasureAdmin(ReadOnlyModelAdmin):
+    """The erasures done: counts and the partners' removes, no personal data."""
+
+    list_display = (
+        "id",
+        "requested_at",
+        "status",
+        "source",
+        "identities",
+        "events",
+        "audiences_left",
+        "partner_removes",
+        "partner_refused",
+        "finished_at",
+    )
+    list_filter = ("status", "source")
 
 
 @admin.register(MembershipChange)

@@ -28,20 +28,22 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audiences import profiles, selectors, services
+from audiences import erasure, profiles, selectors, services
 from audiences.download import zip_response
 from audiences.estimates import criteria_estimate, names_seen
 from audiences.identities import IDENTITY_TYPE_CHOICES, normalise_identity
-from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
 from audiences.serializers import (
     AudienceEstimateSerializer,
     AudienceMemberSerializer,
     AudienceSerializer,
+    ErasureRequestSerializer,
     EstimateSerializer,
     HistoryEntrySerializer,
     NamesQuerySerializer,
     NamesSeenSerializer,
     ProfileDetailSerializer,
+    ProfileErasureSerializer,
     ProfileSerializer,
     ProfileUpsertResultSerializer,
     ProfileUpsertSerializer,
@@ -49,7 +51,7 @@ from audiences.serializers import (
 from config.api_errors import ConflictError
 from config.api_schema import ProfileConflictSerializer, error_response
 from config.api_views import ObjectLookupMixin
-from config.roles import BUILD_AUDIENCES, DOWNLOAD_AUDIENCE
+from config.roles import BUILD_AUDIENCES, DOWNLOAD_AUDIENCE, ERASE_PROFILE
 
 # What reading a profile shows: the profile, its identities and its audience history.
 READ_PROFILES = ("audiences.view_profile", "audiences.view_identity", "audiences.view_membershipchange")
@@ -201,6 +203,68 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
         page = self.paginate_queryset(changes)
         entries = [selectors.history_entry(change) for change in page]
         return self.get_paginated_response(HistoryEntrySerializer(entries, many=True).data)
+
+
+# --- erasures --------------------------------------------------------------------------------
+
+
+class ErasureFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(choices=ProfileErasure.Status.choices)
+
+    class Meta:
+        model = ProfileErasure
+        fields = ["status"]
+
+
+@extend_schema_view(
+    create=extend_schema(
+        summary="Erase a data subject's profile, found by any of its identities",
+        description=(
+            "Removes the profile from every partner that holds it (through the outbox, recorded), then deletes its "
+            "identities, events, attributes and history. Answers the erasure record (no personal data): `removing` "
+            "until every partner remove is delivered, then `done`."
+        ),
+        request=ErasureRequestSerializer,
+        examples=[
+            OpenApiExample(
+                "By email",
+                request_only=True,
+                value={"identity_type": "email", "identity_value": "traveller007@example.com"},
+            )
+        ],
+        responses={
+            202: OpenApiResponse(ProfileErasureSerializer, description="Erased; the partners' removes are planned."),
+            404: error_response("404", "No profile holds this identity."),
+        },
+    ),
+)
+class ProfileErasureViewSet(
+    ObjectLookupMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """POST erases a profile; GET lists the erasures or reads one (to see its partner removes finish)."""
+
+    queryset = ProfileErasure.objects.all()
+    serializer_class = ProfileErasureSerializer
+    filterset_class = ErasureFilter
+    ordering_fields = ["id", "requested_at"]
+    permissions_by_action = {
+        "list": ("audiences.view_profileerasure",),
+        "retrieve": ("audiences.view_profileerasure",),
+        "create": (ERASE_PROFILE,),
+    }
+
+    def create(self, request: Request) -> Response:
+        body = ErasureRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        profile = erasure.profile_find_by_identity(
+            identity_type=body.validated_data["identity_type"], identity_value=body.validated_data["identity_value"]
+        )
+        done = erasure.profile_erase(profile_id=profile.pk, source="api")
+        return Response(ProfileErasureSerializer(done).data, status=status.HTTP_202_ACCEPTED)
 
 
 # --- audiences -------------------------------------------------------------------------------

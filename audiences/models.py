@@ -191,3 +191,31 @@ class IdentityConflict(models.Model):
 
     class Meta:
         ordering = ["-at"]
+
+
+class ProfileErasure(models.Model):
+    """A data subject's erasure (audiences/erasure.py): what was deleted, and whether every partner that
+    held the profile has been told to remove it. Holds no personal data: no identity, no profile id."""
+
+    class Status(models.TextChoices):
+        # The profile's data is deleted; the partners' removes are planned, waiting for delivery.
+        REMOVING = "removing"
+        DONE = "done"
+
+    requested_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.REMOVING)
+    source = models.CharField(max_length=10)  # api | admin
+    identities = models.PositiveIntegerField(default=0)
+    events = models.PositiveIntegerField(default=0)
+    audiences_left = models.PositiveIntegerField(default=0)
+    history = models.PositiveIntegerField(default=0)  # membership changes deleted (the leaves included)
+    identity_conflicts = models.PositiveIntegerField(default=0)
+    partner_removes = models.PositiveIntegerField(default=0)  # (connection, identity) removes planned
+    partner_refused = models.PositiveIntegerField(default=0)  # removes the partner refused
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Erasure {self.pk} ({self.status})"

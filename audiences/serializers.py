@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from audiences import selectors
 from audiences.identities import IDENTITY_TYPES, MAX_IDENTITY_LENGTH
-from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
+from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
 from config.api_errors import RejectUnknownFieldsMixin
 
 MEMBERSHIP_CHANGES_SHOWN = 50
@@ -258,3 +258,35 @@ class AudienceMemberSerializer(serializers.ModelSerializer):
     class Meta:
         model = AudienceMembership
         fields = ["profile", "entered_at", "identities"]
+
+
+# --- erasures --------------------------------------------------------------------------------
+
+
+class ErasureRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The identity by which to find the profile to erase (any of its identities will do)."""
+
+    identity_type = serializers.ChoiceField(choices=IDENTITY_TYPES)
+    identity_value = serializers.CharField(max_length=MAX_IDENTITY_LENGTH, trim_whitespace=False)
+
+
+class ProfileErasureSerializer(serializers.ModelSerializer):
+    """An erasure: what was deleted, and the partners' removes (`removing` until all are delivered)."""
+
+    class Meta:
+        model = ProfileErasure
+        fields = [
+            "id",
+            "requested_at",
+            "finished_at",
+            "status",
+            "source",
+            "identities",
+            "events",
+            "audiences_left",
+            "history",
+            "identity_conflicts",
+            "partner_removes",
+            "partner_refused",
+        ]
+        read_only_fields = fields

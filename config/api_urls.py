@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.permissions import IsAdminUser
 from rest_framework.routers import APIRootView, DefaultRouter
 
-from audiences.api import ProfileViewSet
+from audiences.api import ProfileErasureViewSet, ProfileViewSet
 from forwarding.api import ConnectedAudienceViewSet, ConnectionViewSet
 from outputs.api import OutputViewSet, PartnerViewSet
 
@@ -19,6 +19,7 @@ class APIRoot(APIRootView):
 router = DefaultRouter()
 router.APIRootView = APIRoot
 router.register("profiles", ProfileViewSet, basename="profile")
+router.register("erasures", ProfileErasureViewSet, basename="erasure")
 # The audience resource as forwarding extends it with the audience's connections.
 router.register("audiences", ConnectedAudienceViewSet, basename="audience")
 router.register("partners", PartnerViewSet, basename="partner")

@@ -22,11 +22,13 @@ from django.db import DEFAULT_DB_ALIAS
 DOWNLOAD_AUDIENCE = "audiences.download_audience"
 PAUSE_CONNECTION = "connections.pause_connection"
 TEST_CONNECTION = "connections.test_connection"
+ERASE_PROFILE = "audiences.erase_profile"
 
 CUSTOM_PERMISSIONS: dict[str, tuple[str, str]] = {
     DOWNLOAD_AUDIENCE: ("audience", "Can download the members of an audience (with their identities)"),
     PAUSE_CONNECTION: ("connection", "Can pause and resume a connection"),
     TEST_CONNECTION: ("connection", "Can test a connection (asks the partner)"),
+    ERASE_PROFILE: ("profile", "Can erase a profile (a data subject's request to be forgotten)"),
 }
 
 
@@ -88,12 +90,16 @@ OPERATOR = (
         TEST_CONNECTION,
         "connections.view_connectionmember",
         "forwarding.view_pendingchange",
+        "forwarding.view_connectionalert",
         "audiences.view_input",
         "audiences.add_input",
         "audiences.change_input",
         "audiences.view_identityconflict",
         "audiences.add_profile",
         "audiences.change_profile",
+        # Data-subject erasure (audiences/erasure.py), and its records, which hold no personal data.
+        ERASE_PROFILE,
+        "audiences.view_profileerasure",
     }
 )
 # "admin" holds every permission of these apps (users, groups and tokens included).

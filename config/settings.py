@@ -146,6 +146,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The admin's banner of faulted connections (templates/admin/base_site.html).
+                "forwarding.context_processors.faulted_connections",
             ],
         },
     },
@@ -300,6 +302,19 @@ if EVENTS_API_RATE_LIMIT < 0 or EVENTS_API_RATE_BURST < 1 or EVENTS_API_AUTH_FAI
         "EVENTS_API_RATE_LIMIT must be >= 0, EVENTS_API_RATE_BURST and EVENTS_API_AUTH_FAILURE_WINDOW >= 1"
     )
 
+# Fault alerts (forwarding/alerts.py): who is told when a connection faults or recovers. Mail goes
+# through Django's mail settings below; the webhook gets a JSON POST, bounded by its timeout.
+ALERT_EMAILS = env_list("ALERT_EMAILS")
+ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "")
+ALERT_WEBHOOK_TIMEOUT = float(os.environ.get("ALERT_WEBHOOK_TIMEOUT", "10"))
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = float(os.environ.get("EMAIL_TIMEOUT", "10"))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "audience-forwarding@localhost")
+
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
 CELERY_BEAT_SCHEDULE = {
@@ -316,6 +331,16 @@ CELERY_BEAT_SCHEDULE = {
     "audiences-recompute-time-based": {
         "task": "audiences.tasks.recompute_time_based_audiences",
         "schedule": timedelta(seconds=float(os.environ.get("TIME_BASED_RECOMPUTE_INTERVAL", "300"))),
+    },
+    # Alerts whose task was lost (broker down at commit) or gave up its retries are sent again.
+    "forwarding-resend-alerts": {
+        "task": "forwarding.tasks.send_unsent_alerts",
+        "schedule": timedelta(seconds=60),
+    },
+    # Erasures whose partner removes were all delivered are finished (their last values forgotten).
+    "forwarding-finish-erasures": {
+        "task": "forwarding.tasks.finish_erasures",
+        "schedule": timedelta(seconds=FORWARDING["SWEEP_INTERVAL"]),
     },
     "audiences-purge-events": {
         "task": "audiences.tasks.purge_expired_events",

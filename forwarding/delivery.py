@@ -29,6 +29,7 @@ from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
 from connections.selectors import held_identities
 from connections.status import delivers
+from forwarding import alerts
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
 from forwarding.leases import acquire_lease, release_lease, renew_lease
@@ -77,9 +78,28 @@ def has_due_work(connection_id: int) -> bool:
 
 
 def fault_connection(connection_id: int, reason: str) -> None:
-    Connection.objects.filter(pk=connection_id).exclude(status=Connection.Status.ENDING).update(
-        status=Connection.Status.FAULTED, status_reason=reason[:2000], status_changed_at=timezone.now()
-    )
+    now = timezone.now()
+    with transaction.atomic():
+        # Read under the row lock: the alert says which status the fault ended.
+        before = (
+            Connection.objects.select_for_update(of=("self",))
+            .filter(pk=connection_id)
+            .exclude(status=Connection.Status.ENDING)
+            .values_list("status", "output__partner_key")
+            .first()
+        )
+        Connection.objects.filter(pk=connection_id).exclude(status=Connection.Status.ENDING).update(
+            status=Connection.Status.FAULTED, status_reason=reason[:2000], status_changed_at=now
+        )
+        if before:
+            alerts.connection_status_changed(
+                connection_id=connection_id,
+                partner=before[1],
+                old_status=before[0],
+                new_status=Connection.Status.FAULTED,
+                changed_at=now,
+                reason=reason,
+            )
     logger.warning("connection %s faulted: %s", connection_id, reason)
 
 

@@ -68,3 +68,61 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["-at", "-id"]
+
+
+class ConnectionAlert(models.Model):
+    """One fault or recovery of a connection, to be told to the admins (forwarding/alerts.py).
+
+    Keyed by the status change (connection, new status, time of the change), so one change is told
+    at most once however often its task runs; each channel records when it was sent, so a retry after
+    the email went out only calls the webhook. Kept without the connection's row if it is deleted."""
+
+    class Kind(models.TextChoices):
+        FAULTED = "faulted"
+        RECOVERED = "recovered"
+
+    connection = models.ForeignKey("connections.Connection", on_delete=models.SET_NULL, null=True, related_name="+")
+    # Copied, so the alert still says what it was about after the connection is deleted.
+    connection_ref = models.PositiveBigIntegerField()
+    connection_name = models.CharField(max_length=300)
+    partner = models.CharField(max_length=50)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    old_status = models.CharField(max_length=10)
+    new_status = models.CharField(max_length=10)
+    changed_at = models.DateTimeField()
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_index=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+    webhook_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)  # every configured channel done
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection_ref", "new_status", "changed_at"], name="connection_alert_change_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_name} {self.kind} at {self.changed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ErasureRemoval(models.Model):
+    """A remove planned for a data subject's erasure (forwarding/erasure.py), kept until the outbox has
+    delivered it: then the connection's record of the member (which quotes the value) is deleted too, and
+    this row with it. The only rows of an erased profile's values left, and only while removes are owed."""
+
+    erasure = models.ForeignKey("audiences.ProfileErasure", on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="+")
+    identity_type = models.CharField(max_length=40, choices=IDENTITY_TYPE_CHOICES)
+    value = models.CharField(max_length=255)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["erasure", "connection", "identity_type", "value"], name="erasure_removal_unique"
+            )
+        ]

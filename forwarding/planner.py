@@ -16,14 +16,16 @@ from django.utils import timezone
 
 from audiences.membership.consumers import MembershipDelta
 from audiences.models import AudienceMembership, Identity
-from connections.models import Connection
+from connections.models import Connection, ConnectionMember
+from connections.selectors import MAY_BE_HELD
 from connections.status import PLANNING, delivers
 from forwarding.doorbell import ring_after_commit
-from forwarding.models import PendingChange
+from forwarding.models import ErasureRemoval, PendingChange
 from outputs.partners.base import Capability
 
 ADD = PendingChange.Action.ADD
 REMOVE = PendingChange.Action.REMOVE
+NOT_HELD = (ConnectionMember.State.REMOVED, ConnectionMember.State.REJECTED)
 
 UPSERT_SQL = """
 INSERT INTO {table} (connection_id, identity_type, value, action, profile_id, version, attempts,
@@ -81,6 +83,9 @@ class OutboxPlanner:
         self, *, profile_id: int, audience_ids: Sequence[int], identity_ids: Sequence[int] | None
     ) -> None:
         plan_membership_changes([(a, [profile_id], ADD) for a in audience_ids], identity_ids=identity_ids)
+
+    def profile_erasing(self, *, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
+        return plan_erasure_removes(erasure_id=erasure_id, identities=identities)
 
 
 def _planning_connections(audience_ids: set[int]) -> list[Connection]:
@@ -181,6 +186,48 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
     # Only connections given something new need a doorbell.
     _ring_after_commit(with_news)
     return written
+
+
+def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
+    """A data subject's erasure (forwarding/erasure.py): plan a remove of each identity on every connection that
+    holds it (delivered as added) or may hold it (a pending change for it), remembered as owed in
+    ErasureRemoval; the records of identities no partner holds are deleted now. Returns the removes planned."""
+    pairs = set(identities)
+    if not pairs:
+        return 0
+    values = {v for _, v in pairs}
+    planning = {c.pk: c for c in Connection.objects.filter(status__in=PLANNING).select_related("output").order_by("pk")}
+    owed: set[tuple[int, str, str]] = set()
+    for connection_id, kind, value in PendingChange.objects.filter(value__in=values).values_list(
+        "connection_id", "identity_type", "value"
+    ):
+        if (kind, value) in pairs and connection_id in planning:
+            owed.add((connection_id, kind, value))
+    not_held = []
+    for pk, connection_id, kind, value, state in ConnectionMember.objects.filter(value__in=values).values_list(
+        "pk", "connection_id", "identity_type", "value", "state"
+    ):
+        if (kind, value) not in pairs:
+            continue
+        if state in MAY_BE_HELD and connection_id in planning:
+            owed.add((connection_id, kind, value))
+        elif state in NOT_HELD and (connection_id, kind, value) not in owed:
+            not_held.append(pk)
+    ConnectionMember.objects.filter(pk__in=not_held).delete()
+    if not owed:
+        return 0
+    now = timezone.now()
+    with db.cursor() as cursor:
+        cursor.executemany(
+            UPSERT_SQL.format(table=PendingChange._meta.db_table),
+            [(c, t, v, REMOVE, None, now, now) for c, t, v in sorted(owed)],
+        )
+    ErasureRemoval.objects.bulk_create(
+        [ErasureRemoval(erasure_id=erasure_id, connection_id=c, identity_type=t, value=v) for c, t, v in owed],
+        ignore_conflicts=True,
+    )
+    _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
+    return len(owed)
 
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from forwarding import bulk, delivery, doorbell, lifecycle, sweeper
+from forwarding import alerts, bulk, delivery, doorbell, erasure, lifecycle, sweeper
 
 
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
@@ -32,3 +32,26 @@ def flush_bulk_uploads() -> dict:
 @shared_task(name=bulk.UPLOAD_TASK, acks_late=True)
 def upload_connection(connection_id: int) -> dict:
     return asdict(bulk.upload_connection(connection_id=connection_id))
+
+
+# A channel that fails is retried with backoff (5 s, 10 s, ... up to 10 min); beat sends again what is left.
+@shared_task(
+    name=alerts.SEND_TASK,
+    acks_late=True,
+    autoretry_for=(alerts.AlertNotSent,),
+    retry_backoff=5,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def send_connection_alert(alert_id: int) -> str:
+    return alerts.alert_send(alert_id=alert_id)
+
+
+@shared_task(name="forwarding.tasks.send_unsent_alerts", acks_late=True)
+def send_unsent_alerts() -> int:
+    return alerts.alerts_resend()
+
+
+@shared_task(name=erasure.FINISH_TASK, acks_late=True)
+def finish_erasures() -> dict:
+    return erasure.erasures_finish()

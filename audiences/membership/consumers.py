@@ -43,6 +43,11 @@ class MembershipConsumer(Protocol):
         """A profile that stays a member of these audiences changed: new identities (`identity_ids`), or its
         attributes (`identity_ids` None: every identity of it is concerned)."""
 
+    def profile_erasing(self, *, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
+        """A profile is being erased (audiences.erasure): it has left its audiences already (members_changed),
+        and these identities (type, value) are deleted after this call, in the same transaction. Remove them
+        from wherever else the consumer sent them; returns how many removes it planned."""
+
 
 _consumers: list[MembershipConsumer] = []
 

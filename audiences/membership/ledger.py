@@ -138,3 +138,12 @@ def publish_members_updated(
         return
     for consumer in membership_consumers():
         consumer.members_updated(profile_id=profile_id, audience_ids=audience_ids, identity_ids=identity_ids)
+
+
+def publish_profile_erasing(*, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
+    """Tell the consumers that a profile with these identities is being erased (audiences.erasure), before
+    its identities are deleted in the same transaction. Returns the removes they planned."""
+    return sum(
+        consumer.profile_erasing(erasure_id=erasure_id, identities=list(identities))
+        for consumer in membership_consumers()
+    )

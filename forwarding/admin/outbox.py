@@ -1,4 +1,4 @@
-"""The outbox and the delivery log, to look at: only the planner and the workers write them."""
+"""The outbox, the delivery log and the alerts, to look at: only the planner and the workers write them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from audiences.admin import ReadOnlyModelAdmin
 from config.display import when
 from forwarding import labels
-from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.models import ConnectionAlert, DeliveryAttempt, PendingChange
 
 
 class RetryingFilter(admin.SimpleListFilter):
@@ -64,3 +64,12 @@ class DeliveryAttemptAdmin(ReadOnlyModelAdmin):
     list_filter = ("result", "kind", "connection", "at")
     list_select_related = ("connection__audience", "connection__output")
     date_hierarchy = "at"
+
+
+@admin.register(ConnectionAlert)
+class ConnectionAlertAdmin(ReadOnlyModelAdmin):
+    """The faults and recoveries told to the admins (forwarding/alerts.py), and whether each channel went out."""
+
+    list_display = ("changed_at", "connection_name", "kind", "reason", "emailed_at", "webhook_at", "last_error")
+    list_filter = ("kind", "partner", "changed_at")
+    date_hierarchy = "changed_at"

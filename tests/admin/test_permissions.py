@@ -78,6 +78,7 @@ PAGES = [
     Page("GET", "audiences_profile_changelist", None, PEOPLE),
     Page("GET", "audiences_profile_change", "profile", PEOPLE),
     Page("GET", "audiences_membershipchange_changelist", None, PEOPLE),
+    Page("GET", "audiences_profileerasure_changelist", None, OPERATOR),
     Page("GET", "audiences_input_changelist", None, OPERATOR),
     Page("GET", "audiences_input_add", None, OPERATOR),
     Page("GET", "audiences_identityconflict_changelist", None, OPERATOR),
@@ -95,6 +96,7 @@ PAGES = [
     Page("POST", "connections_connection_test", "connection", PEOPLE),
     Page("GET", "forwarding_deliveryattempt_changelist", None, ALL),
     Page("GET", "forwarding_pendingchange_changelist", None, OPERATOR),
+    Page("GET", "forwarding_connectionalert_changelist", None, OPERATOR),
     Page("GET", "auth_user_changelist", None, ADMIN),
     Page("GET", "authtoken_tokenproxy_changelist", None, ADMIN),
 ]

@@ -15,13 +15,14 @@ import pytest
 import responses
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audiences import profiles
 from audiences import services as audience_services
-from audiences.models import Audience, Profile
+from audiences.models import Audience, Profile, ProfileErasure
 from connections.models import Connection
 from forwarding.lifecycle import connection_create
 from outputs.models import Output
@@ -40,7 +41,7 @@ ADMIN = frozenset({"admin"})
 @dataclass(frozen=True)
 class Endpoint:
     method: str
-    path: str  # with {audience}, {spare_audience}, {output}, {spare_output}, {connection}, {profile}
+    path: str  # with {audience}, {spare_audience}, {output}, {spare_output}, {connection}, {profile}, {erasure}
     allowed: frozenset[str]
     success: int
     body: dict | None = None
@@ -50,7 +51,7 @@ class Endpoint:
     def operation(self) -> tuple[str, str]:
         """As the OpenAPI schema names it."""
         template = self.path
-        for name in ("audience", "spare_audience", "output", "spare_output", "connection", "profile"):
+        for name in ("audience", "spare_audience", "output", "spare_output", "connection", "profile", "erasure"):
             template = template.replace("{" + name + "}", "{id}")
         return self.method, f"/api/v1{template}"
 
@@ -60,6 +61,10 @@ ENDPOINTS = [
     Endpoint("POST", "/profiles/", OPERATOR, 201, {"identities": [{"type": "email", "value": "new@x.com"}]}),
     Endpoint("GET", "/profiles/{profile}/", PEOPLE, 200),
     Endpoint("GET", "/profiles/{profile}/history/", PEOPLE, 200),
+    # Data-subject erasure (audiences/erasure.py): audiences.erase_profile; its records hold no personal data.
+    Endpoint("POST", "/erasures/", OPERATOR, 202, {"identity_type": "email", "identity_value": "a@x.com"}),
+    Endpoint("GET", "/erasures/", OPERATOR, 200),
+    Endpoint("GET", "/erasures/{erasure}/", OPERATOR, 200),
     Endpoint("GET", "/audiences/", ALL, 200),
     Endpoint("POST", "/audiences/", MARKETER, 201, {"name": "New", "criteria": PREMIUM}),
     Endpoint("GET", "/audiences/{audience}/", ALL, 200),
@@ -115,7 +120,9 @@ def objects(db) -> dict[str, int]:
     profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
+    erasure = ProfileErasure.objects.create(requested_at=timezone.now(), source="api")
     return {
+        "erasure": erasure.pk,
         "audience": audience.pk,
         "spare_audience": spare_audience.pk,
         "output": output.pk,
