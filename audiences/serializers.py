@@ -258,3 +258,19 @@ class AudienceMemberSerializer(serializers.ModelSerializer):
     class Meta:
         model = AudienceMembership
         fields = ["profile", "entered_at", "identities"]
+
+
+class ProfileMergeSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    profile = serializers.IntegerField(
+        min_value=1, help_text="The id of the profile merged into this one (it is deleted once merged)."
+    )
+
+
+class ProfileMergeResultSerializer(serializers.Serializer):
+    profile = ProfileDetailSerializer(help_text="The kept profile, after the merge.")
+    merged_profile_id = serializers.IntegerField(help_text="The profile merged into it, now deleted.")
+    identities_moved = serializers.IntegerField()
+    events_moved = serializers.IntegerField()
+    history_moved = serializers.IntegerField(help_text="Audience history entries moved.")
+    entered = serializers.ListField(child=serializers.IntegerField(), help_text="Audiences the kept profile entered.")
+    left = serializers.ListField(child=serializers.IntegerField(), help_text="Audiences the kept profile left.")

@@ -22,11 +22,13 @@ from django.db import DEFAULT_DB_ALIAS
 DOWNLOAD_AUDIENCE = "audiences.download_audience"
 PAUSE_CONNECTION = "connections.pause_connection"
 TEST_CONNECTION = "connections.test_connection"
+MERGE_PROFILE = "audiences.merge_profile"
 
 CUSTOM_PERMISSIONS: dict[str, tuple[str, str]] = {
     DOWNLOAD_AUDIENCE: ("audience", "Can download the members of an audience (with their identities)"),
     PAUSE_CONNECTION: ("connection", "Can pause and resume a connection"),
     TEST_CONNECTION: ("connection", "Can test a connection (asks the partner)"),
+    MERGE_PROFILE: ("profile", "Can merge two profiles (resolves identity conflicts; partners are updated)"),
 }
 
 
@@ -92,6 +94,7 @@ OPERATOR = (
         "audiences.add_input",
         "audiences.change_input",
         "audiences.view_identityconflict",
+        MERGE_PROFILE,
         "audiences.add_profile",
         "audiences.change_profile",
     }

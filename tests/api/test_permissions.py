@@ -60,6 +60,7 @@ ENDPOINTS = [
     Endpoint("POST", "/profiles/", OPERATOR, 201, {"identities": [{"type": "email", "value": "new@x.com"}]}),
     Endpoint("GET", "/profiles/{profile}/", PEOPLE, 200),
     Endpoint("GET", "/profiles/{profile}/history/", PEOPLE, 200),
+    Endpoint("POST", "/profiles/{profile}/merge/", OPERATOR, 200, {"profile": "{spare_profile}"}),
     Endpoint("GET", "/audiences/", ALL, 200),
     Endpoint("POST", "/audiences/", MARKETER, 201, {"name": "New", "criteria": PREMIUM}),
     Endpoint("GET", "/audiences/{audience}/", ALL, 200),
@@ -115,6 +116,7 @@ def objects(db) -> dict[str, int]:
     profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
+    spare_profile = profiles.profile_upsert(identities=[{"type": "email", "value": "b@x.com"}]).profile
     return {
         "audience": audience.pk,
         "spare_audience": spare_audience.pk,
@@ -122,6 +124,7 @@ def objects(db) -> dict[str, int]:
         "spare_output": spare_output.pk,
         "connection": connection.pk,
         "profile": profile.pk,
+        "spare_profile": spare_profile.pk,
     }
 
 
