@@ -29,6 +29,7 @@ from audiences.admin_builder import CRITERIA_HELP, CriteriaBuilderAdminMixin, Cr
 from audiences.criteria.facts import ProfileFacts
 from audiences.download import zip_response
 from audiences.estimates import has_conditions
+from audiences.history import audience_charts
 from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile
 from audiences.selectors import AudienceMetrics, audience_metrics
@@ -277,6 +278,7 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
             # The button shows to those who may download (config/roles.py), as in the REST API.
             if request.user.has_perm(DOWNLOAD_AUDIENCE):
                 context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
+            context["history_charts"] = audience_charts(obj.pk)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- download ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from forwarding import delivery, doorbell, lifecycle, sweeper
+from forwarding import delivery, doorbell, history, lifecycle, sweeper
 
 
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True)
@@ -21,3 +21,8 @@ def end_connection(connection_id: int) -> str:
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)
 def sweep_pending_work() -> dict:
     return sweeper.sweep()
+
+
+@shared_task(name="forwarding.tasks.snapshot_history")
+def snapshot_history() -> dict:
+    return history.snapshot_history(days=2)

@@ -93,6 +93,7 @@ PAGES = [
     Page("POST", "connections_connection_pause", "connection", OPERATOR),
     Page("POST", "connections_connection_resume", "connection", OPERATOR),
     Page("POST", "connections_connection_test", "connection", PEOPLE),
+    Page("GET", "connections_connection_progress", "connection", ALL),
     Page("GET", "forwarding_deliveryattempt_changelist", None, ALL),
     Page("GET", "forwarding_pendingchange_changelist", None, OPERATOR),
     Page("GET", "auth_user_changelist", None, ADMIN),
