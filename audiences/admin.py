@@ -27,6 +27,7 @@ from django.utils.html import format_html
 from audiences import criteria as criteria_lang
 from audiences.admin_builder import CRITERIA_HELP, CriteriaBuilderAdminMixin, CriteriaBuilderWidget
 from audiences.admin_profiles import profile_page_context
+from audiences.admin_splits import SplitAdminMixin
 from audiences.criteria.facts import ProfileFacts
 from audiences.download import zip_response
 from audiences.estimates import has_conditions
@@ -173,7 +174,7 @@ class AudienceDownloadForm(forms.Form):
 
 
 @admin.register(Audience)
-class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.ModelAdmin):
+class AudienceAdmin(CriteriaBuilderAdminMixin, SplitAdminMixin, TimestampsAdminMixin, admin.ModelAdmin):
     form = AudienceForm
     list_display = (
         "name",
@@ -280,6 +281,7 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
             if request.user.has_perm(DOWNLOAD_AUDIENCE):
                 context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
             context["history_charts"] = audience_charts(obj.pk)
+            context.update(self.split_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- download ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from config.roles import TEST_CONNECTION, holds
 from connections.models import Connection
 from connections.selectors import connected_output_counts
 from forwarding import labels
+from forwarding.admin.bulk_connect import BulkConnectMixin
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
 from forwarding.selectors import connection_stats
 from outputs.models import Output
@@ -37,7 +38,7 @@ CONNECT_STEP_PERMISSIONS = {
 }
 
 
-class ConnectedAudienceAdmin(AudienceAdmin):
+class ConnectedAudienceAdmin(BulkConnectMixin, AudienceAdmin):
     change_form_template = "admin/audiences/audience/change_form_connections.html"
     list_display = (*AudienceAdmin.list_display[:-1], "connections_count", AudienceAdmin.list_display[-1])
     readonly_fields = (*AudienceAdmin.readonly_fields[:4], "connected_outputs", *AudienceAdmin.readonly_fields[4:])

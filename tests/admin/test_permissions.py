@@ -54,6 +54,10 @@ PAGES = [
     Page("GET", "audiences_audience_download", "audience", MARKETER),
     Page("POST", "audiences_audience_download", "audience", MARKETER, data=(("identity_types", "email"),)),
     Page("GET", "audiences_audience_connect", "audience", MARKETER),
+    Page("GET", "audiences_audience_split", "audience", MARKETER),
+    Page("POST", "audiences_audience_split", "audience", MARKETER, data=(("percentages", "50, 50"),)),
+    Page("GET", "audiences_audience_connect_many", None, MARKETER, "audiences={audience}"),
+    Page("GET", "audiences_audience_connect_many", None, MARKETER, "audiences={audience}&output={output}"),
     # The connect page's Test and Preview (nothing saved): add_connection, and test_connection or the view of
     # profiles and identities (see test_the_connect_page_asks_its_own_permissions_for_test_and_preview).
     Page(
