@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.safestring import SafeString
@@ -53,9 +53,13 @@ def snapshot_audiences(
     now = now or timezone.now()
     window = history_days(days, now)
     since = day_start(window[0])
-    audience_ids = sorted(
-        set(Audience.objects.filter(status=Audience.Status.ACTIVE).values_list("pk", flat=True))
-        | set(MembershipChange.objects.filter(at__gte=since).values_list("audience_id", flat=True).distinct())
+    # Active audiences, and any other that changed in the window: one index probe per audience on the
+    # change log's (audience, at) index, not a scan of the window's changes.
+    changed = MembershipChange.objects.filter(audience=OuterRef("pk"), at__gte=since)
+    audience_ids = list(
+        Audience.objects.filter(Q(status=Audience.Status.ACTIVE) | Exists(changed))
+        .order_by("pk")
+        .values_list("pk", flat=True)
     )
     written = 0
     for start in range(0, len(audience_ids), AUDIENCE_CHUNK):

@@ -262,7 +262,9 @@ class AudienceMemberSerializer(serializers.ModelSerializer):
 
 class ProfileMergeSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     profile = serializers.IntegerField(
-        min_value=1, help_text="The id of the profile merged into this one (it is deleted once merged)."
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The id of the profile merged into this one (it is deleted once merged).",
     )
 
 
