@@ -24,7 +24,7 @@ from config.roles import TEST_CONNECTION, holds
 from connections.models import Connection
 from connections.selectors import connected_output_counts
 from forwarding import labels
-from forwarding.admin.bulk_connect import BulkConnectMixin
+from forwarding.admin.bulk_connect import BulkConnectMixin, settings_form_context
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
 from forwarding.selectors import connection_stats
 from outputs.models import Output
@@ -147,11 +147,7 @@ class ConnectedAudienceAdmin(BulkConnectMixin, AudienceAdmin):
         context.update(
             {
                 "output": output,
-                "form": form,
-                "adminform": admin.helpers.AdminForm(
-                    form, [("Connection Settings", {"fields": list(form.fields)})] if form.fields else [], {}
-                ),
-                "errors": admin.helpers.AdminErrorList(form, []),
+                **settings_form_context(form),
                 "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
                 "can_test": allowed[TEST],
                 "can_preview": allowed[PREVIEW],

@@ -29,6 +29,16 @@ CONNECT_PERMISSION = "connections.add_connection"
 MAX_AUDIENCES = 100  # per action: each connection queues its audience's whole membership
 
 
+def settings_form_context(form: ConnectSettingsForm) -> dict[str, Any]:
+    """The form as the admin's fieldset template shows it: one "Connection Settings" fieldset, its errors."""
+    fieldsets = [("Connection Settings", {"fields": list(form.fields)})] if form.fields else []
+    return {
+        "form": form,
+        "adminform": admin.helpers.AdminForm(form, fieldsets, {}),
+        "errors": admin.helpers.AdminErrorList(form, []),
+    }
+
+
 class BulkConnectForm(ConnectSettingsForm):
     """The output's connection settings, tested once, then used for every audience."""
 
@@ -117,14 +127,5 @@ class BulkConnectMixin:
             for audience, reason in form.refused:
                 messages.warning(request, f"“{audience}” was not connected: {reason}")
             return redirect(changelist)
-        context.update(
-            {
-                "output": output,
-                "form": form,
-                "adminform": admin.helpers.AdminForm(
-                    form, [("Connection Settings", {"fields": list(form.fields)})] if form.fields else [], {}
-                ),
-                "errors": admin.helpers.AdminErrorList(form, []),
-            }
-        )
+        context.update({"output": output, **settings_form_context(form)})
         return TemplateResponse(request, "admin/audiences/audience/connect_many.html", context)
