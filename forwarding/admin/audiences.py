@@ -26,6 +26,7 @@ from connections.selectors import connected_output_counts
 from forwarding import labels
 from forwarding.admin.bulk_connect import BulkConnectMixin, settings_form_context
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
+from forwarding.progress import sending_progress
 from forwarding.selectors import connection_stats
 from outputs.models import Output
 
@@ -94,6 +95,9 @@ class ConnectedAudienceAdmin(BulkConnectMixin, AudienceAdmin):
             "status_word": labels.status_word(connection),
             "status_detail": labels.status_detail(connection),
             "pending": labels.pending_summary(connection, stats),
+            # A backfill after connecting (or any large batch): how far, at what rate, how long left.
+            "progress": sending_progress(connection),
+            "progress_url": reverse("admin:connections_connection_progress", args=[connection.pk]),
             "url": reverse("admin:connections_connection_change", args=[connection.pk]),
         }
 

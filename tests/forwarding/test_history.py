@@ -90,3 +90,9 @@ def test_snapshot_history_command_shows_progress_and_counts(connection):
     call_command("snapshot_history", "--days", "7", stdout=out, stderr=err)
     assert out.getvalue().strip() == "7 audience days and 7 connection days written."
     assert "audiences [" in err.getvalue() and "100%" in err.getvalue()
+
+
+def test_the_audience_pages_connections_panel_shows_a_backfills_progress(admin_client, connection):
+    page = admin_client.get(f"/admin/audiences/audience/{connection.audience_id}/change/").content.decode()
+    assert f'data-progress-url="/admin/connections/connection/{connection.pk}/progress/"' in page
+    assert "0% sent: 0 done, 3 to go" in page and "forwarding/progress.js" in page
