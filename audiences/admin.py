@@ -22,14 +22,17 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from audiences import criteria as criteria_lang
 from audiences import erasure
 from audiences.admin_builder import CRITERIA_HELP, CriteriaBuilderAdminMixin, CriteriaBuilderWidget
+from audiences.admin_profiles import profile_page_context
+from audiences.admin_splits import SplitAdminMixin
 from audiences.criteria.facts import ProfileFacts
 from audiences.download import zip_response
 from audiences.estimates import has_conditions
+from audiences.history import audience_charts
 from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
 from audiences.selectors import AudienceMetrics, audience_metrics
@@ -172,7 +175,7 @@ class AudienceDownloadForm(forms.Form):
 
 
 @admin.register(Audience)
-class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.ModelAdmin):
+class AudienceAdmin(CriteriaBuilderAdminMixin, SplitAdminMixin, TimestampsAdminMixin, admin.ModelAdmin):
     form = AudienceForm
     list_display = (
         "name",
@@ -278,6 +281,8 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
             # The button shows to those who may download (config/roles.py), as in the REST API.
             if request.user.has_perm(DOWNLOAD_AUDIENCE):
                 context["download_url"] = reverse("admin:audiences_audience_download", args=[obj.pk])
+            context["history_charts"] = audience_charts(obj.pk)
+            context.update(self.split_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- download ---------------------------------------------------------------------------
@@ -361,10 +366,26 @@ class ProfileAdmin(ReadOnlyModelAdmin):
     actions = ("erase_profiles",)
 
     list_display = ("__str__", "identities_summary", "memberships_count", "updated_at")
-    search_fields = ("=identities__value",)
+    # Part of an identity finds its profile (a trigram index serves it on PostgreSQL: migration 0004).
+    search_fields = ("identities__value",)
+    search_help_text = "Search by part of an identity: an email, a customer id, a device id…"
     inlines = (IdentityInline, MembershipChangeInline)
-    fields = ("attributes_display", "memberships_display", "created_at", "updated_at")
+    fields = ("attributes_display", "created_at", "updated_at")
     readonly_fields = fields
+    change_form_template = "admin/audiences/profile/change_form.html"
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Profile | None = None,
+    ) -> HttpResponse:
+        if obj is not None and obj.pk:
+            context.update(profile_page_context(obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Profile]:
         return (
@@ -385,19 +406,6 @@ class ProfileAdmin(ReadOnlyModelAdmin):
     @admin.display(description="attributes")
     def attributes_display(self, obj: Profile) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.attributes, indent=2, ensure_ascii=False, sort_keys=True))
-
-    @admin.display(description="audiences")
-    def memberships_display(self, obj: Profile) -> str:
-        memberships = obj.memberships.select_related("audience").order_by("audience__name")
-        rows = format_html_join(
-            "",
-            '<li><a href="{}">{}</a> since {}</li>',
-            (
-                (reverse("admin:audiences_audience_change", args=[m.audience_id]), m.audience.name, m.entered_at)
-                for m in memberships
-            ),
-        )
-        return format_html("<ul>{}</ul>", rows) if rows else "None"
 
     def has_erase_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(ERASE_PROFILE)

@@ -9,7 +9,10 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from audiences.inputs import input_create
+from audiences.merge import conflict_resolve
 from audiences.models import IdentityConflict, Input
+from config.display import when
+from config.roles import MERGE_PROFILE
 
 
 class InputForm(forms.ModelForm):
@@ -50,8 +53,9 @@ class InputAdmin(admin.ModelAdmin):
 class IdentityConflictAdmin(admin.ModelAdmin):
     """Batches whose identities pointed to several profiles: what the resolution rule decided."""
 
-    list_display = ("at", "input", "source_request_id", "chosen_profile", "rule")
+    list_display = ("at", "input", "source_request_id", "chosen_profile", "rule", "resolution")
     list_filter = ("input",)
+    actions = ("merge_profiles",)
     search_fields = ("source_request_id",)
     readonly_fields = (
         "at",
@@ -62,7 +66,27 @@ class IdentityConflictAdmin(admin.ModelAdmin):
         "chosen_profile",
         "not_attached",
         "rule",
+        "resolved_at",
+        "resolution",
     )
+
+    @admin.action(description="Merge the profiles of the selected conflicts", permissions=["merge"])
+    def merge_profiles(self, request, queryset) -> None:
+        """Each conflict's profiles merged into the one its rule chose (audiences/merge.py)."""
+        for conflict in queryset.order_by("at"):
+            results = conflict_resolve(conflict=conflict)
+            conflict.refresh_from_db()
+            messages.success(request, f"Conflict of {when(conflict.at)}: {conflict.resolution}.")
+            for result in results:
+                if result.entered or result.left:
+                    messages.info(
+                        request,
+                        f"Profile {result.profile_id}: entered {len(result.entered)} and left {len(result.left)} "
+                        "audiences; partners are updated.",
+                    )
+
+    def has_merge_permission(self, request) -> bool:
+        return request.user.has_perm(MERGE_PROFILE)
 
     def has_add_permission(self, request) -> bool:
         return False

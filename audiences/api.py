@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, ProtectedError, QuerySet
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -32,6 +32,7 @@ from audiences import erasure, profiles, selectors, services
 from audiences.download import zip_response
 from audiences.estimates import criteria_estimate, names_seen
 from audiences.identities import IDENTITY_TYPE_CHOICES, normalise_identity
+from audiences.merge import profiles_merge
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
 from audiences.serializers import (
     AudienceEstimateSerializer,
@@ -44,6 +45,8 @@ from audiences.serializers import (
     NamesSeenSerializer,
     ProfileDetailSerializer,
     ProfileErasureSerializer,
+    ProfileMergeResultSerializer,
+    ProfileMergeSerializer,
     ProfileSerializer,
     ProfileUpsertResultSerializer,
     ProfileUpsertSerializer,
@@ -51,7 +54,7 @@ from audiences.serializers import (
 from config.api_errors import ConflictError
 from config.api_schema import ProfileConflictSerializer, error_response
 from config.api_views import ObjectLookupMixin
-from config.roles import BUILD_AUDIENCES, DOWNLOAD_AUDIENCE, ERASE_PROFILE
+from config.roles import BUILD_AUDIENCES, DOWNLOAD_AUDIENCE, ERASE_PROFILE, MERGE_PROFILE
 
 # What reading a profile shows: the profile, its identities and its audience history.
 READ_PROFILES = ("audiences.view_profile", "audiences.view_identity", "audiences.view_membershipchange")
@@ -141,6 +144,14 @@ class ProfileFilter(filters.FilterSet):
     history=extend_schema(
         summary="When and why the profile entered or left each audience", responses=HistoryEntrySerializer(many=True)
     ),
+    merge=extend_schema(
+        summary="Merge another profile into this one (resolves an identity conflict)",
+        description="Moves the other profile's identities, events and audience history onto this one (its "
+        "attributes fill the gaps: this profile's values win), deletes it, re-evaluates the audiences and "
+        "queues what partners must now hold, in one transaction.",
+        request=ProfileMergeSerializer,
+        responses={200: ProfileMergeResultSerializer},
+    ),
 )
 class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """POST upserts by identities; GET lists (filtered by audience or identity) or reads one."""
@@ -154,6 +165,7 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
         "history": READ_PROFILES,
         # An upsert creates or changes a profile, whichever its identities say.
         "create": ("audiences.add_profile", "audiences.change_profile"),
+        "merge": (MERGE_PROFILE,),
     }
 
     def get_queryset(self) -> QuerySet[Profile]:
@@ -174,6 +186,8 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
             return ProfileUpsertSerializer
         if self.action == "history":
             return HistoryEntrySerializer
+        if self.action == "merge":
+            return ProfileMergeSerializer
         return ProfileSerializer
 
     def create(self, request: Request) -> Response:
@@ -203,6 +217,19 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
         page = self.paginate_queryset(changes)
         entries = [selectors.history_entry(change) for change in page]
         return self.get_paginated_response(HistoryEntrySerializer(entries, many=True).data)
+
+    @action(detail=True, methods=["post"], filterset_class=None, ordering_fields=None)
+    def merge(self, request: Request, pk: str | None = None) -> Response:
+        """Merge the profile named in the body into this one (audiences/merge.py)."""
+        profile = get_object_or_404(Profile.objects.only("pk"), pk=pk)
+        body = ProfileMergeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            result = profiles_merge(profile_id=profile.pk, other_id=body.validated_data["profile"])
+        except Profile.DoesNotExist:  # deleted meanwhile
+            raise Http404 from None
+        data = {**vars(result), "profile": self.get_queryset().get(pk=profile.pk)}
+        return Response(ProfileMergeResultSerializer(data).data)
 
 
 # --- erasures --------------------------------------------------------------------------------

@@ -188,6 +188,9 @@ class IdentityConflict(models.Model):
     # Identities left on the other profiles (not moved), as "type:value".
     not_attached = models.JSONField(default=list)
     rule = models.CharField(max_length=200)
+    # Set when someone merged its profiles (audiences/merge.py: conflict_resolve), with what was done.
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-at"]
@@ -219,3 +222,19 @@ class ProfileErasure(models.Model):
 
     def __str__(self) -> str:
         return f"Erasure {self.pk} ({self.status})"
+
+
+class AudienceSnapshot(models.Model):
+    """One audience's day (UTC): its size at the end of the day (or now, for today), and who entered and
+    left during it. Written by audiences/history.py from the change log; drawn on the audience's page."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="snapshots")
+    day = models.DateField()
+    size = models.PositiveIntegerField()
+    adds = models.PositiveIntegerField()
+    drops = models.PositiveIntegerField()
+    taken_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["audience", "day"]
+        constraints = [models.UniqueConstraint(fields=["audience", "day"], name="audience_snapshot_day_unique")]

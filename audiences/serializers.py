@@ -290,3 +290,21 @@ class ProfileErasureSerializer(serializers.ModelSerializer):
             "partner_refused",
         ]
         read_only_fields = fields
+
+
+class ProfileMergeSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    profile = serializers.IntegerField(
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The id of the profile merged into this one (it is deleted once merged).",
+    )
+
+
+class ProfileMergeResultSerializer(serializers.Serializer):
+    profile = ProfileDetailSerializer(help_text="The kept profile, after the merge.")
+    merged_profile_id = serializers.IntegerField(help_text="The profile merged into it, now deleted.")
+    identities_moved = serializers.IntegerField()
+    events_moved = serializers.IntegerField()
+    history_moved = serializers.IntegerField(help_text="Audience history entries moved.")
+    entered = serializers.ListField(child=serializers.IntegerField(), help_text="Audiences the kept profile entered.")
+    left = serializers.ListField(child=serializers.IntegerField(), help_text="Audiences the kept profile left.")

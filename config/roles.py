@@ -23,12 +23,14 @@ DOWNLOAD_AUDIENCE = "audiences.download_audience"
 PAUSE_CONNECTION = "connections.pause_connection"
 TEST_CONNECTION = "connections.test_connection"
 ERASE_PROFILE = "audiences.erase_profile"
+MERGE_PROFILE = "audiences.merge_profile"
 
 CUSTOM_PERMISSIONS: dict[str, tuple[str, str]] = {
     DOWNLOAD_AUDIENCE: ("audience", "Can download the members of an audience (with their identities)"),
     PAUSE_CONNECTION: ("connection", "Can pause and resume a connection"),
     TEST_CONNECTION: ("connection", "Can test a connection (asks the partner)"),
     ERASE_PROFILE: ("profile", "Can erase a profile (a data subject's request to be forgotten)"),
+    MERGE_PROFILE: ("profile", "Can merge two profiles (resolves identity conflicts; partners are updated)"),
 }
 
 
@@ -95,6 +97,7 @@ OPERATOR = (
         "audiences.add_input",
         "audiences.change_input",
         "audiences.view_identityconflict",
+        MERGE_PROFILE,
         "audiences.add_profile",
         "audiences.change_profile",
         # Data-subject erasure (audiences/erasure.py), and its records, which hold no personal data.

@@ -346,6 +346,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audiences.tasks.purge_expired_events",
         "schedule": timedelta(hours=1),
     },
+    # The daily history of audiences and connections (today's row refreshed, yesterday's completed).
+    "history-snapshot": {
+        "task": "forwarding.tasks.snapshot_history",
+        "schedule": timedelta(hours=1),
+    },
 }
 
 LOGGING = {

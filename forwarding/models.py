@@ -126,3 +126,18 @@ class ErasureRemoval(models.Model):
                 fields=["erasure", "connection", "identity_type", "value"], name="erasure_removal_unique"
             )
         ]
+
+
+class ConnectionSnapshot(models.Model):
+    """One connection's day (UTC): the identities the partner accepted and refused that day, summed from
+    the delivery attempts (forwarding/history.py); drawn on the connection's page."""
+
+    connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="snapshots")
+    day = models.DateField()
+    delivered = models.PositiveIntegerField()
+    rejected = models.PositiveIntegerField()
+    taken_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["connection", "day"]
+        constraints = [models.UniqueConstraint(fields=["connection", "day"], name="connection_snapshot_day_unique")]

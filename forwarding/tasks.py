@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from forwarding import alerts, bulk, delivery, doorbell, erasure, lifecycle, sweeper
+from forwarding import alerts, bulk, delivery, doorbell, erasure, history, lifecycle, sweeper
 
 
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
@@ -55,3 +55,8 @@ def send_unsent_alerts() -> int:
 @shared_task(name=erasure.FINISH_TASK, acks_late=True)
 def finish_erasures() -> dict:
     return erasure.erasures_finish()
+
+
+@shared_task(name="forwarding.tasks.snapshot_history")
+def snapshot_history() -> dict:
+    return history.snapshot_history(days=2)

@@ -12,6 +12,7 @@ A criteria tree is JSON:
      "frequency": {"operator": "at_least", "count": 1},
      "recency": {"within_last": {"amount": 30, "unit": "days"}}}
     {"audience": 12, "operator": "member"}
+    {"split": "seed", "buckets": [0, 50]}   A/B split: the profile's bucket (0..99, criteria/buckets.py) in [0, 50)
 
 Attribute operators: exists, not_exists, equals, not_equals, contains, not_contains, matches,
 not_matches (pattern: * any run, ? one character), greater_than, greater_or_equal, less_than,

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from audiences.criteria.buckets import profile_bucket, seed_text
 from audiences.criteria.facts import ProfileFacts
 from audiences.criteria.reading import _event_window
 from audiences.criteria.values import (
@@ -84,6 +85,9 @@ def compile_criteria(tree: Mapping) -> Predicate:
         return _compile_identity(tree)
     if "event" in tree:
         return _compile_event(tree)
+    if "split" in tree:
+        seed, (low, high) = seed_text(tree["split"]), tree["buckets"]
+        return lambda facts, now: low <= profile_bucket(facts.profile_id, seed) < high
     audience_id = tree["audience"]
     if tree["operator"] == "member":
         return lambda facts, now: audience_id in facts.memberships

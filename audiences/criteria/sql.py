@@ -24,6 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from audiences.criteria.buckets import BUCKET_SQL, seed_text
 from audiences.criteria.values import date_bounds
 from audiences.criteria.vocabulary import (
     DATE_VIEW_OPERATORS,
@@ -106,6 +107,8 @@ class _Compiler:
             return self.event(node)
         if "audience" in node:
             return self.audience(node)
+        if "split" in node:
+            return self.split(node)
         raise ValueError(f"unknown criteria node: {sorted(node)}")
 
     # --- attribute conditions ------------------------------------------------------------
@@ -207,6 +210,11 @@ class _Compiler:
         audience_id = self.param(int(node["audience"]), "bigint")
         member = f"p.id IN (SELECT m.profile_id FROM {MEMBERSHIP_TABLE} m WHERE m.audience_id = {audience_id})"
         return member if node["operator"] == "member" else f"(NOT {member})"
+
+    def split(self, node: Mapping) -> str:
+        low, high = node["buckets"]
+        bucket = BUCKET_SQL.format(seed=self.param(seed_text(node["split"]), "text"), profile_id="p.id")
+        return f"({bucket} >= {self.param(int(low), 'integer')} AND {bucket} < {self.param(int(high), 'integer')})"
 
     def event(self, node: Mapping) -> str:
         frequency = node.get("frequency") or DEFAULT_FREQUENCY

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from audiences.criteria.buckets import BUCKETS
 from audiences.criteria.reading import (
     referenced_audiences,
 )
@@ -105,6 +106,8 @@ def _validate_node(node: Any, path: str, depth: int, counter: list[int], referen
         _validate_identity(node, path)
     elif kind == "event":
         _validate_event(node, path, counter)
+    elif kind == "split":
+        _validate_split(node, path)
     else:
         _validate_audience(node, path, references)
 
@@ -250,6 +253,22 @@ def _validate_event(node: Mapping, path: str, counter: list[int]) -> None:
             _validate_window(recency["within_last"], f"{recency_path}.within_last")
         else:
             _validate_date_range(recency["between"], f"{recency_path}.between")
+
+
+def _validate_split(node: Mapping, path: str) -> None:
+    seed = node["split"]
+    if not (isinstance(seed, str) and seed.strip()) and not _is_count(seed, 0, 2**63 - 1):
+        _fail(f"{path}.split", "expected a seed: a non-empty string or a whole number")
+    if isinstance(seed, str) and len(seed) > MAX_NAME:
+        _fail(f"{path}.split", f"seeds are at most {MAX_NAME} characters")
+    buckets = node.get("buckets")
+    if (
+        not isinstance(buckets, list)
+        or len(buckets) != 2
+        or not all(_is_count(b, 0, BUCKETS) for b in buckets)
+        or buckets[0] >= buckets[1]
+    ):
+        _fail(f"{path}.buckets", f"expected [from, to]: whole percentages, 0 <= from < to <= {BUCKETS}")
 
 
 def _validate_audience(node: Mapping, path: str, references: list) -> None:

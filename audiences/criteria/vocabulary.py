@@ -21,7 +21,7 @@ MAX_EVENT_COUNT = 1_000_000
 
 # --- nodes ----------------------------------------------------------------------------------
 
-NODE_KINDS = ("and", "or", "exclude", "attribute", "identity", "event", "audience")
+NODE_KINDS = ("and", "or", "exclude", "attribute", "identity", "event", "audience", "split")
 NODE_KEYS = {
     "and": {"and"},
     "or": {"or"},
@@ -30,6 +30,8 @@ NODE_KEYS = {
     "identity": {"identity", "operator", "value"},
     "event": {"event", "attributes", "frequency", "recency"},
     "audience": {"audience", "operator"},
+    # An A/B split: the profiles whose bucket (criteria/buckets.py) is in [from, to).
+    "split": {"split", "buckets"},
 }
 
 # --- operators ------------------------------------------------------------------------------

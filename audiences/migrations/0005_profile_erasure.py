@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audiences', '0002_sql_functions'),
+        ('audiences', '0004_history_merge_search'),
     ]
 
     operations = [

@@ -3,4 +3,4 @@ connections app's models, so their URLs stay /admin/connections/connection/), th
 extended with its connections and "Connect output", the output list with its connections' count, and the
 periodic tasks kept to superusers."""
 
-from forwarding.admin import audiences, beat, connections, outbox, outputs  # noqa: F401  (each registers its ModelAdmins)
+from forwarding.admin import audiences, beat, connections, outbox, outputs, profiles  # noqa: F401  (each registers its ModelAdmins)

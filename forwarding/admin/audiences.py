@@ -24,7 +24,9 @@ from config.roles import TEST_CONNECTION, holds
 from connections.models import Connection
 from connections.selectors import connected_output_counts
 from forwarding import labels
+from forwarding.admin.bulk_connect import BulkConnectMixin, settings_form_context
 from forwarding.forms import CONNECT, PREVIEW, TEST, ConnectSettingsForm
+from forwarding.progress import sending_progress
 from forwarding.selectors import connection_stats
 from outputs.models import Output
 
@@ -37,7 +39,7 @@ CONNECT_STEP_PERMISSIONS = {
 }
 
 
-class ConnectedAudienceAdmin(AudienceAdmin):
+class ConnectedAudienceAdmin(BulkConnectMixin, AudienceAdmin):
     change_form_template = "admin/audiences/audience/change_form_connections.html"
     list_display = (*AudienceAdmin.list_display[:-1], "connections_count", AudienceAdmin.list_display[-1])
     readonly_fields = (*AudienceAdmin.readonly_fields[:4], "connected_outputs", *AudienceAdmin.readonly_fields[4:])
@@ -93,6 +95,9 @@ class ConnectedAudienceAdmin(AudienceAdmin):
             "status_word": labels.status_word(connection),
             "status_detail": labels.status_detail(connection),
             "pending": labels.pending_summary(connection, stats),
+            # A backfill after connecting (or any large batch): how far, at what rate, how long left.
+            "progress": sending_progress(connection),
+            "progress_url": reverse("admin:connections_connection_progress", args=[connection.pk]),
             "url": reverse("admin:connections_connection_change", args=[connection.pk]),
         }
 
@@ -146,11 +151,7 @@ class ConnectedAudienceAdmin(AudienceAdmin):
         context.update(
             {
                 "output": output,
-                "form": form,
-                "adminform": admin.helpers.AdminForm(
-                    form, [("Connection Settings", {"fields": list(form.fields)})] if form.fields else [], {}
-                ),
-                "errors": admin.helpers.AdminErrorList(form, []),
+                **settings_form_context(form),
                 "choose_url": reverse("admin:audiences_audience_connect", args=[audience.pk]),
                 "can_test": allowed[TEST],
                 "can_preview": allowed[PREVIEW],

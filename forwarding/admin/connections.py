@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -30,8 +30,10 @@ from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
 from forwarding import labels
+from forwarding.history import connection_charts
 from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.progress import sending_progress
 from forwarding.selectors import connection_stats, pending_due_count
 
 RECENT_ROWS = 20
@@ -174,6 +176,9 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                     "can_pause": can_switch and status.can_pause(obj.status),
                     "can_resume": can_switch and status.can_resume(obj.status),
                     "can_test": self.has_test_permission(request) and status.can_test(obj.status),
+                    "progress": sending_progress(obj),
+                    "progress_url": reverse("admin:connections_connection_progress", args=[obj.pk]),
+                    "history_charts": connection_charts(obj.pk),
                     # Nothing on this page is editable, so there is nothing to save.
                     "show_save": False,
                     "show_save_and_continue": False,
@@ -201,8 +206,18 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
             button("pause", self.pause_view),
             button("resume", self.resume_view),
             button("test", self.test_view),
+            path(
+                "<path:object_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="connections_connection_progress",
+            ),
             *super().get_urls(),
         ]
+
+    def progress_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
+        """The sending progress as JSON, polled by forwarding/static/forwarding/progress.js."""
+        connection = self._connection_for(request, object_id, lambda r: self.has_view_permission(r))
+        return JsonResponse(sending_progress(connection).as_dict())
 
     # The custom permissions, as admin actions read them (`permissions=["pause"]`).
     def has_pause_permission(self, request: HttpRequest) -> bool:

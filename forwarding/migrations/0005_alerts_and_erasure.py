@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('audiences', '0005_profile_erasure'),
         ('connections', '0001_initial'),
-        ('forwarding', '0002_attempt_call_details'),
+        ('forwarding', '0004_history'),
     ]
 
     operations = [

@@ -54,6 +54,10 @@ PAGES = [
     Page("GET", "audiences_audience_download", "audience", MARKETER),
     Page("POST", "audiences_audience_download", "audience", MARKETER, data=(("identity_types", "email"),)),
     Page("GET", "audiences_audience_connect", "audience", MARKETER),
+    Page("GET", "audiences_audience_split", "audience", MARKETER),
+    Page("POST", "audiences_audience_split", "audience", MARKETER, data=(("percentages", "50, 50"),)),
+    Page("GET", "audiences_audience_connect_many", None, MARKETER, "audiences={audience}"),
+    Page("GET", "audiences_audience_connect_many", None, MARKETER, "audiences={audience}&output={output}"),
     # The connect page's Test and Preview (nothing saved): add_connection, and test_connection or the view of
     # profiles and identities (see test_the_connect_page_asks_its_own_permissions_for_test_and_preview).
     Page(
@@ -94,6 +98,7 @@ PAGES = [
     Page("POST", "connections_connection_pause", "connection", OPERATOR),
     Page("POST", "connections_connection_resume", "connection", OPERATOR),
     Page("POST", "connections_connection_test", "connection", PEOPLE),
+    Page("GET", "connections_connection_progress", "connection", ALL),
     Page("GET", "forwarding_deliveryattempt_changelist", None, ALL),
     Page("GET", "forwarding_pendingchange_changelist", None, OPERATOR),
     Page("GET", "forwarding_connectionalert_changelist", None, OPERATOR),

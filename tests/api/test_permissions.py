@@ -65,6 +65,7 @@ ENDPOINTS = [
     Endpoint("POST", "/erasures/", OPERATOR, 202, {"identity_type": "email", "identity_value": "a@x.com"}),
     Endpoint("GET", "/erasures/", OPERATOR, 200),
     Endpoint("GET", "/erasures/{erasure}/", OPERATOR, 200),
+    Endpoint("POST", "/profiles/{profile}/merge/", OPERATOR, 200, {"profile": "{spare_profile}"}),
     Endpoint("GET", "/audiences/", ALL, 200),
     Endpoint("POST", "/audiences/", MARKETER, 201, {"name": "New", "criteria": PREMIUM}),
     Endpoint("GET", "/audiences/{audience}/", ALL, 200),
@@ -121,6 +122,7 @@ def objects(db) -> dict[str, int]:
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
     erasure = ProfileErasure.objects.create(requested_at=timezone.now(), source="api")
+    spare_profile = profiles.profile_upsert(identities=[{"type": "email", "value": "b@x.com"}]).profile
     return {
         "erasure": erasure.pk,
         "audience": audience.pk,
@@ -129,6 +131,7 @@ def objects(db) -> dict[str, int]:
         "spare_output": spare_output.pk,
         "connection": connection.pk,
         "profile": profile.pk,
+        "spare_profile": spare_profile.pk,
     }
 
 

@@ -258,6 +258,11 @@
     if (node.event !== undefined) row = this.renderEvent(item);
     else if (node.identity !== undefined) row = this.renderIdentity(node);
     else if (node.audience !== undefined) row = this.renderAudience(node);
+    else if (node.split !== undefined) {
+      // A/B split (audiences/splits.py makes them): shown, edited as JSON.
+      row = el("div", { className: "cb-row cb-split" }, [el("span", { className: "cb-kind", text: "A/B split" }),
+        el("span", { text: "buckets " + node.buckets[0] + "% to " + node.buckets[1] + "% (seed " + node.split + ")" })]);
+    }
     else if (node.attribute !== undefined) {
       row = this.renderAttribute(node, this.names.attributes, "profiles", "User attribute");
     } else {

@@ -178,7 +178,14 @@ audience_conditions = st.builds(
     st.sampled_from(["member", "not_member"]),
 )
 
+split_conditions = st.builds(
+    lambda seed, bounds: {"split": seed, "buckets": sorted(bounds)},
+    st.one_of(st.sampled_from(["a", "test 1", "é%_"]), st.integers(0, 10**6)),
+    st.lists(st.integers(0, 100), min_size=2, max_size=2, unique=True),
+)
+
 leaves = st.one_of(
+    split_conditions,
     attribute_conditions(ATTRIBUTE_NAMES),
     attribute_conditions(ATTRIBUTE_NAMES),
     event_conditions(),
