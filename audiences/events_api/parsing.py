@@ -19,6 +19,7 @@ batch with any error is refused whole. What is checked and what is let through:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,6 +139,8 @@ PUSH_TOKEN_TYPES = {
 # Bounds of a plausible timestamp (ms): after 1970, before the year 3000. Outside them is a unit mistake.
 MAX_TIMESTAMP_MS = 32_503_680_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# An mpid sent as a string: ASCII digits (str.isdigit() also takes "²"), at most a 64-bit integer's 19.
+MPID_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass
@@ -235,7 +238,7 @@ class _Parser:
         elif not isinstance(environment, str) or environment not in ENVIRONMENTS:  # a list or object is no key
             self.error("environment", f"{environment!r:.60} is not 'development', 'production' or 'unknown'.")
         mpid = data.get("mpid")
-        if isinstance(mpid, str) and mpid.lstrip("-").isdigit():
+        if isinstance(mpid, str) and MPID_TEXT.fullmatch(mpid):
             mpid = int(mpid)  # int64 ids often travel as strings (JavaScript loses their precision)
         if mpid is not None and (not _is_int(mpid) or not INT64_MIN <= mpid <= INT64_MAX):
             self.error("mpid", "Expected a signed 64-bit integer.")
