@@ -40,8 +40,11 @@ def _bounded_int(text: str) -> int | _LongNumber:
     return _LongNumber(text) if len(text.lstrip("-")) > 40 else int(text)
 
 
-def loads(body: bytes | str) -> Any:
-    """Parse a JSON document strictly (see the module's docstring); raise JsonError naming the path."""
+def loads(body: bytes | str, *, check_values: bool = True) -> Any:
+    """Parse a JSON document strictly (see the module's docstring); raise JsonError naming the path.
+
+    check_values=False leaves the values to the caller (find_unstorable on each part): a bulk request
+    refuses only the batch holding a NaN or a NUL, not the batches beside it."""
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
@@ -56,7 +59,7 @@ def loads(body: bytes | str) -> Any:
         raise JsonError("$", f"JSON nested deeper than {MAX_DEPTH} levels.") from None
     except ValueError as exc:
         raise JsonError("$", f"Malformed JSON: {exc}") from None
-    problem = find_unstorable(data)
+    problem = find_unstorable(data) if check_values else None
     if problem is not None:
         raise JsonError(*problem)
     return data
@@ -88,11 +91,13 @@ def find_unstorable(data: Any, *, max_depth: int = MAX_DEPTH) -> tuple[str, str]
             if depth > max_depth:
                 return path or "$", f"JSON nested deeper than {max_depth} levels."
             items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            children = []
             for key, item in items:
                 item_path = _join(path, key if isinstance(key, int) else _printable(str(key)))
                 if isinstance(key, str) and UNSTORABLE.search(key):
                     return item_path, f"Names: {_unstorable_message(key)}"
-                stack.append((item_path, item, depth + 1))
+                children.append((item_path, item, depth + 1))
+            stack.extend(reversed(children))  # the first problem in the document's order is the one named
     return None
 
 

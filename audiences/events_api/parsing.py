@@ -29,6 +29,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from audiences.identities import normalise_identity
+from config.strict_json import find_unstorable
 
 MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTE_VALUE = 4096
@@ -411,6 +412,13 @@ def parse_batch(data: Any, *, path: str = "", now: datetime | None = None) -> Pa
 
     `path` prefixes every error path (`[3]` for the fourth batch of a bulk request)."""
     parser = _Parser(path, now or datetime.now(tz=UTC))
+    # What the database cannot store or the parser should not walk (NaN, 1e400, NUL, lone surrogates,
+    # excessive depth) refuses the batch before anything reads it (config/strict_json.py).
+    unstorable = find_unstorable(data)
+    if unstorable is not None:
+        where, message = unstorable
+        parser.error("" if where == "$" else where, message)
+        raise BatchError(parser.errors)
     batch = parser.batch(data)
     if parser.errors or batch is None:
         raise BatchError(parser.errors)

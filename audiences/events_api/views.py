@@ -77,8 +77,9 @@ def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | 
     if len(body) > limit:
         return None, None, too_big
     try:
-        # Strict: no NaN or Infinity, no NUL or lone surrogate, bounded depth (config/strict_json.py).
-        data = strict_json.loads(body)
+        # Strict (config/strict_json.py); the values (NaN, NUL, ...) are checked per batch by parse_batch,
+        # so that in a bulk request only the batch holding one is refused.
+        data = strict_json.loads(body, check_values=False)
     except strict_json.JsonError as exc:
         return None, None, _error(400, exc.message, path=exc.path, code="malformed_json")
     if (refused := ratelimit.batches_refused(request, input, len(data) if isinstance(data, list) else 1)) is not None:
