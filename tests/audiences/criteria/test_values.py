@@ -21,5 +21,6 @@ def reference(pattern: str, text: str) -> bool:
 @example(pattern="*a*a", text="aaa")
 @example(pattern="?*?", text="a")
 @example(pattern="a*", text="A")
+@example(pattern="*b*b", text="ab")  # a middle piece may not reach into the last one
 def test_the_matcher_means_what_the_definition_says(pattern, text):
     assert pattern_matcher(pattern)(text.lower()) is reference(pattern, text.lower())
