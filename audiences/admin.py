@@ -238,11 +238,12 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, TimestampsAdminMixin, admin.Model
     def last_calculated(self, obj: Audience) -> str:
         if obj.pk is None:
             return "—"
-        if self.calculating(obj):
-            return "calculating…"
         calculated = when(obj.last_calculated_at) if obj.last_calculated_at else "never"
         if obj.evaluation_error or obj.recompute_error:
+            # Before "calculating…": a first calculation that keeps failing is not under way.
             return f"{calculated} (failing: see the audience)"
+        if self.calculating(obj):
+            return "calculating…"
         return calculated
 
     @admin.display(description="real-time evaluation")
