@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.db import connection as db
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -132,17 +132,22 @@ def recompute_backoff(failures: int) -> timedelta:
 def record_recompute_failure(audience_id: int, exc: BaseException, *, now: datetime) -> None:
     """Record a failed recompute on the audience (the reason, when, how many in a row) and when to try again."""
     logger.error("recompute of audience %s failed", audience_id, exc_info=exc)
-    with transaction.atomic():
-        audience = Audience.objects.select_for_update().filter(pk=audience_id).first()
-        if audience is None:
-            return
-        failures = audience.recompute_failures + 1
-        Audience.objects.filter(pk=audience_id).update(
-            recompute_error=f"{type(exc).__name__}: {exc}"[:1000],
-            recompute_failed_at=now,
-            recompute_failures=failures,
-            recompute_retry_at=now + recompute_backoff(failures),
-        )
+    try:
+        with transaction.atomic():
+            audience = Audience.objects.select_for_update().filter(pk=audience_id).first()
+            if audience is None:
+                return
+            failures = audience.recompute_failures + 1
+            Audience.objects.filter(pk=audience_id).update(
+                recompute_error=f"{type(exc).__name__}: {exc}"[:1000],
+                recompute_failed_at=now,
+                recompute_failures=failures,
+                recompute_retry_at=now + recompute_backoff(failures),
+            )
+    except DatabaseError:
+        # The database itself is the failure (unreachable, say): nothing can be recorded; the caller
+        # still raises the original error, and the sweeper rings the recompute again later.
+        logger.warning("could not record the failed recompute of audience %s", audience_id, exc_info=True)
 
 
 def clear_recompute_failure(audience: Audience) -> None:
