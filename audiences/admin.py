@@ -196,6 +196,8 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, SplitAdminMixin, TimestampsAdminM
         "volatility",
         "criteria_version",
         "last_calculated",
+        "evaluation_failure",
+        "recompute_failure",
         "created",
         "updated",
     )
@@ -240,9 +242,29 @@ class AudienceAdmin(CriteriaBuilderAdminMixin, SplitAdminMixin, TimestampsAdminM
     def last_calculated(self, obj: Audience) -> str:
         if obj.pk is None:
             return "—"
+        calculated = when(obj.last_calculated_at) if obj.last_calculated_at else "never"
+        if obj.evaluation_error or obj.recompute_error:
+            # Before "calculating…": a first calculation that keeps failing is not under way.
+            return f"{calculated} (failing: see the audience)"
         if self.calculating(obj):
             return "calculating…"
-        return when(obj.last_calculated_at) if obj.last_calculated_at else "never"
+        return calculated
+
+    @admin.display(description="real-time evaluation")
+    def evaluation_failure(self, obj: Audience) -> str:
+        """Real-time evaluation left this audience out (its members stayed as they were); the rest went on."""
+        if not obj.evaluation_error:
+            return "no failure"
+        return f"failed {when(obj.evaluation_failed_at)}: {obj.evaluation_error}"
+
+    @admin.display(description="recompute")
+    def recompute_failure(self, obj: Audience) -> str:
+        if not obj.recompute_error:
+            return "no failure"
+        return (
+            f"failed {obj.recompute_failures} time(s) in a row, last {when(obj.recompute_failed_at)}: "
+            f"{obj.recompute_error}; next try {when(obj.recompute_retry_at)}"
+        )
 
     @admin.display(description="Adds (24 h)")
     def adds_24h(self, obj: Audience) -> str:

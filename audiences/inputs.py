@@ -40,7 +40,8 @@ def input_create(name: str) -> tuple[Input, str]:
 
 def authenticate(key: str, secret: str) -> Input | None:
     """The active input with this key and secret, else None (unknown key, wrong secret, inactive)."""
-    if not key or not secret:
+    # Keys are 32 hex digits: anything longer, or with a NUL (which PostgreSQL cannot compare), is no key.
+    if not key or not secret or len(key) > 64 or "\x00" in key:
         return None
     instance = Input.objects.filter(key=key).first()
     # Compare digests in constant time even when the key is unknown, so timing says nothing.

@@ -67,6 +67,16 @@ class Audience(models.Model):
     # Bumped on every criteria change so a stale recompute is a no-op.
     criteria_version = models.PositiveIntegerField(default=1)
     last_calculated_at = models.DateTimeField(null=True, blank=True)
+    # The last failure of real-time evaluation (audiences/membership/evaluation.py): the audience was
+    # left out of that evaluation, the others and the ingestion went on. Cleared by new criteria.
+    evaluation_error = models.TextField(blank=True, editable=False)
+    evaluation_failed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The last failure of a recompute, how many in a row, and when the sweeper may try again
+    # (audiences/membership/recompute.py): a failing recompute backs off instead of re-running every sweep.
+    recompute_error = models.TextField(blank=True, editable=False)
+    recompute_failed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    recompute_failures = models.PositiveIntegerField(default=0, editable=False)
+    recompute_retry_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -187,7 +197,8 @@ class IdentityConflict(models.Model):
     chosen_profile = models.ForeignKey(Profile, on_delete=models.SET_NULL, null=True, related_name="+")
     # Identities left on the other profiles (not moved), as "type:value".
     not_attached = models.JSONField(default=list)
-    rule = models.CharField(max_length=200)
+    # Text, not a bounded CharField: the rule quotes the winning identity (up to 255 characters).
+    rule = models.TextField()
     # Set when someone merged its profiles (audiences/merge.py: conflict_resolve), with what was done.
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.CharField(max_length=200, blank=True)

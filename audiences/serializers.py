@@ -161,8 +161,24 @@ class AudienceSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
             "adds_24h",
             "drops_24h",
             "volatility",
+            "evaluation_error",
+            "evaluation_failed_at",
+            "recompute_error",
+            "recompute_failed_at",
+            "recompute_failures",
+            "recompute_retry_at",
         ]
-        read_only_fields = ["criteria_version", "last_calculated_at"]
+        read_only_fields = [
+            "criteria_version",
+            "last_calculated_at",
+            # Failures recorded by real-time evaluation and recompute ("" / null when none); new criteria clear them.
+            "evaluation_error",
+            "evaluation_failed_at",
+            "recompute_error",
+            "recompute_failed_at",
+            "recompute_failures",
+            "recompute_retry_at",
+        ]
 
     def _metrics(self, audience: Audience) -> selectors.AudienceMetrics:
         # A list view computes a whole page's metrics in one query and passes them in the context;

@@ -125,6 +125,9 @@ def audience_update(*, audience: Audience, **changes: Any) -> Audience:
             audience.criteria = changes["criteria"]
             audience.depends_on_time = criteria_lang.depends_on_time(audience.criteria)
             audience.criteria_version += 1
+            # The failures recorded were the old criteria's: the new ones get a fresh start.
+            audience.evaluation_error, audience.evaluation_failed_at = "", None
+            recompute.clear_recompute_failure(audience)
         audience.status = status
         audience.save()
         if status_changed or (criteria_changed and status == Audience.Status.ACTIVE):

@@ -36,6 +36,8 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from config.request_parsing import JsonParseError
+
 
 def error_body(code: str, detail: str, errors: Mapping[str, list[str]] | None = None, **extra: Any) -> dict[str, Any]:
     return {"code": code, "detail": detail, "errors": dict(errors or {}), **extra}
@@ -113,6 +115,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return response
     if isinstance(exc, exceptions.ValidationError):
         response.data = error_body("invalid", "Invalid input.", flat_errors(exc.detail))
+    elif isinstance(exc, JsonParseError):  # the strict reader names where the body went wrong
+        response.data = error_body("parse_error", str(exc.detail), {exc.path: [exc.message]})
     else:
         code = getattr(exc.detail, "code", None) or exc.default_code
         response.data = error_body(str(code), str(exc.detail))

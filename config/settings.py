@@ -123,6 +123,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A chunked body Django would read as empty answers 411 (config/request_parsing.py).
+    "config.request_parsing.RequireKnownLength",
     # Serves the admin's static files under gunicorn, without a separate web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -211,8 +213,9 @@ REST_FRAMEWORK = {
         "config.api_lists.SearchFilter",
         "config.api_lists.StrictOrderingFilter",
     ],
-    # JSON bodies only; Django's DATA_UPLOAD_MAX_MEMORY_SIZE bounds them (413, config/api_errors.py).
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Strict JSON bodies only (415 otherwise); Django's DATA_UPLOAD_MAX_MEMORY_SIZE bounds them (413,
+    # config/api_errors.py).
+    "DEFAULT_PARSER_CLASSES": ["config.request_parsing.StrictJSONParser"],
     "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "config.api_schema.AutoSchema",
 }

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
-from audiences.membership.recompute import recompute_queue
-from audiences.models import Audience
+from audiences.membership.recompute import audiences_due_for_recompute, recompute_queue
 from connections.models import Connection
 from forwarding.doorbell import ring, ring_end
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -36,14 +35,8 @@ def sweep() -> dict[str, int]:
     to_end = list(Connection.objects.filter(free, status=Connection.Status.ENDING).values_list("pk", flat=True))
     for connection_id in to_end:
         ring_end(connection_id)
-    stale = list(
-        Audience.objects.filter(updated_at__lt=now - RECOMPUTE_GRACE)
-        .filter(
-            Q(last_calculated_at__isnull=True, status=Audience.Status.ACTIVE)
-            | Q(last_calculated_at__lt=F("updated_at"))
-        )
-        .values_list("pk", "criteria_version")
-    )
+    # Not those backing off after a failed recompute (recorded on the audience, audiences/membership/recompute.py).
+    stale = audiences_due_for_recompute(grace=RECOMPUTE_GRACE)
     for audience_id, version in stale:
         recompute_queue(audience_id, version)
     purged, _ = DeliveryAttempt.objects.filter(at__lt=now - timedelta(days=ATTEMPT_LOG_DAYS)).delete()

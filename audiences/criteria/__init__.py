@@ -50,7 +50,7 @@ from audiences.criteria.values import (
     date_bounds,
     date_view,
     number_view,
-    pattern_regex,
+    pattern_matcher,
 )
 from audiences.criteria.vocabulary import (
     AUDIENCE_OPERATORS,
@@ -117,7 +117,7 @@ __all__ = [
     "lookback_start",
     "matches",
     "number_view",
-    "pattern_regex",
+    "pattern_matcher",
     "referenced_audiences",
     "validate_criteria",
 ]

@@ -18,7 +18,7 @@ from audiences.criteria.values import (
     date_bounds,
     date_view,
     number_view,
-    pattern_regex,
+    pattern_matcher,
 )
 from audiences.criteria.vocabulary import (
     DEFAULT_EVENT_WINDOW,
@@ -145,8 +145,8 @@ def _positive_test(operator: str, expected: Any) -> ValueTest:
         text = expected.lower()
         return lambda a, now: isinstance(a, str) and text in a.lower()
     if operator == "matches":
-        fullmatch = pattern_regex(expected).fullmatch
-        return lambda a, now: isinstance(a, str) and fullmatch(a.lower()) is not None
+        matching = pattern_matcher(expected)
+        return lambda a, now: isinstance(a, str) and matching(a.lower())
     if operator in NUMBER_OPERATORS or operator == "between":
         return _number_test(operator, expected)
     return _date_test(operator, expected)
@@ -219,10 +219,10 @@ def _compile_identity(node: Mapping) -> Predicate:
             return any(t == identity_type for t, _ in facts.identities)
 
         return has if operator == "exists" else lambda facts, now: not has(facts, now)
-    fullmatch = pattern_regex(node["value"]).fullmatch
+    matching_value = pattern_matcher(node["value"])
 
     def matching(facts: ProfileFacts, now: datetime) -> bool:
-        return any(t == identity_type and fullmatch(v.lower()) is not None for t, v in facts.identities)
+        return any(t == identity_type and matching_value(v.lower()) for t, v in facts.identities)
 
     return matching if operator == "matches" else lambda facts, now: not matching(facts, now)
 

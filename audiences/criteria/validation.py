@@ -14,7 +14,6 @@ from audiences.criteria.reading import (
 )
 from audiences.criteria.values import (
     date_bounds,
-    date_view,
     number_view,
 )
 from audiences.criteria.vocabulary import (
@@ -27,6 +26,7 @@ from audiences.criteria.vocabulary import (
     MAX_EVENT_COUNT,
     MAX_NAME,
     MAX_NODES,
+    MAX_PATTERN,
     MAX_STRING,
     MAX_WINDOW_AMOUNT,
     NODE_KEYS,
@@ -40,6 +40,7 @@ from audiences.criteria.vocabulary import (
 )
 from audiences.identities import IDENTITY_TYPES
 from audiences.models import Audience
+from config.strict_json import find_unstorable
 
 
 class CriteriaError(ValidationError):
@@ -50,6 +51,12 @@ def validate_criteria(tree: Any, *, audience_id: int | None = None) -> dict:
     """Check a criteria tree; raise CriteriaError whose message starts with the path of the problem
     (`criteria.and[1].operator: unknown operator 'nearly'`). Audience references must exist and form no
     cycle with `audience_id` (the audience being edited; None for a new one, which nobody references yet)."""
+    # Before anything reads it: a NUL or a lone surrogate cannot be stored (jsonb), a tree of any depth is
+    # inspected without recursion (the admin's form reads criteria with Python's lenient json).
+    unstorable = find_unstorable(tree, max_depth=MAX_DEPTH * 4)
+    if unstorable is not None:
+        path, message = unstorable
+        _fail(f"criteria.{path}" if path != "$" else "criteria", message)
     counter = [0]
     references: list[tuple[str, int]] = []
     _validate_node(tree, "criteria", 1, counter, references)
@@ -133,9 +140,18 @@ def _validate_name(value: Any, path: str, what: str) -> None:
         _fail(path, f"{what}s are at most {MAX_NAME} characters")
 
 
+DATE_FORMS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z|±HH:MM], UTC unless an offset"
+
+
 def _validate_date(value: Any, path: str) -> None:
-    if not isinstance(value, str) or date_view(value) is None:
-        _fail(path, "expected a date: YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z|±HH:MM], UTC unless an offset")
+    """A date both evaluators can compute with: date_bounds is the arithmetic they do on it (a day's
+    end is the next midnight, which 9999-12-31 does not have), so a date it refuses is refused here."""
+    if not isinstance(value, str):
+        _fail(path, f"expected a date: {DATE_FORMS}")
+    try:
+        date_bounds(value)
+    except ValueError:
+        _fail(path, f"expected a date from 0001-01-01 to 9999-12-30: {DATE_FORMS}")
 
 
 def _validate_date_range(value: Any, path: str) -> None:
@@ -180,6 +196,8 @@ def _validate_attribute(node: Mapping, path: str) -> None:
             _fail(value_path, f"'{operator}' needs a string")
         if len(value) > MAX_STRING:
             _fail(value_path, f"strings are at most {MAX_STRING} characters")
+        if operator in ("matches", "not_matches"):
+            _validate_pattern(value, value_path)
     elif operator in NUMBER_OPERATORS:
         if not _is_number(value):
             _fail(value_path, f"'{operator}' needs a number")
@@ -189,8 +207,9 @@ def _validate_attribute(node: Mapping, path: str) -> None:
         if number_view(value[0]) > number_view(value[1]):
             _fail(value_path, "'between' needs low <= high")
     elif operator == "date_on":
-        if not isinstance(value, str) or not DAY_RE.fullmatch(value) or date_view(value) is None:
+        if not isinstance(value, str) or not DAY_RE.fullmatch(value):
             _fail(value_path, "'date_on' needs a date YYYY-MM-DD")
+        _validate_date(value, value_path)
     elif operator in DATE_OPERATORS:
         _validate_date(value, value_path)
     elif operator == "date_between":
@@ -214,6 +233,14 @@ def _validate_identity(node: Mapping, path: str) -> None:
             _fail(f"{path}.value", f"'{operator}' takes no value")
     elif not isinstance(node.get("value"), str):
         _fail(f"{path}.value", f"'{operator}' needs a pattern (a string)")
+    else:
+        _validate_pattern(node["value"], f"{path}.value")
+
+
+def _validate_pattern(value: str, path: str) -> None:
+    # Bounded so that matching stays cheap whatever the value (audiences/criteria/values.py).
+    if len(value) > MAX_PATTERN:
+        _fail(path, f"patterns are at most {MAX_PATTERN} characters")
 
 
 def _validate_event(node: Mapping, path: str, counter: list[int]) -> None:

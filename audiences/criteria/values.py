@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
@@ -84,11 +85,54 @@ def date_bounds(text: str) -> tuple[datetime, datetime, bool]:
     if start is None:
         raise ValueError(f"not a date: {text!r}")
     if DAY_RE.fullmatch(text):
+        if start > LATEST_DAY_START:
+            # 9999-12-31 has no next midnight in Python (nor in the evaluators that use one).
+            raise ValueError(f"a date after 9999-12-30: {text!r}")
         return start, start + timedelta(days=1), False
     return start, start, True
 
 
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A `matches` pattern as a regular expression on the whole lower-cased text: `*` any run, `?` one character."""
-    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()]
-    return re.compile("".join(parts), re.DOTALL)
+# The last day whose end (the next midnight) a datetime can hold: date_bounds refuses days after it, and
+# validation refuses them in criteria (both evaluators compute that end for date_on, date_before/after,
+# date_between and event recency).
+LATEST_DAY_START = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """A `matches` pattern (`*` any run, `?` one character) as a test of a whole lower-cased text, in
+    bounded time: no backtracking regex (`.*/.*/.*\\.pdf` takes cubic time on a long value).
+
+    The pattern splits at its `*`s into pieces of fixed length (a `?` or a character is one character
+    each). The first piece must start the text, the last must end it, and each piece between is taken
+    where it first occurs after the previous one: the earliest place leaves the most room for the rest,
+    so if any placement works this one does. Each piece is a search without quantifiers, so the whole
+    costs at most len(text) x len(pattern) steps, and about len(text) in practice."""
+    pieces = pattern.lower().split("*")
+    if len(pieces) == 1:
+        whole = _piece_regex(pieces[0])
+        return lambda text: len(text) == len(pieces[0]) and whole.match(text) is not None
+    head, *middle, tail = pieces
+    head_re, tail_re = _piece_regex(head), _piece_regex(tail)
+    middle_res = [_piece_regex(piece) for piece in middle if piece]
+    least = len(head) + len(tail) + sum(len(piece) for piece in middle)
+
+    def matching(text: str) -> bool:
+        if len(text) < least or head_re.match(text) is None:
+            return False
+        end = len(text) - len(tail)
+        if tail_re.match(text, end) is None:
+            return False
+        position = len(head)
+        for piece in middle_res:
+            found = piece.search(text, position, end)
+            if found is None:
+                return False
+            position = found.end()
+        return True
+
+    return matching
+
+
+def _piece_regex(piece: str) -> re.Pattern[str]:
+    """A piece of a pattern without `*`: a regex with no quantifier, so matching it never backtracks."""
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in piece), re.DOTALL)

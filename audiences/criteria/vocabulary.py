@@ -15,6 +15,9 @@ MAX_DEPTH = 10
 MAX_NODES = 200
 MAX_NAME = 256
 MAX_STRING = 4096  # a string operand
+# A `matches` pattern: with values of at most 4,096 characters (the Events API's and the REST API's
+# limit), the matcher's worst case stays a few million steps (audiences/criteria/values.py).
+MAX_PATTERN = 256
 # Bounds what a window can reach back to (about 270 years in days), so `now - amount` never overflows.
 MAX_WINDOW_AMOUNT = 100_000
 MAX_EVENT_COUNT = 1_000_000

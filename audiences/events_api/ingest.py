@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection
+from django.db import DataError, IntegrityError, connection
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -77,6 +77,37 @@ def ingest_batches(input: Input, batches: Sequence[ParsedBatch], *, now: datetim
         Input.objects.filter(pk=input.pk).update(last_used_at=now)
         input.last_used_at = now
     return result
+
+
+# What the database may refuse in a batch's own data although parsing let it through (a value PostgreSQL
+# cannot store, a number out of a column's range): that batch's fault, not the others'.
+BATCH_DATA_ERRORS = (DataError, ValueError, OverflowError)
+
+
+def ingest_each_alone(input: Input, batches: Sequence[ParsedBatch], *, now: datetime | None = None) -> dict[int, str]:
+    """Store the batches of a bulk request so that each stands alone: together in one transaction (the
+    usual case, a fixed handful of queries), and should the database refuse the data of one, again one by
+    one, so the good ones are stored all the same. Returns {index: reason} of the batches refused."""
+    try:
+        ingest_batches(input, batches, now=now)
+        return {}
+    except BATCH_DATA_ERRORS as exc:
+        if len(batches) == 1:
+            return {0: refusal(exc)}
+        logger.warning("events api: the database refused a batch of a bulk request; storing them one by one")
+    refused: dict[int, str] = {}
+    for index, batch in enumerate(batches):
+        try:
+            ingest_batches(input, [batch], now=now)
+        except BATCH_DATA_ERRORS as exc:
+            refused[index] = refusal(exc)
+    return refused
+
+
+def refusal(exc: Exception) -> str:
+    # The first line of the database's message says what (e.g. a NUL byte); its DETAIL may quote data.
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"The batch could not be stored: {first_line[:200]}"
 
 
 def _new_receipts(input: Input, source_request_ids: list[str], now: datetime) -> set[str]:

@@ -19,6 +19,7 @@ batch with any error is refused whole. What is checked and what is let through:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from audiences.identities import normalise_identity
+from config.strict_json import find_unstorable
 
 MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTE_VALUE = 4096
@@ -138,6 +140,8 @@ PUSH_TOKEN_TYPES = {
 # Bounds of a plausible timestamp (ms): after 1970, before the year 3000. Outside them is a unit mistake.
 MAX_TIMESTAMP_MS = 32_503_680_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# An mpid sent as a string: ASCII digits (str.isdigit() also takes "²"), at most a 64-bit integer's 19.
+MPID_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass
@@ -235,7 +239,7 @@ class _Parser:
         elif not isinstance(environment, str) or environment not in ENVIRONMENTS:  # a list or object is no key
             self.error("environment", f"{environment!r:.60} is not 'development', 'production' or 'unknown'.")
         mpid = data.get("mpid")
-        if isinstance(mpid, str) and mpid.lstrip("-").isdigit():
+        if isinstance(mpid, str) and MPID_TEXT.fullmatch(mpid):
             mpid = int(mpid)  # int64 ids often travel as strings (JavaScript loses their precision)
         if mpid is not None and (not _is_int(mpid) or not INT64_MIN <= mpid <= INT64_MAX):
             self.error("mpid", "Expected a signed 64-bit integer.")
@@ -408,6 +412,13 @@ def parse_batch(data: Any, *, path: str = "", now: datetime | None = None) -> Pa
 
     `path` prefixes every error path (`[3]` for the fourth batch of a bulk request)."""
     parser = _Parser(path, now or datetime.now(tz=UTC))
+    # What the database cannot store or the parser should not walk (NaN, 1e400, NUL, lone surrogates,
+    # excessive depth) refuses the batch before anything reads it (config/strict_json.py).
+    unstorable = find_unstorable(data)
+    if unstorable is not None:
+        where, message = unstorable
+        parser.error("" if where == "$" else where, message)
+        raise BatchError(parser.errors)
     batch = parser.batch(data)
     if parser.errors or batch is None:
         raise BatchError(parser.errors)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from django.conf import settings
@@ -17,11 +16,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from audiences.events_api.ingest import ingest_batches
+from audiences.events_api.ingest import BATCH_DATA_ERRORS, ingest_batches, ingest_each_alone, refusal
 from audiences.events_api.parsing import BatchError, ParsedBatch, parse_batch
 from audiences.inputs import authenticate
 from audiences.models import Input
-from config import ratelimit
+from config import ratelimit, strict_json
 
 
 def _error(status: int, message: str, *, path: str | None = None, code: str | None = None) -> JsonResponse:
@@ -43,7 +42,9 @@ def _basic_credentials(request: HttpRequest) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     key, sep, secret = decoded.partition(":")
-    return (key, secret) if sep else None
+    if not sep or strict_json.UNSTORABLE.search(decoded):
+        return None  # a NUL cannot be in a key or secret we issued (nor be looked up): plain 401
+    return key, secret
 
 
 def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | None]:
@@ -76,9 +77,11 @@ def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | 
     if len(body) > limit:
         return None, None, too_big
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, None, _error(400, f"Malformed JSON: {exc}", path="$", code="malformed_json")
+        # Strict (config/strict_json.py); the values (NaN, NUL, ...) are checked per batch by parse_batch,
+        # so that in a bulk request only the batch holding one is refused.
+        data = strict_json.loads(body, check_values=False)
+    except strict_json.JsonError as exc:
+        return None, None, _error(400, exc.message, path=exc.path, code="malformed_json")
     if (refused := ratelimit.batches_refused(request, input, len(data) if isinstance(data, list) else 1)) is not None:
         return None, None, refused
     return input, data, None
@@ -95,7 +98,11 @@ def events(request: HttpRequest) -> JsonResponse:
         batch = parse_batch(data)
     except BatchError as exc:
         return JsonResponse({"errors": exc.errors}, status=400)
-    result = ingest_batches(input, [batch])
+    try:
+        result = ingest_batches(input, [batch])
+    except BATCH_DATA_ERRORS as exc:
+        # Parsing let through something the database refuses: this batch's fault, so a 400, not a 500.
+        return _error(400, refusal(exc), path="$", code="invalid")
     return JsonResponse({"accepted": True, "duplicate": bool(result.duplicates)}, status=202)
 
 
@@ -123,9 +130,10 @@ def bulk_events(request: HttpRequest) -> JsonResponse:
             good.append((index, parse_batch(item, path=f"[{index}]")))
         except BatchError as exc:
             errors.extend(exc.errors)
-    if good:
-        ingest_batches(input, [batch for _, batch in good])
-    accepted = [index for index, _ in good]
+    refused = ingest_each_alone(input, [batch for _, batch in good]) if good else {}
+    for position, reason in refused.items():
+        errors.append({"path": f"[{good[position][0]}]", "message": reason})
+    accepted = [index for position, (index, _) in enumerate(good) if position not in refused]
     if errors:
         return JsonResponse({"accepted": accepted, "errors": errors}, status=400)
     return JsonResponse({"accepted": accepted}, status=202)

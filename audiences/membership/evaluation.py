@@ -12,6 +12,7 @@ outbox) are written in the same transaction.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from audiences.criteria.facts import EventFact, ProfileFacts
 from audiences.membership.ledger import apply_membership_deltas
 from audiences.membership.locks import lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
+
+logger = logging.getLogger(__name__)
 
 # Profile ids per query: well under the bound-parameter limits of SQLite and PostgreSQL.
 ID_CHUNK = 5000
@@ -78,12 +81,38 @@ ACTIVE_AUDIENCES_SQL = (
 )
 
 
-def active_audiences() -> list[CompiledAudience]:
-    """The active audiences, compiled, referenced audiences before those that refer to them. One query."""
+def active_audiences(*, now: datetime | None = None) -> list[CompiledAudience]:
+    """The active audiences, compiled, referenced audiences before those that refer to them. One query.
+    An audience whose criteria fail to compile is recorded as failed and left out (the others go on)."""
     with db.cursor() as cursor:
         cursor.execute(ACTIVE_AUDIENCES_SQL, [Audience.Status.ACTIVE.value])
         rows = cursor.fetchall()
-    return dependency_order([_compile(pk, version, _json(tree)) for pk, version, tree in rows])
+    compiled = []
+    for pk, version, tree in rows:
+        try:
+            compiled.append(_compile(pk, version, _json(tree)))
+        except Exception as exc:  # any failure of one audience stays with that audience
+            record_evaluation_failure(pk, version, exc, now=now or timezone.now())
+    return dependency_order(compiled)
+
+
+# Repeated failures are written at most this often (each write locks the audience's row until the
+# request's transaction ends, and every request meets the same failure).
+FAILURE_RECORD_INTERVAL = timedelta(minutes=1)
+# (audience id, criteria version) already logged by this process: the log says it once, not per request.
+_logged_failures: set[tuple[int, int]] = set()
+
+
+def record_evaluation_failure(audience_id: int, version: int, exc: BaseException, *, now: datetime) -> None:
+    """Record on the audience that real-time evaluation failed and why, in the caller's transaction (the
+    request it failed in is still stored). Cleared by new criteria (audiences/services.py)."""
+    reason = f"{type(exc).__name__}: {exc}"[:1000]
+    if (audience_id, version) not in _logged_failures:
+        _logged_failures.add((audience_id, version))
+        logger.error("real-time evaluation of audience %s failed; left out", audience_id, exc_info=exc)
+    Audience.objects.filter(pk=audience_id).exclude(
+        evaluation_error=reason, evaluation_failed_at__gt=now - FAILURE_RECORD_INTERVAL
+    ).update(evaluation_error=reason, evaluation_failed_at=now)
 
 
 def dependency_order(audiences: Sequence[CompiledAudience]) -> list[CompiledAudience]:
@@ -186,7 +215,7 @@ def evaluate_profiles(
     if not profile_ids:
         return {}
     now = now or timezone.now()
-    audiences = active_audiences()
+    audiences = active_audiences(now=now)
     if not audiences:
         return {}
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
@@ -198,11 +227,16 @@ def evaluate_profiles(
     profiles = list(facts.values())
     deltas: dict[int, tuple[list[int], list[int]]] = {}
     for audience in audiences:
-        predicate = audience.predicate
+        try:
+            # Every profile first, then the changes: a failure half-way leaves nothing of this audience.
+            verdicts = [(profile, audience.predicate(profile, now)) for profile in profiles]
+        except Exception as exc:  # any failure of one audience stays with that audience
+            # Left out: its members stay as they were, the request and the other audiences go on.
+            record_evaluation_failure(audience.id, audience.criteria_version, exc, now=now)
+            continue
         entered: list[int] = []
         left: list[int] = []
-        for profile in profiles:
-            member = predicate(profile, now)
+        for profile, member in verdicts:
             was_member = audience.id in profile.memberships
             if member and not was_member:
                 entered.append(profile.profile_id)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.db import connection as db
-from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from audiences import criteria as criteria_lang
@@ -70,6 +71,28 @@ def recompute_audience(
     whose criteria refer to this one are queued for recompute after commit."""
     started = time.perf_counter()
     now = now or timezone.now()
+    try:
+        result = _recompute(audience_id, now=now, criteria_version=criteria_version, reason=reason, started=started)
+    except Exception as exc:
+        # Rolled back; recorded on the audience in a transaction of its own, and backed off: the sweeper
+        # leaves it until recompute_retry_at instead of re-running it on every sweep.
+        record_recompute_failure(audience_id, exc, now=timezone.now())
+        raise
+    if not result.skipped:
+        logger.info(
+            "recomputed audience %s: %s entered, %s left, %s members in %.2fs",
+            audience_id,
+            result.entered,
+            result.left,
+            result.size,
+            result.seconds,
+        )
+    return result
+
+
+def _recompute(
+    audience_id: int, *, now: datetime, criteria_version: int | None, reason: str, started: float
+) -> RecomputeResult:
     with transaction.atomic():
         # Serialises recomputes of one audience (the second waits, then sees the first's result) and
         # keeps real-time evaluation out while the difference is applied (audiences/membership/locks.py).
@@ -82,19 +105,75 @@ def recompute_audience(
             entered, left, size = _recompute_in_sql(audience, now=now, reason=reason)
         else:
             entered, left, size = _recompute_by_profile(audience, now=now, reason=reason)
-        Audience.objects.filter(pk=audience_id).update(last_calculated_at=now)
+        Audience.objects.filter(pk=audience_id).update(last_calculated_at=now, **NO_RECOMPUTE_FAILURE)
         if entered or left:
             _queue_dependants_after_commit(audience_id)
-    result = RecomputeResult(entered, left, size, time.perf_counter() - started)
-    logger.info(
-        "recomputed audience %s: %s entered, %s left, %s members in %.2fs",
-        audience_id,
-        entered,
-        left,
-        size,
-        result.seconds,
+    return RecomputeResult(entered, left, size, time.perf_counter() - started)
+
+
+# --- failures and backoff ---------------------------------------------------------------------
+
+# After the n-th failure in a row, the next try waits RECOMPUTE_BACKOFF * 2**(n-1), at most RECOMPUTE_BACKOFF_MAX.
+RECOMPUTE_BACKOFF = timedelta(minutes=1)
+RECOMPUTE_BACKOFF_MAX = timedelta(hours=6)
+NO_RECOMPUTE_FAILURE: dict[str, Any] = {
+    "recompute_error": "",
+    "recompute_failed_at": None,
+    "recompute_failures": 0,
+    "recompute_retry_at": None,
+}
+
+
+def recompute_backoff(failures: int) -> timedelta:
+    """How long to wait before the next try after `failures` failures in a row (1, 2, 4, ... minutes)."""
+    return min(RECOMPUTE_BACKOFF * 2 ** min(max(failures - 1, 0), 20), RECOMPUTE_BACKOFF_MAX)
+
+
+def record_recompute_failure(audience_id: int, exc: BaseException, *, now: datetime) -> None:
+    """Record a failed recompute on the audience (the reason, when, how many in a row) and when to try again."""
+    logger.error("recompute of audience %s failed", audience_id, exc_info=exc)
+    try:
+        with transaction.atomic():
+            audience = Audience.objects.select_for_update().filter(pk=audience_id).first()
+            if audience is None:
+                return
+            failures = audience.recompute_failures + 1
+            Audience.objects.filter(pk=audience_id).update(
+                recompute_error=f"{type(exc).__name__}: {exc}"[:1000],
+                recompute_failed_at=now,
+                recompute_failures=failures,
+                recompute_retry_at=now + recompute_backoff(failures),
+            )
+    except DatabaseError:
+        # The database itself is the failure (unreachable, say): nothing can be recorded; the caller
+        # still raises the original error, and the sweeper rings the recompute again later.
+        logger.warning("could not record the failed recompute of audience %s", audience_id, exc_info=True)
+
+
+def clear_recompute_failure(audience: Audience) -> None:
+    """Forget the recorded failures (on the instance, saved by the caller): new criteria start afresh."""
+    for name, value in NO_RECOMPUTE_FAILURE.items():
+        setattr(audience, name, value)
+
+
+def recompute_backed_off() -> Q:
+    """Audiences whose last recompute failed and whose next try is not due yet, at now."""
+    return Q(recompute_retry_at__gt=timezone.now())
+
+
+def audiences_due_for_recompute(*, grace: timedelta) -> list[tuple[int, int]]:
+    """(id, criteria version) of the audiences whose recompute was lost: active and never calculated, or
+    changed since their last calculation, for longer than `grace`; not those backing off after a failure."""
+    now = timezone.now()
+    return list(
+        Audience.objects.filter(updated_at__lt=now - grace)
+        .filter(
+            Q(last_calculated_at__isnull=True, status=Audience.Status.ACTIVE)
+            | Q(last_calculated_at__lt=F("updated_at"))
+        )
+        .exclude(recompute_backed_off())
+        .values_list("pk", "criteria_version")
     )
-    return result
 
 
 def _recompute_in_sql(audience: Audience, *, now: datetime, reason: str) -> tuple[int, int, int]:
@@ -194,8 +273,10 @@ def recompute_time_based_audiences(now: datetime | None = None) -> dict[str, Any
     its own transaction; one failing audience does not stop the others."""
     now = now or timezone.now()
     summary: dict[str, Any] = {"audiences": 0, "entered": 0, "left": 0, "failed": [], "results": {}}
-    audience_ids = Audience.objects.filter(status=Audience.Status.ACTIVE, depends_on_time=True).values_list(
-        "pk", flat=True
+    audience_ids = (
+        Audience.objects.filter(status=Audience.Status.ACTIVE, depends_on_time=True)
+        .exclude(recompute_backed_off())
+        .values_list("pk", flat=True)
     )
     for audience_id in list(audience_ids.order_by("pk")):
         try:

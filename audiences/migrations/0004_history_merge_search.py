@@ -25,7 +25,7 @@ def drop_trigram_index(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audiences", "0002_sql_functions"),
+        ("audiences", "0003_audience_failures"),
     ]
 
     operations = [

@@ -20,6 +20,7 @@ from django.urls import URLPattern, path, reverse
 
 from audiences.admin import AudienceAdmin, count_of
 from audiences.models import Audience
+from config.request_parsing import id_from_query
 from config.roles import TEST_CONNECTION, holds
 from connections.models import Connection
 from connections.selectors import connected_output_counts
@@ -118,8 +119,8 @@ class ConnectedAudienceAdmin(BulkConnectMixin, AudienceAdmin):
         connects (forwarding/forms.py), as the button pressed says."""
         audience = self.audience_for_page(request, object_id, permission="connections.add_connection")
         context = self.audience_page_context(request, audience, f"Connect an output to “{audience}”")
-        output_id = request.GET.get("output")
-        if not output_id or not output_id.isdigit():
+        output_id = id_from_query(request.GET.get("output"))  # "²" is a digit to str.isdigit(), not to int()
+        if output_id is None:
             connected = dict(Connection.objects.filter(audience=audience).values_list("output_id", "pk"))
             context["outputs"] = [
                 {

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_POST
 from audiences.admin import TimestampsAdminMixin, count_of
 from audiences.models import Audience
 from config.display import number, when
+from config.request_parsing import id_from_query
 from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections import status
 from connections.models import Connection, ConnectionMember
@@ -319,8 +320,8 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         to its "Connect output" page with ?audience=<id>."""
         if not self.has_add_permission(request):
             raise PermissionDenied
-        audience_id = request.GET.get("audience", "")
-        if audience_id.isdigit():
+        audience_id = id_from_query(request.GET.get("audience"))
+        if audience_id is not None:
             return redirect("admin:audiences_audience_connect", audience_id)
         context = {
             **self.admin_site.each_context(request),

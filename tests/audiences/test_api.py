@@ -38,6 +38,12 @@ def test_create_audience(api):
         "adds_24h": 0,
         "drops_24h": 0,
         "volatility": 0.0,
+        "evaluation_error": "",
+        "evaluation_failed_at": None,
+        "recompute_error": "",
+        "recompute_failed_at": None,
+        "recompute_failures": 0,
+        "recompute_retry_at": None,
         "connected_outputs": 0,
         "connections": [],
     }

@@ -1,5 +1,6 @@
 """The criteria language (docs/criteria.md): the per-profile evaluator and validation."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from audiences.criteria import (
     validate_criteria,
 )
 from audiences.criteria.facts import EventFact, ProfileFacts
+from audiences.criteria.sql import member_sql
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 PARIS = {"attribute": "city", "operator": "equals", "value": "Paris"}
@@ -466,3 +468,86 @@ def test_a_full_tree_validates():
         ]
     }
     assert validate_criteria(tree) is tree
+
+
+# --- dates at the edge of the calendar (issue 7, item 2) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tree", "path"),
+    [
+        # The issue's reproduction: 9999-12-31 has no next midnight, which both evaluators compute.
+        ({"attribute": "valid_until", "operator": "date_after", "value": "9999-12-31"}, "criteria.value"),
+        ({"attribute": "d", "operator": "date_before", "value": "9999-12-31"}, "criteria.value"),
+        ({"attribute": "d", "operator": "date_on", "value": "9999-12-31"}, "criteria.value"),
+        ({"attribute": "d", "operator": "date_between", "value": ["2026-01-01", "9999-12-31"]}, "criteria.value[1]"),
+        ({"attribute": "d", "operator": "date_after", "value": "9999-12-31T23:00-05:00"}, "criteria.value"),
+        ({"attribute": "d", "operator": "date_before", "value": "0001-01-01T00:00+01:00"}, "criteria.value"),
+        ({"event": "x", "recency": {"between": ["2026-01-01", "9999-12-31"]}}, "criteria.recency.between[1]"),
+        (
+            {"event": "x", "attributes": [{"attribute": "d", "operator": "date_on", "value": "9999-12-31"}]},
+            "criteria.attributes[0].value",
+        ),
+    ],
+)
+def test_dates_the_evaluators_cannot_compute_with_are_refused_at_validation(tree, path):
+    with pytest.raises(CriteriaError) as excinfo:
+        validate_criteria(tree)
+    assert excinfo.value.messages[0].startswith(f"{path}: expected a date"), excinfo.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"attribute": "d", "operator": "date_after", "value": "9999-12-30"},
+        {"attribute": "d", "operator": "date_on", "value": "9999-12-30"},
+        {"attribute": "d", "operator": "date_between", "value": ["0001-01-01", "9999-12-30"]},
+        {"attribute": "d", "operator": "date_before", "value": "9999-12-31T23:59:59.999999Z"},
+        {"attribute": "d", "operator": "within_last", "value": {"amount": 100_000, "unit": "days"}},
+        {"event": "x", "recency": {"between": ["0001-01-01", "9999-12-30"]}},
+        {"event": "x", "recency": {"within_last": {"amount": 100_000, "unit": "days"}}},
+    ],
+)
+def test_the_last_dates_validation_accepts_evaluate_in_both_evaluators(node):
+    """Whatever validation lets through, both evaluators compute with (the SQL one compiles its bounds here;
+    tests/audiences/criteria/test_equivalence.py runs it)."""
+    validate_criteria(node)
+    at = datetime(9999, 12, 31, 12, tzinfo=UTC)
+    assert isinstance(matches(node, facts({"d": "9999-12-30T12:00"}, events=[event("x", at=at)]), NOW), bool)
+    member_sql(node, now=NOW)
+
+
+# --- patterns in bounded time (issue 7, item 4) ---------------------------------------------------
+
+
+def test_a_long_value_against_many_stars_matches_in_bounded_time():
+    """The issue's reproduction: "*/*/*.pdf" against 4,096 characters took 30 s with a backtracking regex."""
+    node = {"attribute": "path", "operator": "matches", "value": "*/*/*.pdf"}
+    validate_criteria(node)
+    started = time.perf_counter()
+    for value in ("/" * 4096, "/" + "x" * 4091 + ".pdf", "/" * 4092 + ".pdf"):
+        expected = value.count("/") >= 2 and value.endswith(".pdf")
+        assert matches(node, facts({"path": value}), NOW) is expected
+    assert time.perf_counter() - started < 0.1
+
+
+def test_pattern_lengths_are_bounded_at_validation():
+    validate_criteria({"attribute": "a", "operator": "matches", "value": "*" * 256})
+    for node in (
+        {"attribute": "a", "operator": "matches", "value": "*" * 257},
+        {"attribute": "a", "operator": "not_matches", "value": "x" * 257},
+        {"identity": "email", "operator": "matches", "value": "*@" + "x" * 300},
+    ):
+        with pytest.raises(CriteriaError, match=r"criteria\.value: patterns are at most 256 characters"):
+            validate_criteria(node)
+
+
+def test_nul_and_lone_surrogates_are_refused_anywhere_in_criteria():
+    for tree, path in (
+        ({"attribute": "a\x00", "operator": "exists"}, "criteria.attribute"),
+        ({"and": [{"attribute": "a", "operator": "equals", "value": "x\x00"}]}, "criteria.and[0].value"),
+        ({"event": "x", "attributes": [{"attribute": "\ud800", "operator": "exists"}]}, "criteria.attributes[0].att"),
+    ):
+        with pytest.raises(CriteriaError) as excinfo:
+            validate_criteria(tree)
+        assert excinfo.value.messages[0].startswith(path), excinfo.value.messages[0]

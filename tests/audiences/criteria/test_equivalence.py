@@ -1,6 +1,7 @@
 """Two evaluators, one meaning (docs/criteria.md): for generated profiles and criteria trees, the set-based SQL
 evaluator (audiences.criteria.sql.member_sql) selects exactly the profiles the per-profile evaluator
-(audiences.criteria.matches) accepts. PostgreSQL only.
+(audiences.criteria.matches) accepts, given what the real loader (audiences.membership.evaluation.load_facts)
+reads of them for that tree: the window of events it loads is part of what is checked. PostgreSQL only.
 
 Generated text uses a few letters, digits, space and `*?%_\\` so that case folding, LIKE escaping, numeric
 strings and patterns all get exercised; event timestamps fall on whole hours around `now`, so that recency
@@ -15,9 +16,9 @@ from django.db import connection, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiences.criteria import matches, vocabulary
-from audiences.criteria.facts import EventFact, ProfileFacts
+from audiences.criteria import event_window_start, matches, vocabulary
 from audiences.criteria.sql import member_sql
+from audiences.membership.evaluation import load_facts
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 from tests.conftest import service_missing
 
@@ -232,17 +233,14 @@ def _with_audience_ids(node: dict, audience_ids: list[int]) -> dict:
     return node
 
 
-def _store(generated: list[dict], audience_ids: list[int]) -> dict[int, ProfileFacts]:
-    """Write the generated profiles to the database; return what the per-profile evaluator sees of them."""
+def _store(generated: list[dict], audience_ids: list[int]) -> list[int]:
+    """Write the generated profiles to the database; return their ids."""
     rows = Profile.objects.bulk_create([Profile(attributes=spec["attributes"]) for spec in generated])
-    facts: dict[int, ProfileFacts] = {}
     identities, event_rows, memberships, seen = [], [], [], set()
     for profile, spec in zip(rows, generated, strict=True):
-        pairs = []
         for pair in spec["identities"]:
             if pair not in seen:  # an identity belongs to one profile
                 seen.add(pair)
-                pairs.append(pair)
                 identities.append(Identity(profile=profile, type=pair[0], value=pair[1]))
         for name, attributes, timestamp in spec["events"]:
             event_rows.append(
@@ -257,17 +255,10 @@ def _store(generated: list[dict], audience_ids: list[int]) -> dict[int, ProfileF
             )
         for index in spec["memberships"]:
             memberships.append(AudienceMembership(audience_id=audience_ids[index], profile=profile, entered_at=NOW))
-        facts[profile.pk] = ProfileFacts(
-            profile_id=profile.pk,
-            attributes=spec["attributes"],
-            identities=pairs,
-            events=[EventFact(name.lower(), attributes, timestamp) for name, attributes, timestamp in spec["events"]],
-            memberships={audience_ids[index] for index in spec["memberships"]},
-        )
     Identity.objects.bulk_create(identities)
     Event.objects.bulk_create(event_rows)
     AudienceMembership.objects.bulk_create(memberships)
-    return facts
+    return [profile.pk for profile in rows]
 
 
 def _sql_members(tree: dict) -> set[int]:
@@ -288,11 +279,14 @@ def test_sql_evaluator_selects_exactly_the_profiles_matches_accepts():
     def check(generated: list[dict], some_trees: list[dict]) -> None:
         with transaction.atomic():
             audience_ids = [Audience.objects.create(name=f"other {i}").pk for i in range(2)]
-            facts = _store(generated, audience_ids)
+            profile_ids = _store(generated, audience_ids)
             for tree in some_trees:
                 tree = _with_audience_ids(tree, audience_ids)
+                # What real-time evaluation reads for this tree: the events of its window, no more.
+                facts = load_facts(profile_ids, now=NOW, events_since=event_window_start(tree, NOW))
+                assert set(facts) == set(profile_ids)
                 expected = {pid for pid, profile in facts.items() if matches(tree, profile, NOW)}
-                assert _sql_members(tree) & set(facts) == expected, tree
+                assert _sql_members(tree) & set(profile_ids) == expected, tree
             transaction.set_rollback(True)
 
     check()

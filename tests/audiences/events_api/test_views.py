@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from audiences.events_api.ingest import ingest_each_alone
+from audiences.events_api.parsing import parse_batch
 from audiences.models import BatchReceipt, Event, Identity, IdentityConflict, Input, Profile
 from tests.audiences.events_api.conftest import batch
 
@@ -464,3 +466,123 @@ def test_response_bodies_are_json(post):
     response = post("/v2/events", batch())
     assert response["Content-Type"] == "application/json"
     json.loads(response.content)
+
+
+# --- no 5xx on any input (issue 7, item 3) ----------------------------------------------------------
+
+GOOD = json.dumps(batch(events=[event()]))
+
+
+def raw_batch(fragment: str, where: str = "user_attributes") -> bytes:
+    """A batch whose `where` key holds `fragment` verbatim (JSON Python's encoder would not write)."""
+    body = json.loads(GOOD)
+    body[where] = {"placeholder": 0}
+    return json.dumps(body).replace('{"placeholder": 0}', fragment).encode()
+
+
+# (raw body of /v2/events, the path the 400 names)
+UNREADABLE = [
+    (json.dumps(batch(environment=["production"])).encode(), "environment"),
+    (json.dumps(batch(environment={"a": 1})).encode(), "environment"),
+    (json.dumps(batch(events=[{"event_type": ["custom_event"], "data": {}}])).encode(), "events[0].event_type"),
+    (json.dumps(batch(events=[{"event_type": {}, "data": {}}])).encode(), "events[0].event_type"),
+    (
+        json.dumps(batch(events=[event(custom_event_type=["navigation"])])).encode(),
+        "events[0].data.custom_event_type",
+    ),
+    (json.dumps(batch(events=[event(custom_event_type={})])).encode(), "events[0].data.custom_event_type"),
+    (raw_batch('{"score": NaN}'), "user_attributes.score"),
+    (raw_batch('{"score": Infinity}'), "user_attributes.score"),
+    (raw_batch('{"score": -Infinity}'), "user_attributes.score"),
+    (raw_batch('{"score": 1e400}'), "user_attributes.score"),
+    (raw_batch('{"tags": [1, 2, 1e400]}'), "user_attributes.tags[2]"),
+    (raw_batch('{"a\\u0000b": 1}'), "user_attributes.a\ufffdb"),
+    (raw_batch('{"a": "x\\u0000"}'), "user_attributes.a"),
+    (raw_batch('{"a": "\\ud800"}'), "user_attributes.a"),
+    (raw_batch('{"\\udfff": 1}'), "user_attributes.\ufffd"),
+    (raw_batch('{"email": "a\\u0000@b.co"}', "user_identities"), "user_identities.email"),
+    (raw_batch('{"customer_id": "\\ud800"}', "user_identities"), "user_identities.customer_id"),
+    (json.dumps(batch(source_request_id="r\x00")).encode(), "source_request_id"),
+    (json.dumps(batch(events=[event(event_name="Intro\x00")])).encode(), "events[0].data.event_name"),
+    (json.dumps(batch(events=[event(source_message_id="\x00")])).encode(), "events[0].data.source_message_id"),
+    (
+        json.dumps(batch(events=[event(custom_attributes={"city": "\x00"})])).encode(),
+        "events[0].data.custom_attributes.city",
+    ),
+    (json.dumps(batch(mpid="--5")).encode(), "mpid"),
+    (json.dumps(batch(mpid="²")).encode(), "mpid"),
+    (json.dumps(batch(mpid="5" * 5000)).encode(), "mpid"),
+    (json.dumps(batch(mpid=2**63)).encode(), "mpid"),
+    (raw_batch("5" * 5000, "mpid"), "mpid"),
+    (b"[" * 10_000 + b"]" * 10_000, "$"),
+    (json.dumps(batch(user_attributes={"deep": [[[[[[[[1]]]]]]]]})).encode(), "user_attributes.deep[0]"),
+    (b'{"environment": "production", ' * 1 + b'"x": ' + b"[" * 70 + b"]" * 70 + b"}", "x" + "[0]" * 63),
+]
+
+
+@pytest.mark.parametrize(("body", "path"), UNREADABLE, ids=[f"{i}:{p[:40]}" for i, (_, p) in enumerate(UNREADABLE)])
+def test_every_unreadable_input_answers_400_naming_its_path_and_writes_nothing(post, body, path):
+    response = post("/v2/events", body)
+    assert response.status_code == 400, response.content
+    assert path in [error["path"] for error in response.json()["errors"]], response.json()
+    assert nothing_written()
+
+
+def test_a_nul_byte_in_the_basic_key_is_401_not_500(post):
+    response = post("/v2/events", batch(), auth=("key\x00", "secret"))
+    assert response.status_code == 401
+    response = post("/v2/events", batch(), auth=("k" * 5000, "secret"))
+    assert response.status_code == 401
+
+
+def test_an_empty_or_chunked_body_is_not_read_as_empty_json(post, client, credentials):
+    response = post("/v2/events", b"")
+    assert response.status_code == 400 and response.json()["errors"][0]["path"] == "$"
+    # A chunked body Django cannot know the length of (behind a server that does not buffer it, as
+    # config/web.py's worker does): 411, never read as nothing.
+    response = post("/v2/events", b"", HTTP_TRANSFER_ENCODING="chunked", CONTENT_LENGTH="")
+    assert response.status_code == 411
+    assert nothing_written()
+
+
+def test_a_bulk_request_with_a_poisoned_batch_stores_the_good_ones_beside_it(post):
+    good = [json.dumps(batch(user_identities={"customer_id": f"c-{i}"}, events=[event()])) for i in range(3)]
+    poisoned = raw_batch('{"score": NaN, "name": "\\u0000"}').decode()
+    body = f"[{good[0]}, {poisoned}, {good[1]}, {good[2]}]".encode()
+    response = post("/v2/bulkevents", body)
+    assert response.status_code == 400
+    assert response.json()["accepted"] == [0, 2, 3]
+    assert [e["path"] for e in response.json()["errors"]] == ["[1].user_attributes.score"]
+    assert Event.objects.count() == 3 and Profile.objects.count() == 3
+
+
+def test_a_batch_the_database_refuses_stands_alone_in_its_bulk_request(credentials):
+    """Should parsing ever let through data PostgreSQL refuses, the other batches are stored all the same
+    (ingest_each_alone), and the refused one is named."""
+    source = Input.objects.get(key=credentials[0])
+    good = [parse_batch(batch(user_identities={"customer_id": f"c-{i}"}, events=[event()])) for i in range(2)]
+    poisoned = parse_batch(batch(user_identities={"customer_id": "c-x"}))
+    poisoned.attributes = {"a": "nul\x00"}  # past the parser: only the database refuses it
+
+    refused = ingest_each_alone(source, [good[0], poisoned, good[1]])
+
+    assert list(refused) == [1] and "could not be stored" in refused[1]
+    assert Event.objects.count() == 2
+    assert set(Identity.objects.values_list("value", flat=True)) == {"c-0", "c-1"}
+
+
+def test_a_conflict_whose_winning_identity_is_long_is_recorded(post):
+    """IdentityConflict.rule quotes the winning identity: up to 255 characters, which a 200-character
+    column refused, failing the whole batch every time."""
+    long_customer = "c" * 255
+    post("/v2/events", batch(user_identities={"email": "a@b.co"}))
+    post("/v2/events", batch(user_identities={"customer_id": long_customer}))
+    response = post("/v2/events", batch(user_identities={"email": "a@b.co", "customer_id": long_customer}))
+    assert response.status_code == 202, response.content
+    assert long_customer in IdentityConflict.objects.get().rule
+
+
+@pytest.mark.parametrize("mpid", ["42", "-42", 42, "9223372036854775807"])
+def test_mpids_as_numbers_or_ascii_digit_strings_are_accepted(post, mpid):
+    assert post("/v2/events", batch(mpid=mpid)).status_code == 202
+    assert Profile.objects.get().mpid == int(mpid)

@@ -1,6 +1,7 @@
 """Real-time evaluation (audiences.membership.evaluation): facts loaded set-wise, audiences in dependency order,
 deltas written to the membership, the change log and the forwarding outbox."""
 
+import base64
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audiences import profiles
 from audiences import services as audience_services
+from audiences.inputs import input_create
 from audiences.membership import evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, MembershipChange, Profile
 from forwarding.models import PendingChange
@@ -327,3 +329,89 @@ def test_two_evaluations_of_one_profile_at_once_enter_it_once():
     assert results == {"first": {ana.pk: ([premium.pk], [])}, "second": {}}
     assert members(premium) == {ana.pk}
     assert MembershipChange.objects.count() == 1
+
+
+# --- one bad audience never stops ingestion (issue 7, item 2) ----------------------------------
+
+# The issue's reproduction, stored as it could be before validation refused it (or written around it).
+FAR_FUTURE = {"attribute": "valid_until", "operator": "date_after", "value": "9999-12-31"}
+
+
+def stored_as_is(name, criteria):
+    """An active audience written without validation, as data from before the check was added."""
+    return Audience.objects.create(name=name, criteria=criteria, status="active")
+
+
+def test_the_issues_far_future_audience_is_left_out_and_recorded_while_ingestion_goes_on(client, rings):
+    broken = stored_as_is("Valid forever", FAR_FUTURE)
+    premium = audience("Premium", PREMIUM)
+    instance, secret = input_create("backend")
+    auth = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{instance.key}:{secret}".encode()).decode()}
+    batch = {
+        "environment": "production",
+        "user_identities": {"email": "ana@x.com"},
+        "user_attributes": {"status": "Premium"},
+    }
+
+    answer = client.post("/v2/events", batch, content_type="application/json", **auth)
+    assert answer.status_code == 202, answer.content
+    bulk = [{**batch, "user_identities": {"email": "bob@x.com"}}, {**batch, "user_identities": {"email": "cat@x.com"}}]
+    answer = client.post("/v2/bulkevents", bulk, content_type="application/json", **auth)
+    assert answer.status_code == 202, answer.content
+    result = profiles.profile_upsert(
+        identities=[{"type": "email", "value": "dan@x.com"}], attributes={"status": "premium"}
+    )
+
+    assert len(members(premium)) == 4 and result.entered == [premium.pk]  # the other audience stays correct
+    assert members(broken) == set()
+    broken.refresh_from_db()
+    assert "9999-12-31" in broken.evaluation_error and broken.evaluation_failed_at is not None
+    premium.refresh_from_db()
+    assert premium.evaluation_error == ""
+
+
+def test_a_failure_injected_at_evaluation_stays_with_its_audience(monkeypatch, rings):
+    """Any exception while one audience evaluates (not only a date): its members stay as they were, half of
+    its profiles are not written, the audiences after it still evaluate."""
+    failing = audience("Failing", {"attribute": "status", "operator": "exists"})
+    premium = audience("Premium", PREMIUM)
+    ana, bob = profile(status="Premium"), profile(status="Premium")
+    AudienceMembership.objects.create(audience=failing, profile=ana, entered_at=NOW)
+    compile_criteria = evaluation.criteria_lang.compile_criteria
+
+    def compile_with_a_fault(tree):
+        predicate = compile_criteria(tree)
+        if tree != failing.criteria:
+            return predicate
+        seen = []
+
+        def faulty(facts, now):
+            seen.append(facts.profile_id)
+            if len(seen) >= 2:  # from the second profile on: the first one's verdict must not be written
+                raise ZeroDivisionError("injected")
+            return predicate(facts, now)
+
+        return faulty
+
+    monkeypatch.setattr(evaluation.criteria_lang, "compile_criteria", compile_with_a_fault)
+    evaluation._compiled.clear()
+
+    changes = evaluation.evaluate_profiles([ana.pk, bob.pk], now=NOW, reason="x")
+
+    assert changes == {ana.pk: ([premium.pk], []), bob.pk: ([premium.pk], [])}
+    assert members(failing) == {ana.pk} and members(premium) == {ana.pk, bob.pk}
+    failing.refresh_from_db()
+    assert (failing.evaluation_error, failing.evaluation_failed_at) == ("ZeroDivisionError: injected", NOW)
+    # Recorded at most once a minute: every request meets the same failure.
+    with CaptureQueriesContext(db) as queries:
+        evaluation.evaluate_profiles([ana.pk], now=NOW + timedelta(seconds=10), reason="x")
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1  # the statement runs, and its WHERE leaves the fresh record alone
+    failing.refresh_from_db()
+    assert failing.evaluation_failed_at == NOW
+
+    # New criteria clear the record.
+    monkeypatch.setattr(evaluation.criteria_lang, "compile_criteria", compile_criteria)
+    audience_services.audience_update(audience=failing, criteria=PREMIUM)
+    failing.refresh_from_db()
+    assert (failing.evaluation_error, failing.evaluation_failed_at) == ("", None)

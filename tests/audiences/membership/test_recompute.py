@@ -11,13 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from audiences import profiles, services
 from audiences.membership.locks import lock_audience_for_recompute
-from audiences.membership.recompute import recompute_audience, recompute_time_based_audiences
+from audiences.membership.recompute import recompute_audience, recompute_backoff, recompute_time_based_audiences
 from audiences.models import Audience, AudienceMembership, Event, Identity, MembershipChange, Profile
 from config.celery import app as celery_app
 from connections.models import Connection
+from forwarding import sweeper
 from forwarding.models import PendingChange
 from tests import factories
 from tests.conftest import service_missing
@@ -374,3 +376,54 @@ def _waits_for_advisory_lock(cursor, timeout: float = 10) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+# --- a failing recompute is recorded and backed off (issue 8, item 4) ---------------------------
+
+FAR_FUTURE = {"attribute": "valid_until", "operator": "date_after", "value": "9999-12-31"}
+
+
+def overdue(audience: Audience) -> None:
+    """As if written well before the sweeper's grace period and never calculated since."""
+    Audience.objects.filter(pk=audience.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+
+
+def test_a_failing_recompute_is_recorded_on_the_audience_and_backed_off_by_the_sweeper(rings):
+    # Criteria stored around validation (it refuses them now): the recompute cannot compute their bounds.
+    broken = make_audience(FAR_FUTURE, name="Valid forever")
+    overdue(broken)
+    assert sweeper.sweep()["recomputing"] == 1  # never calculated: rung
+
+    for failures, backoff in ((1, timedelta(minutes=1)), (2, timedelta(minutes=2)), (3, timedelta(minutes=4))):
+        before = timezone.now()
+        with pytest.raises(ValueError, match="9999-12-31"):
+            recompute_audience(broken.pk)
+        broken.refresh_from_db()
+        assert "9999-12-31" in broken.recompute_error and broken.recompute_failures == failures
+        assert before <= broken.recompute_failed_at <= timezone.now()
+        assert broken.recompute_retry_at == broken.recompute_failed_at + backoff
+        assert broken.last_calculated_at is None
+
+    # Backing off: the sweeper leaves it alone (before, it was re-queued on every sweep), and so does
+    # the periodic recompute of time-based audiences.
+    rings.clear()
+    assert sweeper.sweep()["recomputing"] == 0 and rings == []
+    Audience.objects.filter(pk=broken.pk).update(depends_on_time=True)
+    assert recompute_time_based_audiences()["failed"] == []
+    # Once the next try is due, the sweeper rings it again.
+    Audience.objects.filter(pk=broken.pk).update(recompute_retry_at=timezone.now() - timedelta(seconds=1))
+    assert sweeper.sweep()["recomputing"] == 1
+
+    # New criteria start afresh, and a successful recompute leaves no failure behind.
+    services.audience_update(audience=broken, criteria=PREMIUM)
+    broken.refresh_from_db()
+    assert (broken.recompute_error, broken.recompute_failures, broken.recompute_retry_at) == ("", 0, None)
+    Audience.objects.filter(pk=broken.pk).update(recompute_failures=2, recompute_error="old")
+    recompute_audience(broken.pk)
+    broken.refresh_from_db()
+    assert (broken.recompute_error, broken.recompute_failures, broken.recompute_failed_at) == ("", 0, None)
+
+
+def test_the_backoff_doubles_up_to_its_cap():
+    assert [recompute_backoff(n) for n in (1, 2, 3, 4)] == [timedelta(minutes=m) for m in (1, 2, 4, 8)]
+    assert recompute_backoff(10) == timedelta(hours=6) == recompute_backoff(10_000)
