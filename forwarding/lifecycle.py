@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -18,14 +19,14 @@ from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
 from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
-from forwarding import planner
+from forwarding import planner, recovery
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
-from forwarding.leases import acquire_lease, release_lease
+from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
-from outputs.partners.http import PartnerError, TransientError
+from outputs.partners.http import AuthError, PartnerError, TransientError
 
 logger = logging.getLogger(__name__)
 END_BATCH = 500
@@ -87,11 +88,22 @@ def connection_pause(*, connection: Connection) -> Connection:
 
 @transaction.atomic
 def connection_resume(*, connection: Connection) -> Connection:
-    """Send again: clears a fault, makes every pending change due now, and rings delivery."""
+    """Send again: clears a fault and the connection's backoff, makes every pending change due now,
+    and rings delivery."""
     connection = _set_status(connection, Connection.Status.SENDING)
-    PendingChange.objects.filter(connection=connection).update(next_attempt_at=timezone.now(), attempts=0)
+    recovery.clear_backoff(connection.pk)
     ring_after_commit(connection.pk)
+    connection.refresh_from_db()
     return connection
+
+
+def connection_resume_if_test_passes(*, connection: Connection) -> Connection:
+    """Resume after a fix (a new API key, a list created again), only once the partner's credentials
+    test passes; otherwise nothing changes and the test's answer is the error."""
+    ok, message = connection_test(connection=connection)
+    if not ok:
+        raise ValidationError({"status": [f"The connection test failed, so it was not resumed: {message}"]})
+    return connection_resume(connection=connection)
 
 
 def connection_test(*, connection: Connection) -> tuple[bool, str]:
@@ -108,6 +120,8 @@ def connection_delete(*, connection: Connection) -> Connection:
     Subscription End"), every member this connection delivered is removed first, by a task."""
     with transaction.atomic():
         connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
+        # The clean-up's own failures count from zero (a 429's wait, if any, still holds).
+        Connection.objects.filter(pk=connection.pk).update(failures=0, failing_since=None, fault_cause="")
         PendingChange.objects.filter(connection=connection).delete()
         ring_end_after_commit(connection.pk)
     return connection
@@ -115,10 +129,14 @@ def connection_delete(*, connection: Connection) -> Connection:
 
 def connection_end(*, connection_id: int) -> str:
     """Finish ending a connection: clean up at the partner in batches, then delete the row.
-    Returns what happened. Transient errors leave the connection ending (the sweeper retries)."""
-    if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
-        return "busy or gone"
-    try:
+    Returns what happened. A failed clean-up call is recorded on the connection (its reason, a
+    DeliveryAttempt) and the connection backs off as a whole, exponentially up to
+    FORWARDING_BACKOFF_MAX_SECONDS (a refused key is not re-tried every few seconds forever);
+    the sweeper rings it again when its wait is over. Fixing the output's key lets it finish."""
+    lease = acquire_lease(connection_id, statuses=(Connection.Status.ENDING,))
+    if lease is None:
+        return "busy, throttled or gone"
+    with hold_lease(lease):
         connection = Connection.objects.select_related("output").get(pk=connection_id)
         partner = connection.output.partner()
         if partner.wants_cleanup_on_end():
@@ -135,21 +153,9 @@ def connection_end(*, connection_id: int) -> str:
                 try:
                     partner.end_connection(connection.settings, changes)
                 except PartnerError as exc:
-                    DeliveryAttempt.objects.create(
-                        connection=connection,
-                        kind="cleanup",
-                        at=now,
-                        sent=len(changes),
-                        result="transient" if isinstance(exc, TransientError) else "permanent",
-                        error=exc.message[:2000],
-                    )
-                    Connection.objects.filter(pk=connection_id).update(
-                        status_reason=f"Deleting: the partner refused the cleanup ({exc.message}); retrying."
-                    )
-                    logger.warning("cleanup of connection %s failed: %s", connection_id, exc.message)
-                    delay = backoff_seconds(3, getattr(exc, "retry_after", None))
-                    ring_end(connection_id, countdown=delay)
-                    return f"retrying: {exc.message}"
+                    if lease.lost.is_set():
+                        return "lease lost"
+                    return _cleanup_failed(connection, len(changes), exc)
                 ConnectionMember.objects.filter(pk__in=[m.pk for m in held]).update(
                     state=ConnectionMember.State.REMOVED, updated_at=now
                 )
@@ -163,5 +169,30 @@ def connection_end(*, connection_id: int) -> str:
                 )
         connection.delete()
         return "deleted"
-    finally:
-        release_lease(connection_id)
+
+
+def _cleanup_failed(connection: Connection, sent: int, error: PartnerError) -> str:
+    now = timezone.now()
+    failures = connection.failures + 1
+    delay = backoff_seconds(failures, getattr(error, "retry_after", None))
+    if isinstance(error, TransientError):
+        result = DeliveryAttempt.Result.TRANSIENT
+    elif isinstance(error, AuthError):
+        result = DeliveryAttempt.Result.AUTH
+    else:
+        result = DeliveryAttempt.Result.PERMANENT
+    DeliveryAttempt.objects.create(
+        connection=connection, kind="cleanup", at=now, sent=sent, result=result, error=error.message[:2000]
+    )
+    Connection.objects.filter(pk=connection.pk).update(
+        failures=failures,
+        failing_since=connection.failing_since or now,
+        throttled_until=now + timedelta(seconds=delay),
+        status_reason=(
+            f"Deleting: the partner refused the clean-up ({error.message}); attempt {failures}, "
+            f"next one in {delay:.0f} s."
+        )[:2000],
+    )
+    logger.warning("cleanup of connection %s failed (attempt %s): %s", connection.pk, failures, error.message)
+    ring_end(connection.pk, countdown=delay)
+    return f"retrying in {delay:.0f} s: {error.message}"
