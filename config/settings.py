@@ -263,6 +263,8 @@ FORWARDING = {
     # every FAULTED_PROBE_SECONDS and resumes by itself when the partner answers.
     "OUTAGE_FAULT_MINUTES": float(os.environ.get("FORWARDING_OUTAGE_FAULT_MINUTES", "30")),
     "FAULTED_PROBE_SECONDS": float(os.environ.get("FORWARDING_FAULTED_PROBE_SECONDS", "60")),
+    # Deliveries at once per partner account (Mailchimp: 10 simultaneous connections per API key).
+    "ACCOUNT_MAX_CONNECTIONS": int(os.environ.get("FORWARDING_ACCOUNT_MAX_CONNECTIONS", "10")),
     # Partner HTTP timeouts (connect, read) in seconds.
     "HTTP_TIMEOUT": (
         float(os.environ.get("PARTNER_CONNECT_TIMEOUT", "5")),

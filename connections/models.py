@@ -27,7 +27,7 @@ class Connection(models.Model):
     # One worker delivers a connection at a time, so the partner sees changes in order. The
     # holder's token proves a renewal is by the holder (forwarding/leases.py).
     delivery_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
-    delivery_lease_holder = models.CharField(max_length=64, blank=True, editable=False)
+    delivery_lease_holder = models.CharField(max_length=200, blank=True, editable=False)
     # The connection as a whole waits until then: a 429's Retry-After, or its backoff while the
     # partner fails every call (forwarding/recovery.py). Nothing is sent before, by anyone.
     throttled_until = models.DateTimeField(null=True, blank=True, editable=False)

@@ -26,11 +26,13 @@ from connections.models import Connection, ConnectionMember
 from connections.selectors import held_identities
 from connections.status import delivers
 from forwarding import recovery
+from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
-from forwarding.leases import Lease, acquire_lease, hold_lease
+from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.shutdown import shutdown_requested
+from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
@@ -54,6 +56,7 @@ def has_due_work(connection_id: int) -> bool:
 
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
+ACCOUNT_FULL = "the partner account's deliveries are at their cap"
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -66,8 +69,17 @@ def deliver_connection(*, connection_id: int) -> DeliveryReport:
         lease = acquire_lease(connection_id)
         if lease is None:
             return report  # someone else is delivering it, it is not sending, or it is throttled
-        with hold_lease(lease):
-            _drain(connection_id, report, lease)
+        slot = AccountSlot(Output.objects.get(connections=connection_id), lease.holder)
+        if not slot.take():
+            release_lease(lease)
+            report.stopped = ACCOUNT_FULL
+            ring(connection_id, countdown=1)
+            return report
+        try:
+            with hold_lease(lease, also_renew=slot.take):
+                _drain(connection_id, report, lease)
+        finally:
+            slot.release()
         if report.stopped == SHUTTING_DOWN:
             ring(connection_id)  # for the next worker, now that the lease is free
         # A change planned after our last look but before the release found the lease taken

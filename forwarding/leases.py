@@ -11,8 +11,11 @@ its holder works (hold_lease()), partner call included, so:
   (outputs.partners.http.CallScope) and marks the lease lost, and its holder stops before
   recording anything more.
 
-Each acquisition has its own holder token, so only the holder renews or releases its lease. A
-connection throttled as a whole (`throttled_until`: a 429's Retry-After, or its backoff while the
+Each acquisition has its own holder token, so only the holder renews or releases its lease. In a
+Celery worker the token starts with the worker's node name (worker1@host/...): a worker restarted
+after a crash (kill -9, its supervisor restarting it under the same name) frees its dead
+predecessor's leases at start (release_leases_of_worker), so its connections resume at once instead
+of after the lease. A connection throttled as a whole (`throttled_until`: a 429's Retry-After, or its backoff while the
 partner is down, forwarding/recovery.py) cannot be leased before then.
 """
 
@@ -22,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,11 +67,28 @@ class Lease:
     lost: threading.Event = field(default_factory=threading.Event)
 
 
+# "<node name>/" in a Celery worker (set at start-up, forwarding/tasks.py); empty elsewhere.
+_holder_prefix = ""
+
+
+def set_worker_name(name: str) -> None:
+    global _holder_prefix
+    _holder_prefix = f"{name[:150]}/"
+
+
+def release_leases_of_worker(name: str) -> int:
+    """Free every lease held under this worker name: called by the worker as it starts, when no
+    task of its own runs yet, so they are its dead predecessor's. Returns how many."""
+    return Connection.objects.filter(delivery_lease_holder__startswith=f"{name[:150]}/").update(
+        delivery_lease_until=None, delivery_lease_holder=""
+    )
+
+
 def acquire_lease(connection_id: int, *, statuses: tuple[str, ...] = (Connection.Status.SENDING,)) -> Lease | None:
     """Take the connection's lease if nobody holds it, its status is one of `statuses` and it is
     not throttled. None when it is not for us now."""
     now = timezone.now()
-    holder = uuid.uuid4().hex
+    holder = f"{_holder_prefix}{uuid.uuid4().hex}"
     taken = Connection.objects.filter(
         free_of_lease(now), not_throttled(now), pk=connection_id, status__in=statuses
     ).update(delivery_lease_until=now + timedelta(seconds=lease_seconds()), delivery_lease_holder=holder)
@@ -103,10 +123,11 @@ def release_lease(lease: Lease) -> None:
 class _Heartbeat(threading.Thread):
     """Renews a lease every renew_interval() until stopped; cuts the partner call when it cannot."""
 
-    def __init__(self, lease: Lease, scope: CallScope) -> None:
+    def __init__(self, lease: Lease, scope: CallScope, also: Callable[[], object] | None) -> None:
         super().__init__(name=f"lease-heartbeat-{lease.connection_id}", daemon=True)
         self.lease = lease
         self.scope = scope
+        self.also = also
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -120,6 +141,8 @@ class _Heartbeat(threading.Thread):
                         self._lose("the lease was taken over or expired")
                         return
                     renewed_at = time.monotonic()
+                    if self.also is not None:
+                        self.also()
                 except (OperationalError, InterfaceError) as exc:
                     connection.close()  # the next renewal reconnects
                     if time.monotonic() - renewed_at >= lease_seconds() - renew_interval():
@@ -135,11 +158,12 @@ class _Heartbeat(threading.Thread):
 
 
 @contextmanager
-def hold_lease(lease: Lease) -> Iterator[Lease]:
-    """Keep `lease` while the body runs (the heartbeat), then release it. Partner calls made in the
-    body are cut if the lease is lost (check `lease.lost` before recording their outcome)."""
+def hold_lease(lease: Lease, *, also_renew: Callable[[], object] | None = None) -> Iterator[Lease]:
+    """Keep `lease` while the body runs (the heartbeat; `also_renew` is called after each renewal),
+    then release it. Partner calls made in the body are cut if the lease is lost (check
+    `lease.lost` before recording their outcome)."""
     scope = CallScope()
-    heartbeat = _Heartbeat(lease, scope)
+    heartbeat = _Heartbeat(lease, scope, also_renew)
     heartbeat.start()
     try:
         with scope:

@@ -23,8 +23,6 @@ Per-member RETRY answers still back off per member (forwarding/delivery.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from datetime import datetime, timedelta
 
@@ -34,6 +32,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connections.models import Connection
+from forwarding.accounts import outputs_of_account
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring_after_commit
 from forwarding.models import PendingChange
@@ -85,22 +84,10 @@ def call_failed(connection: Connection, error: TransientError) -> float:
 def throttle_account(output: Output, until: datetime) -> int:
     """Every connection of every output using `output`'s partner account waits until `until`
     (never sooner than it already did). Returns how many were throttled."""
-    outputs = [o.pk for o in Output.objects.filter(partner_key=output.partner_key) if same_account(o, output)]
-    throttled = Connection.objects.filter(output_id__in=outputs).filter(
+    throttled = Connection.objects.filter(output_id__in=outputs_of_account(output)).filter(
         Q(throttled_until__isnull=True) | Q(throttled_until__lt=until)
     )
     return throttled.update(throttled_until=until)
-
-
-def account_key(output: Output) -> str:
-    """The partner account an output uses: its partner and credentials (its secret settings), hashed."""
-    secrets = {k: v for k, v in output.configuration().items() if k in output.partner_class.secret_setting_names()}
-    text = json.dumps([output.partner_key, secrets], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def same_account(one: Output, other: Output) -> bool:
-    return one.pk == other.pk or account_key(one) == account_key(other)
 
 
 # --- faults ----------------------------------------------------------------------------------
