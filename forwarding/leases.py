@@ -12,16 +12,20 @@ its holder works (hold_lease()), partner call included, so:
   recording anything more.
 
 Each acquisition has its own holder token, so only the holder renews or releases its lease. In a
-Celery worker the token starts with the worker's node name (worker1@host/...): a worker restarted
-after a crash (kill -9, its supervisor restarting it under the same name) frees its dead
-predecessor's leases at start (release_leases_of_worker), so its connections resume at once instead
-of after the lease. A connection throttled as a whole (`throttled_until`: a 429's Retry-After, or its backoff while the
+Celery worker the token starts with the worker's node name and main process id
+(worker1@host/4242/...): a worker restarted after a crash (kill -9, its supervisor restarting it
+under the same name) frees its dead predecessor's leases at start (release_leases_of_worker), so its
+connections resume at once instead of after the lease. Only leases of a process that is gone are
+freed: two live workers started under one name on one host keep each other's.
+
+A connection throttled as a whole (`throttled_until`: a 429's Retry-After, or its backoff while the
 partner is down, forwarding/recovery.py) cannot be leased before then.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -67,21 +71,42 @@ class Lease:
     lost: threading.Event = field(default_factory=threading.Event)
 
 
-# "<node name>/" in a Celery worker (set at start-up, forwarding/tasks.py); empty elsewhere.
+# "<node name>/<main pid>/" in a Celery worker (set at start-up, forwarding/tasks.py); empty elsewhere.
 _holder_prefix = ""
 
 
 def set_worker_name(name: str) -> None:
+    """Called in the worker's main process before its pool forks: the pool's leases carry both."""
     global _holder_prefix
-    _holder_prefix = f"{name[:150]}/"
+    _holder_prefix = f"{name[:150]}/{os.getpid()}/"
+
+
+def _gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # our own pid, before any task of ours ran: a predecessor's (a container restarted)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def release_leases_of_worker(name: str) -> int:
-    """Free every lease held under this worker name: called by the worker as it starts, when no
-    task of its own runs yet, so they are its dead predecessor's. Returns how many."""
-    return Connection.objects.filter(delivery_lease_holder__startswith=f"{name[:150]}/").update(
-        delivery_lease_until=None, delivery_lease_holder=""
-    )
+    """Free the leases held under this worker name by a main process that is gone: called by the
+    worker as it starts (the name includes the host, so the pid is this host's). Returns how many."""
+    prefix = f"{name[:150]}/"
+    freed = 0
+    for pk, holder in Connection.objects.filter(delivery_lease_holder__startswith=prefix).values_list(
+        "pk", "delivery_lease_holder"
+    ):
+        pid = holder[len(prefix) :].split("/", 1)[0]
+        if pid.isdigit() and _gone(int(pid)):
+            freed += Connection.objects.filter(pk=pk, delivery_lease_holder=holder).update(
+                delivery_lease_until=None, delivery_lease_holder=""
+            )
+    return freed
 
 
 def acquire_lease(connection_id: int, *, statuses: tuple[str, ...] = (Connection.Status.SENDING,)) -> Lease | None:

@@ -5,6 +5,9 @@ Real PostgreSQL sessions: each thread has its own database connection, as two wo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -14,10 +17,19 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Connection
-from forwarding.leases import acquire_lease, hold_lease, release_lease, renew_lease
+from forwarding import leases
+from forwarding.leases import (
+    acquire_lease,
+    hold_lease,
+    release_lease,
+    release_leases_of_worker,
+    renew_lease,
+    set_worker_name,
+)
 from local_partners.misbehaving import MisbehavingServer
 from outputs.partners.http import PartnerClient, TransientError
 from tests import factories
+from tests.fixtures.postgres_faults import terminate_backends
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -138,3 +150,39 @@ def test_a_lost_lease_cuts_the_partner_call_in_progress(connection, short_lease,
     assert took < 2  # one renewal interval (0.3 s) and scheduling slack; not the 20 s answer
     # The other holder's lease is left alone.
     assert Connection.objects.get(pk=connection.pk).delivery_lease_holder == "someone else"
+
+
+def test_a_restarted_worker_frees_only_its_dead_predecessors_leases(connection, rings):
+    other = factories.connect(factories.active_audience("Other"), connection.output)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    Connection.objects.filter(pk=connection.pk).update(
+        delivery_lease_until=timezone.now() + timedelta(seconds=15), delivery_lease_holder=f"worker1@host/{dead.pid}/x"
+    )
+    # Another live worker started under the same name (its pid: this test's parent, alive).
+    Connection.objects.filter(pk=other.pk).update(
+        delivery_lease_until=timezone.now() + timedelta(seconds=15),
+        delivery_lease_holder=f"worker1@host/{os.getppid()}/y",
+    )
+    assert release_leases_of_worker("worker2@host") == 0
+    assert release_leases_of_worker("worker1@host") == 1
+    assert Connection.objects.get(pk=connection.pk).delivery_lease_until is None
+    assert Connection.objects.get(pk=other.pk).delivery_lease_until is not None
+    # Leases taken in a worker carry its name and main pid.
+    set_worker_name("worker1@host")
+    try:
+        lease = acquire_lease(connection.pk)
+        assert lease.holder.startswith(f"worker1@host/{os.getpid()}/")
+    finally:
+        leases._holder_prefix = ""
+
+
+def test_a_lease_is_released_even_when_the_database_dropped_the_holders_connection(connection):
+    # The fault suite's "database backends terminated" stall: a delivery whose connection died
+    # outside a transaction could not release its lease on that dead connection, and the
+    # connection stood still for the whole lease.
+    lease = acquire_lease(connection.pk)
+    pid = db.connection.info.backend_pid
+    assert terminate_backends([pid]) == {pid}
+    release_lease(lease)  # on a fresh connection
+    assert Connection.objects.get(pk=connection.pk).delivery_lease_until is None
