@@ -241,12 +241,7 @@ def _delete_if_unchanged(done: list[PendingChange]) -> None:
 
 def _record_failure(connection, batch, error: PartnerError, duration_ms: int, report: DeliveryReport) -> bool:
     now = timezone.now()
-    if isinstance(error, TransientError):
-        result = DeliveryAttempt.Result.TRANSIENT
-    elif isinstance(error, AuthError):
-        result = DeliveryAttempt.Result.AUTH
-    else:
-        result = DeliveryAttempt.Result.PERMANENT
+    result = recovery.attempt_result(error)
     with transaction.atomic():
         # The work stays due: the connection as a whole waits (a transient error, see
         # forwarding/recovery.py), or Resume sends it again once someone fixed the cause.

@@ -26,7 +26,7 @@ from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
-from outputs.partners.http import AuthError, PartnerError, TransientError
+from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
 END_BATCH = 500
@@ -175,12 +175,7 @@ def _cleanup_failed(connection: Connection, sent: int, error: PartnerError) -> s
     now = timezone.now()
     failures = connection.failures + 1
     delay = backoff_seconds(failures, getattr(error, "retry_after", None))
-    if isinstance(error, TransientError):
-        result = DeliveryAttempt.Result.TRANSIENT
-    elif isinstance(error, AuthError):
-        result = DeliveryAttempt.Result.AUTH
-    else:
-        result = DeliveryAttempt.Result.PERMANENT
+    result = recovery.attempt_result(error)
     DeliveryAttempt.objects.create(
         connection=connection, kind="cleanup", at=now, sent=sent, result=result, error=error.message[:2000]
     )

@@ -35,9 +35,9 @@ from connections.models import Connection
 from forwarding.accounts import outputs_of_account
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring_after_commit
-from forwarding.models import PendingChange
+from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.models import Output
-from outputs.partners.http import PartnerError, TransientError
+from outputs.partners.http import AuthError, PartnerError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ PROBE_BATCH = 10
 def batch_size(connection: Connection, batch_limit: int) -> int:
     """Full batches when healthy; a probe while the connection's calls are failing."""
     return min(batch_limit, PROBE_BATCH) if connection.failures else batch_limit
+
+
+def attempt_result(error: PartnerError) -> str:
+    """How a failed call is recorded (DeliveryAttempt.result)."""
+    if isinstance(error, TransientError):
+        return DeliveryAttempt.Result.TRANSIENT
+    if isinstance(error, AuthError):
+        return DeliveryAttempt.Result.AUTH
+    return DeliveryAttempt.Result.PERMANENT
 
 
 def call_succeeded(connection_id: int) -> None:
