@@ -35,11 +35,23 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
             "status",
             "status_reason",
             "status_changed_at",
+            "fault_cause",
+            "throttled_until",
+            "failing_since",
             "last_delivered_at",
             "created_at",
             "stats",
         ]
-        read_only_fields = ["status", "status_reason", "status_changed_at", "last_delivered_at", "created_at"]
+        read_only_fields = [
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "fault_cause",
+            "throttled_until",
+            "failing_since",
+            "last_delivered_at",
+            "created_at",
+        ]
         # DRF would add a unique-together check on (audience, output); the service answers that
         # one, naming "output".
         validators: list = []
