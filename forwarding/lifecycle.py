@@ -119,10 +119,12 @@ def connection_delete(*, connection: Connection) -> Connection:
     """End the connection. Where the partner's settings ask for it (Mailchimp's "Delete on
     Subscription End"), every member this connection delivered is removed first, by a task."""
     with transaction.atomic():
+        # The outbox first, then the connection row: the order delivery locks them in (it deletes
+        # delivered changes, then stamps the connection), so the two cannot deadlock.
+        PendingChange.objects.filter(connection=connection).delete()
         connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
         # The clean-up's own failures count from zero (a 429's wait, if any, still holds).
         Connection.objects.filter(pk=connection.pk).update(failures=0, failing_since=None, fault_cause="")
-        PendingChange.objects.filter(connection=connection).delete()
         ring_end_after_commit(connection.pk)
     return connection
 

@@ -24,6 +24,11 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
     # Checked against the partner's connection settings by the service (errors name e.g. "list_id").
     settings = serializers.DictField(required=False, default=dict)
     stats = serializers.SerializerMethodField()
+    fault_cause = serializers.CharField(
+        read_only=True,
+        help_text="Why a faulted connection faulted: `outage` (probed, resumes by itself when the partner "
+        "answers), `refused` (credentials or settings: resume once fixed), or empty.",
+    )
 
     class Meta:
         model = Connection

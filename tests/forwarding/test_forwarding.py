@@ -400,3 +400,26 @@ def test_sweeper_rings_connections_with_due_work_and_no_live_lease(setup, rings)
     assert rings == [("forwarding.tasks.deliver_connection", (connection.pk,), None)]
     Connection.objects.filter(pk=connection.pk).update(delivery_lease_until=timezone.now() + timedelta(minutes=1))
     assert sweeper.sweep()["delivering"] == 0
+
+
+@responses.activate
+def test_a_per_member_retry_backs_off_that_member_alone(setup, rings, settings):
+    settings.FORWARDING = {**settings.FORWARDING, "BACKOFF_BASE_SECONDS": 10}
+    audience, output = setup
+    connection = factories.connect(audience, output)
+    factories.parisian("busy@x.com")
+    factories.parisian("fine@x.com")
+    busy = {"email_address": "busy@x.com", "error": "busy@x.com has signed up to a lot of lists very recently"}
+    responses.post(LIST_URL, json={"errors": [busy], "error_count": 1})
+    before = timezone.now()
+    report = deliver_connection(connection_id=connection.pk)
+    assert (report.delivered, report.retried, report.rejected) == (1, 1, 0)
+    pending = PendingChange.objects.get()
+    assert pending.value == "busy@x.com" and pending.attempts == 1
+    # Backed off on its own (the first band of 10 s: 5 to 10 s), never rejected ...
+    assert before + timedelta(seconds=5) <= pending.next_attempt_at <= timezone.now() + timedelta(seconds=10)
+    assert not ConnectionMember.objects.filter(value="busy@x.com").exists()
+    # ... while the connection as a whole is healthy and not waiting.
+    connection.refresh_from_db()
+    assert (connection.failures, connection.throttled_until) == (0, None)
+    assert deliver_connection(connection_id=connection.pk).batches == 0  # not due yet
