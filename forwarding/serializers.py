@@ -47,16 +47,8 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
             "created_at",
             "stats",
         ]
-        read_only_fields = [
-            "status",
-            "status_reason",
-            "status_changed_at",
-            "fault_cause",
-            "throttled_until",
-            "failing_since",
-            "last_delivered_at",
-            "created_at",
-        ]
+        # Everything but what a create sends: forwarding.lifecycle decides the rest.
+        read_only_fields = [f for f in fields if f not in ("id", "audience", "output", "settings", "stats")]
         # DRF would add a unique-together check on (audience, output); the service answers that
         # one, naming "output".
         validators: list = []
