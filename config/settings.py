@@ -254,17 +254,24 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # Forwarding knobs (README, "Configuration").
 FORWARDING = {
-    # Seconds between sweeps that re-ring pending work nobody is handling.
-    "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "15")),
+    # Seconds between sweeps that re-ring pending work nobody is handling (a killed worker's).
+    "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "5")),
+    # A connection's delivery lease, renewed every third of it while its holder works (partner call
+    # included): a killed worker's connection is taken over within this, plus a sweep.
+    "LEASE_SECONDS": float(os.environ.get("FORWARDING_LEASE_SECONDS", "15")),
+    # Exponential backoff with jitter: per member (a RETRY answer) up to BACKOFF_MAX_SECONDS, and
+    # per connection while every call fails, up to PROBE_MAX_SECONDS between probes.
     # Seconds between checks of bulk connections' upload criteria (forwarding/bulk.py).
     "BULK_CHECK_INTERVAL": float(os.environ.get("FORWARDING_BULK_CHECK_INTERVAL", "60")),
-    # How long one worker may hold a connection's delivery lease without renewing it.
-    "LEASE_SECONDS": int(os.environ.get("FORWARDING_LEASE_SECONDS", "300")),
-    # Exponential backoff with full jitter for transient partner errors.
     "BACKOFF_BASE_SECONDS": float(os.environ.get("FORWARDING_BACKOFF_BASE_SECONDS", "2")),
     "BACKOFF_MAX_SECONDS": float(os.environ.get("FORWARDING_BACKOFF_MAX_SECONDS", "900")),
-    # A batch failing this many times in a row faults the connection (Resume sends again).
-    "MAX_ATTEMPTS": int(os.environ.get("FORWARDING_MAX_ATTEMPTS", "10")),
+    "PROBE_MAX_SECONDS": float(os.environ.get("FORWARDING_PROBE_MAX_SECONDS", "10")),
+    # A connection whose every call failed this long is faulted (an outage); it is then probed
+    # every FAULTED_PROBE_SECONDS and resumes by itself when the partner answers.
+    "OUTAGE_FAULT_MINUTES": float(os.environ.get("FORWARDING_OUTAGE_FAULT_MINUTES", "30")),
+    "FAULTED_PROBE_SECONDS": float(os.environ.get("FORWARDING_FAULTED_PROBE_SECONDS", "60")),
+    # Deliveries at once per partner account (Mailchimp: 10 simultaneous connections per API key).
+    "ACCOUNT_MAX_CONNECTIONS": int(os.environ.get("FORWARDING_ACCOUNT_MAX_CONNECTIONS", "10")),
     # Partner HTTP timeouts (connect, read) in seconds.
     "HTTP_TIMEOUT": (
         float(os.environ.get("PARTNER_CONNECT_TIMEOUT", "5")),
@@ -272,8 +279,8 @@ FORWARDING = {
     ),
 }
 # Partner calls (outputs/partners/http.py). The total deadline of one call (connect, send and the
-# whole answer; the read timeout above bounds only one silence), kept well below the delivery
-# lease, which outputs.partners.http.partner_call_deadline() lets a lease be derived from; and the
+# whole answer; the read timeout above bounds only one silence; the delivery lease is renewed
+# during the call, and a call is cut if it cannot be, forwarding/leases.py); and the
 # largest answer read (the local Mailchimp answers a 500-member batch in 222 KB; real Mailchimp
 # echoes more of each member: room to spare).
 PARTNER_CALL_DEADLINE_SECONDS = float(os.environ.get("PARTNER_CALL_DEADLINE_SECONDS", "90"))

@@ -8,6 +8,10 @@ from audiences.identities import IDENTITY_TYPE_CHOICES
 class Connection(models.Model):
     """An audience connected to an output, with the connection settings (e.g. the Mailchimp list id)."""
 
+    class FaultCause(models.TextChoices):
+        OUTAGE = "outage"
+        REFUSED = "refused"
+
     class Status(models.TextChoices):
         SENDING = "sending"
         PAUSED = "paused"
@@ -20,8 +24,19 @@ class Connection(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.SENDING)
     status_reason = models.TextField(blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
-    # One worker delivers a connection at a time, so the partner sees changes in order.
+    # One worker delivers a connection at a time, so the partner sees changes in order. The
+    # holder's token proves a renewal is by the holder (forwarding/leases.py).
     delivery_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    delivery_lease_holder = models.CharField(max_length=200, blank=True, editable=False)
+    # The connection as a whole waits until then: a 429's Retry-After, or its backoff while the
+    # partner fails every call (forwarding/recovery.py). Nothing is sent before, by anyone.
+    throttled_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # The current run of whole-call failures: since when, and how many in a row (0: healthy).
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    failures = models.PositiveIntegerField(default=0, editable=False)
+    # Why a faulted connection faulted: an outage is probed and resumes by itself when the partner
+    # answers again; a refusal (credentials, a missing list) waits for a person.
+    fault_cause = models.CharField(max_length=10, choices=FaultCause.choices, blank=True, editable=False)
     last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -110,6 +110,11 @@ class RejectionFilter(filters.FilterSet):
         description="Only a sending connection pauses: a faulted one is a 400 naming `status` (resume it instead).",
     ),
     resume=extend_schema(request=None, summary="Resume: clears a fault and sends what is pending"),
+    resume_if_test_passes=extend_schema(
+        request=None,
+        summary="Resume once the partner's connection test passes (after fixing a key)",
+        description="The test fails: a 400 naming `status` with the partner's answer, and nothing changes.",
+    ),
     test=extend_schema(request=None, summary="Ask the partner whether the connection works (200 either way)"),
     attempts=extend_schema(summary="Delivery attempts, newest first", responses=DeliveryAttemptSerializer(many=True)),
     rejections=extend_schema(summary="Identities the partner refused", responses=RejectionSerializer(many=True)),
@@ -130,6 +135,7 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         "destroy": ("connections.delete_connection",),
         "pause": (VIEW, PAUSE_CONNECTION),
         "resume": (VIEW, PAUSE_CONNECTION),
+        "resume_if_test_passes": (VIEW, PAUSE_CONNECTION, TEST_CONNECTION),
         "test": (VIEW, TEST_CONNECTION),
         "attempts": (VIEW, "forwarding.view_deliveryattempt"),
         # Rejected members are identities: personal data.
@@ -172,6 +178,11 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         connection = lifecycle.connection_resume(connection=self.get_object())
+        return Response(self.get_serializer(connection).data)
+
+    @action(detail=True, methods=["post"], url_path="resume-if-test-passes")
+    def resume_if_test_passes(self, request: Request, pk: str | None = None) -> Response:
+        connection = lifecycle.connection_resume_if_test_passes(connection=self.get_object())
         return Response(self.get_serializer(connection).data)
 
     @action(detail=True, methods=["post"], serializer_class=ConnectionTestResultSerializer)

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from config import queueing
 from connections.models import Connection
 from forwarding.delivery import DeliveryReport, deliver_connection
+from forwarding.leases import free_of_lease, not_throttled
 from forwarding.models import PendingChange
 from outputs.partners.base import Capability, UploadCriteria
 from outputs.partners.registry import partner_keys_with
@@ -68,14 +69,16 @@ def backlogs(connection_ids: list[int], now: datetime) -> dict[int, Backlog]:
 
 
 def due_connections(*, now: datetime | None = None) -> list[int]:
-    """The sending bulk connections, not being uploaded already (no live lease), whose backlog is due."""
+    """The sending bulk connections, not being uploaded already (no live lease) nor waiting as a whole
+    (a 429's Retry-After, a backoff while the partner is down), whose backlog is due."""
     now = now or timezone.now()
     keys = partner_keys_with(Capability.BULK)
     if not keys:
         return []
-    free = Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now)
     connections = list(
-        Connection.objects.filter(free, status=Connection.Status.SENDING, output__partner_key__in=keys)
+        Connection.objects.filter(
+            free_of_lease(now) & not_throttled(now), status=Connection.Status.SENDING, output__partner_key__in=keys
+        )
         .select_related("output")
         .order_by("pk")
     )

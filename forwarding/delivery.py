@@ -9,6 +9,9 @@ Write-ahead: before a batch goes out, its adds are committed as "maybe held" (Co
 add whose answer never comes (a read timeout, a worker killed mid-call, the database lost after the
 call) still counts as possibly held, and the member's removal is sent later. A removal is skipped only
 for an identity the partner cannot hold: never sent, removed, or refused.
+
+A whole call failing backs the connection off as a whole, and probes (forwarding/recovery.py). A
+worker told to shut down finishes the batch in hand and leaves (forwarding/shutdown.py).
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
 from connections.selectors import held_identities
 from connections.status import delivers
-from forwarding import alerts
+from forwarding import recovery
+from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
-from forwarding.leases import acquire_lease, release_lease, renew_lease
+from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes
+from forwarding.shutdown import shutdown_requested
+from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
@@ -74,33 +80,9 @@ def has_due_work(connection_id: int) -> bool:
     return PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).exists()
 
 
-# --- faults ----------------------------------------------------------------------------------
-
-
-def fault_connection(connection_id: int, reason: str) -> None:
-    now = timezone.now()
-    with transaction.atomic():
-        # Read under the row lock: the alert says which status the fault ended.
-        before = (
-            Connection.objects.select_for_update(of=("self",))
-            .filter(pk=connection_id)
-            .exclude(status=Connection.Status.ENDING)
-            .values_list("status", "output__partner_key")
-            .first()
-        )
-        Connection.objects.filter(pk=connection_id).exclude(status=Connection.Status.ENDING).update(
-            status=Connection.Status.FAULTED, status_reason=reason[:2000], status_changed_at=now
-        )
-        if before:
-            alerts.connection_status_changed(
-                connection_id=connection_id,
-                partner=before[1],
-                old_status=before[0],
-                new_status=Connection.Status.FAULTED,
-                changed_at=now,
-                reason=reason,
-            )
-    logger.warning("connection %s faulted: %s", connection_id, reason)
+SHUTTING_DOWN = "the worker is shutting down"
+LEASE_LOST = "the lease was lost"
+ACCOUNT_FULL = "the partner account's deliveries are at their cap"
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -111,42 +93,65 @@ def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryRepo
     `task_id`: the Celery task doing it, recorded on each delivery attempt."""
     report = DeliveryReport()
     while True:
-        if not acquire_lease(connection_id):
-            return report  # someone else is delivering it, or it is not sending
+        lease = acquire_lease(connection_id)
+        if lease is None:
+            return report  # someone else is delivering it, it is not sending, or it is throttled
+        slot = AccountSlot(Output.objects.get(connections=connection_id), lease.holder)
+        if not slot.take():
+            release_lease(lease)
+            report.stopped = ACCOUNT_FULL
+            ring(connection_id, countdown=1)
+            return report
         try:
-            _drain(connection_id, report, task_id)
+            with hold_lease(lease, also_renew=slot.take):
+                _drain(connection_id, report, lease, task_id)
         finally:
-            release_lease(connection_id)
+            slot.release()
+        if report.stopped == SHUTTING_DOWN:
+            ring(connection_id)  # for the next worker, now that the lease is free
         # A change planned after our last look but before the release found the lease taken
         # and went away: look once more before leaving.
         if report.stopped or not has_due_work(connection_id):
             return report
 
 
-def _drain(connection_id: int, report: DeliveryReport, task_id: str) -> None:
+def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
     partner = None
     while True:
+        if shutdown_requested():
+            report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
+            return
         connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
         if not delivers(connection.status):
             report.stopped = f"connection is {connection.status}"
+            return
+        if connection.throttled_until and connection.throttled_until > timezone.now():
+            report.stopped = "throttled"  # e.g. a 429 to another connection of the partner account
             return
         # One partner (and so one keep-alive HTTP session) for the whole drain.
         partner = partner or connection.output.partner()
         batch = list(
             PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).order_by(
                 "id"
-            )[: partner.batch_limit]
+            )[: recovery.batch_size(connection, partner.batch_limit)]
         )
         if not batch:
             return
         report.batches += 1
-        if not _send_batch(connection, partner, batch, report, task_id):
+        if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
             return
-        renew_lease(connection_id)
+        if connection.failures:
+            recovery.call_succeeded(connection_id)  # the probe went through: full batches again
 
 
 def _send_batch(
-    connection: Connection, partner, batch: list[PendingChange], report: DeliveryReport, task_id: str
+    connection: Connection,
+    partner,
+    batch: list[PendingChange],
+    report: DeliveryReport,
+    task_id: str = "",
+    *,
+    lease: Lease | None = None,
 ) -> bool:
     """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
     held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
@@ -183,6 +188,9 @@ def _send_batch(
         http_status=error.status if error is not None else (partner.last_http_status() if to_send else None),
         task_id=task_id,
     )
+    if lease is not None and lease.lost.is_set():
+        report.stopped = LEASE_LOST  # another worker may hold it now: record nothing
+        return False
     if error is not None:
         return _record_failure(connection, batch, error, call, report)
     _record_results(connection, batch, changes, results, skipped, held, call, report)
@@ -301,26 +309,13 @@ def _delete_if_unchanged(done: list[PendingChange]) -> None:
 
 def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, report: DeliveryReport) -> bool:
     now = timezone.now()
-    max_attempts = settings.FORWARDING["MAX_ATTEMPTS"]
-    attempts = max(p.attempts for p in batch) + 1
-    if isinstance(error, TransientError):
-        result = DeliveryAttempt.Result.TRANSIENT
-    elif isinstance(error, AuthError):
-        result = DeliveryAttempt.Result.AUTH
-    else:
-        result = DeliveryAttempt.Result.PERMANENT
-    delay = backoff_seconds(attempts, getattr(error, "retry_after", None))
+    result = recovery.attempt_result(error)
     with transaction.atomic():
-        ids = [p.pk for p in batch]
-        if isinstance(error, TransientError):
-            PendingChange.objects.filter(pk__in=ids).update(
-                attempts=F("attempts") + 1,
-                next_attempt_at=now + timedelta(seconds=delay),
-                last_error=error.message[:2000],
-            )
-        else:
-            # The work stays due: Resume sends it again once someone fixed the cause.
-            PendingChange.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1, last_error=error.message[:2000])
+        # The work stays due: the connection as a whole waits (a transient error, see
+        # forwarding/recovery.py), or Resume sends it again once someone fixed the cause.
+        PendingChange.objects.filter(pk__in=[p.pk for p in batch]).update(
+            attempts=F("attempts") + 1, last_error=error.message[:2000]
+        )
         DeliveryAttempt.objects.create(
             connection_id=connection.pk,
             at=now,
@@ -333,17 +328,15 @@ def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, r
             error=attempt_error(error.message),
         )
         if isinstance(error, AuthError | PermanentError):
-            fault_connection(
-                connection.pk, f"{connection.output.partner_class.name} refused the request: {error.message}"
-            )
-        elif attempts >= max_attempts:
-            fault_connection(
-                connection.pk, f"Gave up after {attempts} attempts; last error: {error.message}. Resume to try again."
+            recovery.fault(
+                connection.pk,
+                Connection.FaultCause.REFUSED,
+                f"{connection.output.partner_class.name} refused the request: {error.message}",
             )
     report.errors.append(error.message)
     report.stopped = result
-    if isinstance(error, TransientError) and attempts < max_attempts:
-        _ring_later(connection.pk, delay)
+    if isinstance(error, TransientError):
+        _ring_later(connection.pk, recovery.call_failed(connection, error))
     return False
 
 

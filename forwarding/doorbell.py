@@ -13,6 +13,7 @@ from config import queueing
 
 DELIVER_TASK = "forwarding.tasks.deliver_connection"
 END_TASK = "forwarding.tasks.end_connection"
+PROBE_TASK = "forwarding.tasks.probe_connection"
 
 
 def ring(connection_id: int, *, countdown: float | None = None) -> None:
@@ -31,3 +32,7 @@ def ring_end(connection_id: int, *, countdown: float | None = None) -> None:
 
 def ring_end_after_commit(connection_id: int) -> None:
     transaction.on_commit(lambda: ring_end(connection_id))
+
+
+def ring_probe(connection_id: int) -> None:
+    queueing.send_safely(PROBE_TASK, connection_id)

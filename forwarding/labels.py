@@ -41,7 +41,23 @@ def status_detail(connection: Connection) -> str:
         parts.append(f"since {when(connection.status_changed_at)}")
     if connection.status_reason:
         parts.append(connection.status_reason)
-    return ": ".join(parts)
+    detail = ": ".join(parts)
+    waiting = backoff_detail(connection)
+    return f"{detail}. {waiting}" if detail and waiting else detail or waiting
+
+
+def backoff_detail(connection: Connection, now: datetime | None = None) -> str:
+    """The connection's wait as a whole (forwarding/recovery.py), while there is one."""
+    now = now or timezone.now()
+    if not connection.throttled_until or connection.throttled_until <= now:
+        return ""
+    if connection.failures and connection.failing_since:
+        calls = f"{connection.failures} call{'s' if connection.failures != 1 else ''}"
+        return (
+            f"The partner failed {calls} in a row since {when(connection.failing_since)}; "
+            f"next try {ago(connection.throttled_until, now)}."
+        )
+    return f"Throttled by the partner (Retry-After): next try {ago(connection.throttled_until, now)}."
 
 
 def pending_summary(connection: Connection, stats: ConnectionStats) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -21,16 +22,16 @@ from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from connections.status import PAUSABLE
 from connections.validation import check_connectable, clean_connection_settings
-from forwarding import alerts, planner
+from forwarding import alerts, planner, recovery
 from forwarding.backoff import backoff_seconds
 from forwarding.delivery import attempt_error
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
-from forwarding.leases import acquire_lease, release_lease
+from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import audience_ref
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange
-from outputs.partners.http import PartnerError, TransientError
+from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
 END_BATCH = 500
@@ -127,11 +128,22 @@ def connection_pause(*, connection: Connection) -> Connection:
 
 @transaction.atomic
 def connection_resume(*, connection: Connection) -> Connection:
-    """Send again: clears a fault, makes every pending change due now, and rings delivery."""
+    """Send again: clears a fault and the connection's backoff, makes every pending change due now,
+    and rings delivery."""
     connection = _set_status(connection, Connection.Status.SENDING)
-    PendingChange.objects.filter(connection=connection).update(next_attempt_at=timezone.now(), attempts=0)
+    recovery.clear_backoff(connection.pk)
     ring_after_commit(connection.pk)
+    connection.refresh_from_db()
     return connection
+
+
+def connection_resume_if_test_passes(*, connection: Connection) -> Connection:
+    """Resume after a fix (a new API key, a list created again), only once the partner's credentials
+    test passes; otherwise nothing changes and the test's answer is the error."""
+    ok, message = connection_test(connection=connection)
+    if not ok:
+        raise ValidationError({"status": [f"The connection test failed, so it was not resumed: {message}"]})
+    return connection_resume(connection=connection)
 
 
 def connection_test(*, connection: Connection) -> tuple[bool, str]:
@@ -147,19 +159,27 @@ def connection_delete(*, connection: Connection) -> Connection:
     """End the connection. Where the partner's settings ask for it (Mailchimp's "Delete on
     Subscription End"), every member this connection delivered is removed first, by a task."""
     with transaction.atomic():
-        connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
+        # The outbox first, then the connection row: the order delivery locks them in (it deletes
+        # delivered changes, then stamps the connection), so the two cannot deadlock.
         PendingChange.objects.filter(connection=connection).delete()
+        connection = _set_status(connection, Connection.Status.ENDING, "Deleting: removing delivered members.")
+        # The clean-up's own failures count from zero (a 429's wait, if any, still holds).
+        Connection.objects.filter(pk=connection.pk).update(failures=0, failing_since=None, fault_cause="")
         ring_end_after_commit(connection.pk)
     return connection
 
 
 def connection_end(*, connection_id: int, task_id: str = "") -> str:
     """Finish ending a connection: clean up at the partner in batches, then delete the row.
-    Returns what happened. Transient errors leave the connection ending (the sweeper retries).
+    Returns what happened. A failed clean-up call is recorded on the connection (its reason, a
+    DeliveryAttempt) and the connection backs off as a whole, exponentially up to
+    FORWARDING_BACKOFF_MAX_SECONDS (a refused key is not re-tried every few seconds forever);
+    the sweeper rings it again when its wait is over. Fixing the output's key lets it finish.
     `task_id`: the Celery task doing it, recorded on each clean-up attempt."""
-    if not acquire_lease(connection_id, statuses=(Connection.Status.ENDING,)):
-        return "busy or gone"
-    try:
+    lease = acquire_lease(connection_id, statuses=(Connection.Status.ENDING,))
+    if lease is None:
+        return "busy, throttled or gone"
+    with hold_lease(lease):
         connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
         partner = connection.output.partner()
         if partner.wants_cleanup_on_end():
@@ -178,25 +198,11 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
                 try:
                     partner.end_connection(connection.settings, audience_ref(connection.audience), changes)
                 except PartnerError as exc:
-                    DeliveryAttempt.objects.create(
-                        connection=connection,
-                        kind="cleanup",
-                        at=now,
-                        duration_ms=int((time.monotonic() - started) * 1000),
-                        http_status=exc.status,
-                        error_code=exc.code,
-                        task_id=task_id,
-                        sent=len(changes),
-                        result="transient" if isinstance(exc, TransientError) else "permanent",
-                        error=attempt_error(exc.message),
+                    if lease.lost.is_set():
+                        return "lease lost"
+                    return _cleanup_failed(
+                        connection, len(changes), exc, int((time.monotonic() - started) * 1000), task_id
                     )
-                    Connection.objects.filter(pk=connection_id).update(
-                        status_reason=f"Deleting: the partner refused the cleanup ({exc.message}); retrying."
-                    )
-                    logger.warning("cleanup of connection %s failed: %s", connection_id, exc.message)
-                    delay = backoff_seconds(3, getattr(exc, "retry_after", None))
-                    ring_end(connection_id, countdown=delay)
-                    return f"retrying: {exc.message}"
                 ConnectionMember.objects.filter(pk__in=[m.pk for m in held]).update(
                     state=ConnectionMember.State.REMOVED, updated_at=now
                 )
@@ -213,5 +219,34 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
                 )
         connection.delete()
         return "deleted"
-    finally:
-        release_lease(connection_id)
+
+
+def _cleanup_failed(connection: Connection, sent: int, error: PartnerError, duration_ms: int, task_id: str) -> str:
+    now = timezone.now()
+    failures = connection.failures + 1
+    delay = backoff_seconds(failures, getattr(error, "retry_after", None))
+    result = recovery.attempt_result(error)
+    DeliveryAttempt.objects.create(
+        connection=connection,
+        kind="cleanup",
+        at=now,
+        duration_ms=duration_ms,
+        http_status=error.status,
+        error_code=error.code,
+        task_id=task_id,
+        sent=sent,
+        result=result,
+        error=attempt_error(error.message),
+    )
+    Connection.objects.filter(pk=connection.pk).update(
+        failures=failures,
+        failing_since=connection.failing_since or now,
+        throttled_until=now + timedelta(seconds=delay),
+        status_reason=(
+            f"Deleting: the partner refused the clean-up ({error.message}); attempt {failures}, "
+            f"next one in {delay:.0f} s."
+        )[:2000],
+    )
+    logger.warning("cleanup of connection %s failed (attempt %s): %s", connection.pk, failures, error.message)
+    ring_end(connection.pk, countdown=delay)
+    return f"retrying in {delay:.0f} s: {error.message}"

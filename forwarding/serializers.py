@@ -24,6 +24,11 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
     # Checked against the partner's connection settings by the service (errors name e.g. "list_id").
     settings = serializers.DictField(required=False, default=dict)
     stats = serializers.SerializerMethodField()
+    fault_cause = serializers.CharField(
+        read_only=True,
+        help_text="Why a faulted connection faulted: `outage` (probed, resumes by itself when the partner "
+        "answers), `refused` (credentials or settings: resume once fixed), or empty.",
+    )
 
     class Meta:
         model = Connection
@@ -35,11 +40,15 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
             "status",
             "status_reason",
             "status_changed_at",
+            "fault_cause",
+            "throttled_until",
+            "failing_since",
             "last_delivered_at",
             "created_at",
             "stats",
         ]
-        read_only_fields = ["status", "status_reason", "status_changed_at", "last_delivered_at", "created_at"]
+        # Everything but what a create sends: forwarding.lifecycle decides the rest.
+        read_only_fields = [f for f in fields if f not in ("id", "audience", "output", "settings", "stats")]
         # DRF would add a unique-together check on (audience, output); the service answers that
         # one, naming "output".
         validators: list = []

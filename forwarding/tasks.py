@@ -4,8 +4,22 @@ Rung by name (forwarding/doorbell.py, config/queueing.py)."""
 from dataclasses import asdict
 
 from celery import shared_task
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
+from django.db import connection
 
-from forwarding import alerts, bulk, delivery, doorbell, erasure, history, lifecycle, sweeper
+from forwarding import (
+    alerts,
+    bulk,
+    delivery,
+    doorbell,
+    erasure,
+    history,
+    leases,
+    lifecycle,
+    recovery,
+    shutdown,
+    sweeper,
+)
 
 
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
@@ -17,6 +31,11 @@ def deliver_connection(self, connection_id: int) -> dict:
 @shared_task(name=doorbell.END_TASK, acks_late=True, bind=True)
 def end_connection(self, connection_id: int) -> str:
     return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
+
+
+@shared_task(name=doorbell.PROBE_TASK, acks_late=True)
+def probe_connection(connection_id: int) -> str:
+    return recovery.probe_faulted(connection_id)
 
 
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)
@@ -60,3 +79,26 @@ def finish_erasures() -> dict:
 @shared_task(name="forwarding.tasks.snapshot_history")
 def snapshot_history() -> dict:
     return history.snapshot_history(days=2)
+
+
+@worker_shutting_down.connect
+def _finish_the_batch_in_hand(**kwargs) -> None:
+    """Warm shutdown: deliveries running in the pool leave after their batch (forwarding/shutdown.py)."""
+    shutdown.request_shutdown()
+
+
+@celeryd_after_setup.connect
+def _name_the_leases(sender: str, **kwargs) -> None:
+    """Leases taken in this worker (its pool forks after this) carry its node name."""
+    leases.set_worker_name(sender)
+
+
+@worker_ready.connect
+def _free_a_dead_predecessors_leases(sender, **kwargs) -> None:
+    """A worker restarted under the same name after a crash frees the leases its predecessor held,
+    and the sweep rings their connections: they resume now, not when the leases expire."""
+    try:
+        if leases.release_leases_of_worker(sender.hostname):
+            sweeper.sweep()
+    finally:
+        connection.close()  # the main process keeps no database connection

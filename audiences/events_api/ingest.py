@@ -176,8 +176,13 @@ def _insert_events(rows: list[tuple]) -> None:
     table = connection.ops.quote_name(Event._meta.db_table)
     attributes = EVENT_COLUMNS.index("attributes")
     with connection.cursor() as cursor:
-        # The psycopg cursor under Django's wrapper: COPY is not part of the DB-API.
-        with cursor.cursor.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+        # The psycopg cursor under Django's wrapper: COPY is not part of the DB-API. Its errors go
+        # through Django's wrapper too, so a dropped connection is django.db's OperationalError,
+        # which atomic_with_reconnect (config/db.py) retries, not psycopg's, which it cannot see.
+        with (
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row((*row[:attributes], Jsonb(row[attributes]), *row[attributes + 1 :]))
 

@@ -10,7 +10,7 @@ A partner can misbehave in ways a read timeout does not catch. Every call here i
   many (decoded) bytes, so a huge answer costs the cap, not its size, in memory. Over it, the
   call fails with a TransientError: the request may well have been applied (only its answer
   is unreadable), every write we send a partner is an idempotent upsert, so sending it again
-  is safe, and a cause that persists exhausts FORWARDING_MAX_ATTEMPTS and faults the connection
+  is safe, and a cause that persists for FORWARDING_OUTAGE_FAULT_MINUTES faults the connection
   with the message, which names the setting to raise.
 * **URLs**: a value that goes into a path (a setting such as Mailchimp's list id, a member id)
   goes through url_segment(), so it stays one segment whatever it holds.
@@ -39,10 +39,9 @@ def partner_call_deadline() -> float:
     """The longest one partner call may last, in seconds: connect, send and the whole answer
     (PARTNER_CALL_DEADLINE_SECONDS). A call still running then fails with a TransientError.
 
-    Derive from this whatever must outlive a call, such as the delivery lease held while a batch
-    is sent: a lease longer than partner_call_deadline() plus the database work around the call
-    is never outlived by the call it covers. A step making several calls (end_connection sends
-    one per member) takes up to that many deadlines.
+    A step making several calls (end_connection sends one per member) takes up to that many
+    deadlines. The delivery lease is not derived from it: a heartbeat renews the lease while the
+    call runs, and cuts the call (CallScope) when it cannot (forwarding/leases.py).
     """
     return float(settings.PARTNER_CALL_DEADLINE_SECONDS)
 
@@ -116,24 +115,31 @@ class _CallDeadline:
     """The deadline of the partner call running in this thread (a context manager).
 
     The connections of our pools register their socket with it as they connect or send
-    (_WatchedConnection); at the deadline a timer thread shuts that socket down.
+    (_WatchedConnection); at the deadline a timer thread shuts that socket down. A CallScope
+    the thread runs in can end it sooner (cut()), the same way.
     """
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.expired = False
+        self.why = ""  # why it was cut before its deadline, if it was
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
+        self._scope: CallScope | None = getattr(_current, "scope", None)
 
     def __enter__(self) -> _CallDeadline:
         _current.call = self
         self._timer.start()
+        if self._scope is not None:
+            self._scope.attach(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._timer.cancel()
+        if self._scope is not None:
+            self._scope.detach(self)
         _current.call = None
 
     def watch(self, sock: socket.socket) -> None:
@@ -147,6 +153,44 @@ class _CallDeadline:
             self.expired = True
             if self._socket is not None:
                 _shut_down(self._socket)
+
+
+class CallScope:
+    """Partner calls made by this thread inside ``with scope:`` can be cut from another thread:
+    cut() ends the call running (as its deadline would: the call fails with a TransientError
+    naming why) and any later one at once. Used by the delivery lease's heartbeat
+    (forwarding/leases.py): a call never outlives the lease that covers it."""
+
+    def __init__(self) -> None:
+        self.why = ""
+        self._lock = threading.Lock()
+        self._call: _CallDeadline | None = None
+
+    def __enter__(self) -> CallScope:
+        _current.scope = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.scope = None
+
+    def attach(self, call: _CallDeadline) -> None:
+        with self._lock:
+            self._call = call
+            if self.why:
+                call.why = self.why
+                call._expire()
+
+    def detach(self, call: _CallDeadline) -> None:
+        with self._lock:
+            if self._call is call:
+                self._call = None
+
+    def cut(self, why: str) -> None:
+        with self._lock:
+            self.why = why or "cut"
+            if self._call is not None:
+                self._call.why = self.why
+                self._call._expire()
 
 
 def _watch_socket(sock: socket.socket | None) -> None:
@@ -264,6 +308,8 @@ class PartnerClient:
 
     @staticmethod
     def _late(what: str, deadline: _CallDeadline) -> TransientError:
+        if deadline.why:
+            return TransientError(f"{what}: cut short: {deadline.why}")
         return TransientError(
             f"{what}: no complete answer within the call deadline of {deadline.seconds:g} s "
             "(PARTNER_CALL_DEADLINE_SECONDS)"

@@ -105,6 +105,7 @@ ENDPOINTS = [
     Endpoint("DELETE", "/connections/{connection}/", PEOPLE, 202),
     Endpoint("POST", "/connections/{connection}/pause/", OPERATOR, 200),
     Endpoint("POST", "/connections/{connection}/resume/", OPERATOR, 200),
+    Endpoint("POST", "/connections/{connection}/resume-if-test-passes/", OPERATOR, 200),
     Endpoint("POST", "/connections/{connection}/test/", PEOPLE, 200),
     Endpoint("GET", "/connections/{connection}/attempts/", ALL, 200),
     Endpoint("GET", "/connections/{connection}/rejections/", OPERATOR, 200),

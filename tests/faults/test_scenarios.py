@@ -42,7 +42,6 @@ def started_after(stack: Stack, moment: float) -> int:
 
 
 @pytest.mark.time_limit(300)
-@defect(5, "a killed worker's lease stalls its connection for the whole lease (300 s)")
 def test_worker_kill9_three_times_mid_backfill(faults: Stack):
     """worker kill -9 x3 mid-backfill"""
     faults.prepare(members=MEMBERS)
@@ -61,7 +60,6 @@ def test_worker_kill9_three_times_mid_backfill(faults: Stack):
 
 
 @pytest.mark.time_limit(300)
-@defect(5, "a SIGTERM warm shutdown drains the whole backlog instead of finishing the batch in hand")
 def test_sigterm_warm_shutdown_mid_backfill(faults: Stack):
     """SIGTERM warm shutdown mid-backfill"""
     faults.prepare(members=MEMBERS)
@@ -129,7 +127,6 @@ def test_partner_failing_30_percent(faults: Stack):
 
 
 @pytest.mark.time_limit(360)
-@defect(5, "after an outage, per-row backoff leaves a healthy partner idle (455 s to converge)")
 def test_partner_outage_with_churn_then_recovery(faults: Stack):
     """partner outage with churn, then recovery"""
     faults.row.scenario = f"partner outage {OUTAGE_SECONDS:.0f}s (refused, then reset) with churn, then recovery"
@@ -310,7 +307,6 @@ def test_patch_of_only_the_api_key(faults: Stack, admin_client):
 
 
 @pytest.mark.time_limit(180)
-@defect(5, "a 429 with Retry-After holds back only its batch; the connection's other batches go out at once")
 def test_retry_after_is_honoured_by_the_whole_connection(faults: Stack):
     """429 Retry-After: 10 honoured by the whole connection"""
     faults.prepare(members=2_000)

@@ -18,8 +18,9 @@ from django.utils import timezone
 from connections.models import Connection
 from forwarding import alerts
 from forwarding import lifecycle as connection_services
-from forwarding.delivery import deliver_connection, fault_connection
+from forwarding.delivery import deliver_connection
 from forwarding.models import ConnectionAlert
+from forwarding.recovery import fault as recovery_fault
 from tests import factories
 from tests.forwarding.test_forwarding import LIST_URL, OK
 
@@ -122,7 +123,7 @@ def test_a_fault_and_its_recovery_are_told_once_each_by_email_and_webhook(
     assert send_rung(rings) == ["sent already"]
     # A faulted connection faulting again is no new state: no alert.
     with django_capture_on_commit_callbacks(execute=True):
-        fault_connection(connection.pk, "Still refused.")
+        recovery_fault(connection.pk, Connection.FaultCause.REFUSED, "Still refused.")
     assert ConnectionAlert.objects.count() == 1
 
     responses.replace(responses.POST, LIST_URL, json=OK)
@@ -159,7 +160,7 @@ def test_one_status_change_is_recorded_once(alerting, connection):
 
 def test_an_alert_is_recorded_only_with_the_status_it_tells(alerting, connection, rings):
     with pytest.raises(RuntimeError), transaction.atomic():
-        fault_connection(connection.pk, "HTTP 401")
+        recovery_fault(connection.pk, Connection.FaultCause.REFUSED, "HTTP 401")
         raise RuntimeError("the status write rolls back")
     assert not ConnectionAlert.objects.exists() and not alerts_rung(rings)
 
@@ -172,7 +173,7 @@ def test_pausing_and_resuming_a_paused_connection_alert_nobody(alerting, connect
 
 def test_without_any_channel_nothing_is_recorded(settings, connection):
     settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = [], ""
-    fault_connection(connection.pk, "HTTP 401")
+    recovery_fault(connection.pk, Connection.FaultCause.REFUSED, "HTTP 401")
     assert not ConnectionAlert.objects.exists()
 
 
@@ -182,7 +183,7 @@ def test_a_failing_webhook_is_retried_and_the_email_is_not_sent_twice(
     webhook = alerting
     webhook.status = 500
     with django_capture_on_commit_callbacks(execute=True):
-        fault_connection(connection.pk, "HTTP 401")
+        recovery_fault(connection.pk, Connection.FaultCause.REFUSED, "HTTP 401")
     (alert_id,) = alerts_rung(rings)
     with pytest.raises(alerts.AlertNotSent, match="webhook: HTTP 500"):
         alerts.alert_send(alert_id=alert_id)
@@ -221,7 +222,7 @@ def test_beat_sends_again_the_alerts_left_unsent(alerting, connection, rings):
 
 def test_the_admin_shows_a_banner_of_faulted_connections_on_every_page(admin_client, client, connection):
     assert "faulted-connections-banner" not in admin_client.get("/admin/").content.decode()
-    fault_connection(connection.pk, "HTTP 401")
+    recovery_fault(connection.pk, Connection.FaultCause.REFUSED, "HTTP 401")
     for page in ("/admin/", "/admin/audiences/audience/", "/admin/outputs/output/"):
         html = admin_client.get(page).content.decode()
         assert "faulted-connections-banner" in html and "1 connection is faulted" in html, page

@@ -137,6 +137,27 @@ def test_resume_clears_a_fault(api, connection):
     assert response.json()["status"] == "sending"
 
 
+@responses.activate
+def test_resume_if_test_passes_leaves_a_refused_key_faulted_then_resumes_once_fixed(api, connection):
+    Connection.objects.filter(pk=connection.pk).update(
+        status=Connection.Status.FAULTED, fault_cause="refused", status_reason="HTTP 401"
+    )
+    responses.get(LIST_URL, status=401, json={"title": "API Key Invalid", "detail": "Your API key may be invalid"})
+
+    refused = api.post(f"{URL}{connection.pk}/resume-if-test-passes/")
+
+    assert refused.status_code == 400
+    assert "API Key Invalid" in errors(refused)["status"][0]
+    connection.refresh_from_db()
+    assert connection.status == Connection.Status.FAULTED
+    responses.replace(responses.GET, LIST_URL, json={"name": "List", "stats": {}})
+
+    resumed = api.post(f"{URL}{connection.pk}/resume-if-test-passes/")
+
+    assert resumed.status_code == 200
+    assert resumed.json()["status"] == "sending"
+
+
 def test_delete_answers_202_ending(api, connection):
     response = api.delete(f"{URL}{connection.pk}/")
 

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import responses
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audiences import profiles
@@ -12,7 +13,7 @@ from audiences import services as audience_services
 from audiences.models import MembershipChange
 from connections.models import Connection, ConnectionMember
 from forwarding import lifecycle as connection_services
-from forwarding import planner, sweeper
+from forwarding import planner, recovery, sweeper
 from forwarding.delivery import deliver_connection
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.selectors import connection_stats
@@ -151,49 +152,117 @@ def test_a_401_faults_the_connection_and_resume_sends_again(setup, rings):
 
 
 @responses.activate
-def test_429_backs_off_honouring_retry_after_then_faults_when_exhausted(setup, rings, settings):
-    settings.FORWARDING = {**settings.FORWARDING, "MAX_ATTEMPTS": 3}
+def test_429_throttles_the_whole_connection_for_its_retry_after(setup, rings):
     audience, output = setup
     connection = factories.connect(audience, output)
     factories.parisian("a@x.com")
     responses.post(LIST_URL, status=429, headers={"Retry-After": "120"}, json={"title": "Too Many Requests"})
     before = timezone.now()
     deliver_connection(connection_id=connection.pk)
+    connection.refresh_from_db()
+    assert connection.throttled_until >= before + timedelta(seconds=120)
+    assert (connection.failures, connection.status) == (1, "sending")
     pending = PendingChange.objects.get()
-    assert pending.attempts == 1
-    assert pending.next_attempt_at >= before + timedelta(seconds=120)
+    assert pending.attempts == 1 and pending.next_attempt_at <= timezone.now()  # due: the connection waits
     assert ("forwarding.tasks.deliver_connection", (connection.pk,)) == rings[-1][:2]
     assert rings[-1][2] >= 120
-    # Not due yet: a second delivery sends nothing.
-    deliver_connection(connection_id=connection.pk)
+    # Throttled as a whole: neither a delivery nor the sweeper sends anything before then.
+    assert deliver_connection(connection_id=connection.pk).batches == 0
+    assert sweeper.sweep()["delivering"] == 0
     assert len(responses.calls) == 1
-    for _ in range(2):
-        PendingChange.objects.update(next_attempt_at=timezone.now())
-        deliver_connection(connection_id=connection.pk)
+    # Once the wait is over, the partner answering ends the run of failures.
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=timezone.now())
+    responses.replace(responses.POST, LIST_URL, json=OK)
+    assert deliver_connection(connection_id=connection.pk).delivered == 1
     connection.refresh_from_db()
-    assert connection.status == "faulted"
-    assert "Gave up after 3 attempts" in connection.status_reason
+    assert (connection.failures, connection.failing_since) == (0, None)
 
 
 @responses.activate
-def test_server_errors_retry_with_growing_jittered_backoff(setup, rings, settings):
-    settings.FORWARDING = {**settings.FORWARDING, "BACKOFF_BASE_SECONDS": 10, "MAX_ATTEMPTS": 10}
+def test_server_errors_back_the_connection_off_exponentially_and_probe_with_a_small_batch(setup, rings, settings):
+    settings.FORWARDING = {**settings.FORWARDING, "BACKOFF_BASE_SECONDS": 2, "PROBE_MAX_SECONDS": 1000}
+    audience, output = setup
+    connection = factories.connect(audience, output)
+    for n in range(30):
+        factories.parisian(f"p{n}@x.com")
+    responses.post(LIST_URL, status=503, body="")
+    waits, sizes = [], []
+    for failures in range(1, 6):
+        start = timezone.now()
+        deliver_connection(connection_id=connection.pk)
+        connection.refresh_from_db()
+        assert connection.failures == failures
+        waits.append((connection.throttled_until - start).total_seconds())
+        sizes.append(len(sent_members()))
+        Connection.objects.filter(pk=connection.pk).update(throttled_until=None)
+    # The first call is a full batch; every later one, while failing, a probe of 10 members.
+    assert sizes == [30, 10, 10, 10, 10]
+    for n, wait in enumerate(waits, start=1):
+        assert 2 * 2 ** (n - 1) / 2 <= wait <= 2 * 2 ** (n - 1) + 1, waits
+    assert connection.status == "sending"
+    # The partner is back: the probe goes through and the whole backlog goes out at once.
+    responses.replace(responses.POST, LIST_URL, json=OK)
+    calls = len(responses.calls)
+    report = deliver_connection(connection_id=connection.pk)
+    assert report.delivered == 30 and len(responses.calls) == calls + 2
+    assert not PendingChange.objects.exists()
+
+
+@responses.activate
+def test_a_long_outage_faults_the_connection_and_a_probe_resumes_it(
+    setup, rings, settings, django_capture_on_commit_callbacks
+):
     audience, output = setup
     connection = factories.connect(audience, output)
     factories.parisian("a@x.com")
     responses.post(LIST_URL, status=503, body="")
-    ceilings = []
-    for attempt in range(1, 5):
-        start = timezone.now()
-        deliver_connection(connection_id=connection.pk)
-        pending = PendingChange.objects.get()
-        assert pending.attempts == attempt
-        delay = (pending.next_attempt_at - start).total_seconds()
-        assert 0 <= delay <= 10 * 2 ** (attempt - 1) + 1
-        ceilings.append(delay)
-        PendingChange.objects.update(next_attempt_at=timezone.now())
+    deliver_connection(connection_id=connection.pk)
+    minutes = settings.FORWARDING["OUTAGE_FAULT_MINUTES"]
+    Connection.objects.filter(pk=connection.pk).update(
+        throttled_until=None, failing_since=timezone.now() - timedelta(minutes=minutes, seconds=1)
+    )
+    deliver_connection(connection_id=connection.pk)
     connection.refresh_from_db()
-    assert connection.status == "sending"
+    assert (connection.status, connection.fault_cause) == ("faulted", "outage")
+    assert f"Every call failed for {minutes:g} minutes" in connection.status_reason
+    # The sweeper probes it once its wait is over; the partner still failing keeps it faulted.
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=None)
+    rings.clear()
+    assert sweeper.sweep()["probing"] == 1
+    assert rings == [("forwarding.tasks.probe_connection", (connection.pk,), None)]
+    responses.get(LIST_URL, status=503, body="")
+    assert recovery.probe_faulted(connection.pk).startswith("still failing")
+    assert recovery.probe_faulted(connection.pk) == "not due"  # one probe per interval
+    assert sweeper.sweep()["probing"] == 0
+    # The partner answers again: resumed by itself, the outbox due, delivery rung.
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=None)
+    responses.replace(responses.GET, LIST_URL, json={"name": "List", "stats": {}})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert recovery.probe_faulted(connection.pk) == "resumed"
+    connection.refresh_from_db()
+    assert (connection.status, connection.fault_cause, connection.failures) == ("sending", "", 0)
+    assert ("forwarding.tasks.deliver_connection", (connection.pk,), None) in rings
+
+
+@responses.activate
+def test_a_refused_key_is_not_probed_and_resumes_only_when_the_test_passes(setup, rings):
+    audience, output = setup
+    factories.parisian("a@x.com")
+    responses.post(LIST_URL, status=401, json={"title": "API Key Invalid", "detail": "Your API key may be invalid"})
+    connection = factories.connect(audience, output)
+    deliver_connection(connection_id=connection.pk)
+    connection.refresh_from_db()
+    assert (connection.status, connection.fault_cause) == ("faulted", "refused")
+    assert sweeper.sweep()["probing"] == 0
+    responses.get(LIST_URL, status=401, json={"title": "API Key Invalid", "detail": "Your API key may be invalid"})
+    with pytest.raises(ValidationError) as excinfo:
+        connection_services.connection_resume_if_test_passes(connection=connection)
+    assert "API Key Invalid" in str(excinfo.value.message_dict["status"])
+    connection.refresh_from_db()
+    assert connection.status == "faulted"
+    responses.replace(responses.GET, LIST_URL, json={"name": "List", "stats": {}})
+    connection = connection_services.connection_resume_if_test_passes(connection=connection)
+    assert (connection.status, connection.fault_cause) == ("sending", "")
 
 
 @responses.activate
@@ -331,3 +400,26 @@ def test_sweeper_rings_connections_with_due_work_and_no_live_lease(setup, rings)
     assert rings == [("forwarding.tasks.deliver_connection", (connection.pk,), None)]
     Connection.objects.filter(pk=connection.pk).update(delivery_lease_until=timezone.now() + timedelta(minutes=1))
     assert sweeper.sweep()["delivering"] == 0
+
+
+@responses.activate
+def test_a_per_member_retry_backs_off_that_member_alone(setup, rings, settings):
+    settings.FORWARDING = {**settings.FORWARDING, "BACKOFF_BASE_SECONDS": 10}
+    audience, output = setup
+    connection = factories.connect(audience, output)
+    factories.parisian("busy@x.com")
+    factories.parisian("fine@x.com")
+    busy = {"email_address": "busy@x.com", "error": "busy@x.com has signed up to a lot of lists very recently"}
+    responses.post(LIST_URL, json={"errors": [busy], "error_count": 1})
+    before = timezone.now()
+    report = deliver_connection(connection_id=connection.pk)
+    assert (report.delivered, report.retried, report.rejected) == (1, 1, 0)
+    pending = PendingChange.objects.get()
+    assert pending.value == "busy@x.com" and pending.attempts == 1
+    # Backed off on its own (the first band of 10 s: 5 to 10 s), never rejected ...
+    assert before + timedelta(seconds=5) <= pending.next_attempt_at <= timezone.now() + timedelta(seconds=10)
+    assert not ConnectionMember.objects.filter(value="busy@x.com").exists()
+    # ... while the connection as a whole is healthy and not waiting.
+    connection.refresh_from_db()
+    assert (connection.failures, connection.throttled_until) == (0, None)
+    assert deliver_connection(connection_id=connection.pk).batches == 0  # not due yet
