@@ -37,6 +37,7 @@ from forwarding.accounts import outputs_of_account
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring_after_commit
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.partner_calls import audience_ref
 from outputs.models import Output
 from outputs.partners.http import AuthError, PartnerError, TransientError
 
@@ -145,9 +146,9 @@ def probe_faulted(connection_id: int) -> str:
     ).update(throttled_until=now + timedelta(seconds=settings.FORWARDING["FAULTED_PROBE_SECONDS"]))
     if not claimed:
         return "not due"
-    connection = Connection.objects.select_related("output").get(pk=connection_id)
+    connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
     try:
-        connection.output.partner().test_connection(connection.settings)
+        connection.output.partner().test_connection(connection.settings, audience_ref(connection.audience))
     except PartnerError as exc:
         return f"still failing: {exc.message}"
     return "resumed" if resume(connection_id, expected=Connection.Status.FAULTED) else "changed meanwhile"

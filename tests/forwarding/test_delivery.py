@@ -12,7 +12,7 @@ import responses
 from django.utils import timezone
 
 from audiences import profiles
-from connections.models import ConnectionMember
+from connections.models import Connection, ConnectionMember
 from forwarding.delivery import deliver_connection
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.serializers import DeliveryAttemptSerializer
@@ -49,7 +49,10 @@ def status_at_partner(partner: FaultyMailchimp, email: str) -> str | None:
 
 
 def due_now() -> None:
+    """Time has passed: the pending changes are due, and the connection's own backoff after a failed
+    call (forwarding/recovery.py) is over."""
     PendingChange.objects.update(next_attempt_at="2000-01-01T00:00:00Z")
+    Connection.objects.update(throttled_until=None)
 
 
 @pytest.mark.parametrize("fault", ["read timeout", "connection dropped after apply"])
