@@ -125,6 +125,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz, answered before host checks and HTTPS redirects (probes use the IP, plain HTTP).
+    "config.health.HealthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's static files under gunicorn, without a separate web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -305,6 +307,13 @@ if EVENTS_API_RATE_LIMIT < 0 or EVENTS_API_RATE_BURST < 1 or EVENTS_API_AUTH_FAI
         "EVENTS_API_RATE_LIMIT must be >= 0, EVENTS_API_RATE_BURST and EVENTS_API_AUTH_FAILURE_WINDOW >= 1"
     )
 
+# Health (config/health.py): beat and every worker write a heartbeat this often (seconds); /readyz is
+# unready when either is older than HEARTBEAT_MAX_AGE.
+HEARTBEAT_INTERVAL = float(os.environ.get("HEARTBEAT_INTERVAL", "10"))
+HEARTBEAT_MAX_AGE = float(os.environ.get("HEARTBEAT_MAX_AGE", "60"))
+if not 0 < HEARTBEAT_INTERVAL < HEARTBEAT_MAX_AGE:
+    raise ImproperlyConfigured("HEARTBEAT_INTERVAL must be positive and below HEARTBEAT_MAX_AGE")
+
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
 CELERY_BEAT_SCHEDULE = {
@@ -320,6 +329,12 @@ CELERY_BEAT_SCHEDULE = {
     "audiences-purge-events": {
         "task": "audiences.tasks.purge_expired_events",
         "schedule": timedelta(hours=1),
+    },
+    # Beat's heartbeat (config/health.py): beat records the time as it sends it; /readyz reads it.
+    "health-heartbeat": {
+        "task": "config.health.heartbeat",
+        "schedule": timedelta(seconds=HEARTBEAT_INTERVAL),
+        "options": {"expires": HEARTBEAT_INTERVAL},
     },
 }
 

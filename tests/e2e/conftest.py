@@ -142,7 +142,7 @@ def worker(
         wait_until(
             lambda: celery_app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5), timeout=30
         )
-        yield {"queue": queue, "process": process}
+        yield {"queue": queue, "process": process, "env": env}
     finally:
         process.terminate()
         try:
