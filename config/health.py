@@ -28,6 +28,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
+from config.metrics import metrics_view
+
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_TASK = "config.health.heartbeat"
@@ -146,8 +148,9 @@ def readiness() -> dict[str, Any]:
 
 
 class HealthMiddleware:
-    """Answers /healthz and /readyz before any other middleware: a probe addresses the process by its IP
-    (not in ALLOWED_HOSTS) and over plain HTTP (no SSL redirect), and needs no session or CSRF."""
+    """Answers /healthz, /readyz and /metrics (config/metrics.py) before any other middleware: a probe or
+    Prometheus addresses the process by its IP (not in ALLOWED_HOSTS) over plain HTTP (no SSL redirect),
+    and needs no session or CSRF."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
@@ -157,6 +160,8 @@ class HealthMiddleware:
             return healthz(request)
         if request.path == "/readyz":
             return readyz(request)
+        if request.path == "/metrics":
+            return metrics_view(request)
         return self.get_response(request)
 
 

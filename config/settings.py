@@ -314,6 +314,10 @@ HEARTBEAT_MAX_AGE = float(os.environ.get("HEARTBEAT_MAX_AGE", "60"))
 if not 0 < HEARTBEAT_INTERVAL < HEARTBEAT_MAX_AGE:
     raise ImproperlyConfigured("HEARTBEAT_INTERVAL must be positive and below HEARTBEAT_MAX_AGE")
 
+# /metrics (config/metrics.py) wants "Authorization: Bearer <METRICS_TOKEN>" when this is set.
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself) adds up the figures of several processes.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
 CELERY_BEAT_SCHEDULE = {

@@ -25,6 +25,7 @@ from connections.status import delivers
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
 from forwarding.leases import acquire_lease, release_lease, renew_lease
+from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
@@ -196,6 +197,17 @@ def _record_results(connection, batch, changes, results, skipped, held, duration
                 retried=len(retry),
                 result=DeliveryAttempt.Result.OK if not (rejected or retry) else DeliveryAttempt.Result.PARTIAL,
             )
+    if changes:
+        record_delivery_attempt(
+            partner=connection.output.partner_key,
+            result="partial" if rejected or retry else "ok",
+            duration_seconds=duration_ms / 1000,
+            delivered=delivered,
+            rejected=rejected,
+            retried=len(retry),
+            planned_at=[p.created_at for p in done if p not in skipped],
+            acknowledged_at=now,
+        )
     report.delivered += delivered
     report.rejected += rejected
     report.retried += len(retry)
@@ -253,6 +265,9 @@ def _record_failure(connection, batch, error: PartnerError, duration_ms: int, re
             fault_connection(
                 connection.pk, f"Gave up after {attempts} attempts; last error: {error.message}. Resume to try again."
             )
+    record_delivery_attempt(
+        partner=connection.output.partner_key, result=result, duration_seconds=duration_ms / 1000, error_class=result
+    )
     report.errors.append(error.message)
     report.stopped = result
     if isinstance(error, TransientError) and attempts < max_attempts:
