@@ -6,6 +6,7 @@ from celery import Celery
 from celery.app.amqp import AMQP
 from kombu import Connection
 
+from config import logs  # noqa: F401  (connects the task signals that give log lines their task id)
 from config.health import WorkerHeartbeat
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

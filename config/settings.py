@@ -125,6 +125,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # A request id on every log line of the request (config/logs.py), echoed as X-Request-ID.
+    "config.logs.RequestIdMiddleware",
     # /healthz and /readyz, answered before host checks and HTTPS redirects (probes use the IP, plain HTTP).
     "config.health.HealthMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -342,15 +344,31 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# LOG_FORMAT=json: one JSON object a line (config/logs.py); plain otherwise. Both carry the request id,
+# task id, connection id and partner when known; the frequent periodic tasks' Celery lines are DEBUG.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be 'plain' or 'json'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # No personal data in logs: PostgreSQL's DETAIL lines (which quote the values of a failed
     # constraint, e.g. an email) are redacted from every record and traceback.
-    "filters": {"redact_personal_data": {"()": "config.log_redaction.RedactPersonalData"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "redact_personal_data": {"()": "config.log_redaction.RedactPersonalData"},
+        "log_context": {"()": "config.logs.AddLogContext"},
+        "quiet_periodic_tasks": {"()": "config.logs.QuietPeriodicTasks"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+        "json": {"()": "config.logs.JsonFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_personal_data"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["quiet_periodic_tasks", "redact_personal_data", "log_context"],
+        }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
