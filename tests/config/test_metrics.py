@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,3 +75,18 @@ def test_membership_changes_by_audience_and_recompute_durations_are_counted(
     assert (
         value(after, "af_recompute_duration_seconds_count") - value(before, "af_recompute_duration_seconds_count") == 1
     )
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_service_exposes(client, rings):
+    factories.connect(factories.active_audience(), factories.mailchimp_output())  # the outbox gauges have rows
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\baf_[a-z_]+", target["expr"])
+    }
+    response = client.get("/metrics")
+    families = {f.name for f in text_string_to_metric_families(response.content.decode())}
+    exposed = {f"{name}{suffix}" for name in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    assert used and used <= exposed, used - exposed
