@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import current_app
+from kombu import Exchange, Queue
 
 # The kinds of work, each a queue of its own.
 INGESTION = "ingestion"  # work on the way in (profiles, events, identities)
@@ -47,6 +48,13 @@ def queue_names(prefix: str) -> list[str]:
     """Every queue a worker must consume to run all the work: the kinds', and the prefix itself
     (where a task queued with an explicit default lands)."""
     return [prefix, *(queue_name(prefix, kind) for kind in KINDS)]
+
+
+def declared_queues(prefix: str) -> list[Queue]:
+    """CELERY_TASK_QUEUES: each queue with an exchange and routing key of its own name, as Celery makes a
+    queue it was not told of. (A bare Queue(name) would bind every queue to the default exchange and
+    routing key: each task would then land in all of them.)"""
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in queue_names(prefix)]
 
 
 def task_kind(task_name: str) -> str | None:

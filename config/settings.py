@@ -8,9 +8,8 @@ from pathlib import Path
 import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Queue
 
-from config.queues import queue_names
+from config.queues import declared_queues
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -252,7 +251,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # forwarding.recompute, ... A worker started without -Q consumes them all.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "forwarding")
 CELERY_TASK_ROUTES = ["config.queues.route_task"]
-CELERY_TASK_QUEUES = [Queue(name) for name in queue_names(CELERY_TASK_DEFAULT_QUEUE)]
+CELERY_TASK_QUEUES = declared_queues(CELERY_TASK_DEFAULT_QUEUE)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

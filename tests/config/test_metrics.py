@@ -13,22 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from audiences import tasks
 from audiences.inputs import input_create
 from tests import factories
+from tests.fixtures.prometheus import sample as value
+from tests.fixtures.prometheus import scrape
 
 pytestmark = pytest.mark.django_db
-
-
-def figures(client) -> dict[tuple[str, tuple], float]:
-    response = client.get("/metrics", HTTP_HOST="10.0.0.7:8000")  # Prometheus scrapes the pod's IP
-    assert response.status_code == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for s in family.samples
-    }
-
-
-def value(all_figures, name: str, **labels) -> float:
-    return all_figures.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_want_the_token_when_one_is_set(client, settings):
@@ -44,11 +32,11 @@ def test_events_api_batches_and_errors_are_counted(client):
     input_, secret = input_create("Metrics")
     auth = "Basic " + base64.b64encode(f"{input_.key}:{secret}".encode()).decode()
     good = {"environment": "production", "user_identities": {"email": "m@x.com"}, "events": []}
-    before = figures(client)
+    before = scrape(client, HTTP_HOST="10.0.0.7:8000")
     client.post("/v2/events", good, content_type="application/json", HTTP_AUTHORIZATION=auth)
     client.post("/v2/bulkevents", [good, {"events": "no"}], content_type="application/json", HTTP_AUTHORIZATION=auth)
     client.post("/v2/events", good, content_type="application/json", HTTP_AUTHORIZATION="Basic bm86bm8=")
-    after = figures(client)
+    after = scrape(client, HTTP_HOST="10.0.0.7:8000")
 
     def grew(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -62,13 +50,13 @@ def test_events_api_batches_and_errors_are_counted(client):
 def test_membership_changes_by_audience_and_recompute_durations_are_counted(
     client, rings, django_capture_on_commit_callbacks
 ):
-    before = figures(client)
+    before = scrape(client, HTTP_HOST="10.0.0.7:8000")
     audience = factories.active_audience()
     with django_capture_on_commit_callbacks(execute=True):  # counted once committed
         factories.parisian("a@x.com")
         factories.profile(email="a@x.com", status="Free")
     tasks.recompute_audience(audience.pk)
-    after = figures(client)
+    after = scrape(client, HTTP_HOST="10.0.0.7:8000")
     label = str(audience.pk)
     assert value(after, "af_membership_changes_total", audience=label, change="entered") == 1
     assert value(after, "af_membership_changes_total", audience=label, change="left") == 1

@@ -39,3 +39,12 @@ def test_tasks_added_later_go_by_their_name_or_app():
 def test_a_worker_without_q_consumes_every_queue():
     consumed = set(app.amqp.queues)
     assert set(queues.queue_names(settings.CELERY_TASK_DEFAULT_QUEUE)) <= consumed
+
+
+def test_each_declared_queue_is_bound_by_its_own_name_so_a_task_lands_in_one_queue(settings):
+    # Queue(name) alone would bind every queue to the default exchange's one routing key.
+    declared = queues.declared_queues(settings.CELERY_TASK_DEFAULT_QUEUE)
+    assert [q.routing_key for q in declared] == [q.name for q in declared]
+    assert len({q.exchange.name for q in declared}) == len(declared)
+    routed = app.amqp.router.route({}, DELIVER_TASK)["queue"]
+    assert (routed.exchange.name, routed.routing_key) == (routed.name, routed.name)

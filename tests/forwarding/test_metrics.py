@@ -8,31 +8,16 @@ from datetime import timedelta
 import pytest
 import responses
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from forwarding import lifecycle
 from forwarding.delivery import deliver_connection
 from forwarding.models import PendingChange
 from tests import factories
+from tests.fixtures.prometheus import sample, scrape
 
 pytestmark = pytest.mark.django_db
 LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/list1"
 OK = {"new_members": [], "updated_members": [], "errors": [], "error_count": 0}
-
-
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    """/metrics as {(sample name, sorted labels): value}."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.content.decode())
-        for sample in family.samples
-    }
-
-
-def sample(figures, name: str, **labels) -> float:
-    return figures.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_the_backlog_of_a_paused_connection_grows_on_metrics(client, rings):
