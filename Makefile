@@ -31,6 +31,8 @@ demo: migrate
 run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0"}
 run: export WEB_BIND = 127.0.0.1:$(WEB_PORT)
 run: export LOCAL_MAILCHIMP_PORT := $(LOCAL_MAILCHIMP_PORT)
+# /metrics adds up the figures of every process (web, worker, beat) from this directory, emptied at each start.
+run: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 run migrate demo: export SECRET_KEY ?= $(shell ./scripts/local-keys.sh SECRET_KEY)
 run migrate demo: export SECRETS_ENCRYPTION_KEYS ?= $(shell ./scripts/local-keys.sh SECRETS_ENCRYPTION_KEYS)
 run: setup services
@@ -45,6 +47,7 @@ run: setup services
 	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
+	rm -rf "$$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"
 	$(BIN)/honcho start
 
 # A fresh clone of this commit runs `make run` (other ports, a private Redis database and queue) until

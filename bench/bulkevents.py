@@ -210,7 +210,9 @@ def main() -> None:
         server.wait()
     import redis
 
-    redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).delete(queue)
+    from config.queues import queue_names
+
+    redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).delete(*queue_names(queue))
     from audiences.models import AudienceMembership, Event, Profile
 
     rate = batches / elapsed

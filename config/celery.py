@@ -6,6 +6,9 @@ from celery import Celery
 from celery.app.amqp import AMQP
 from kombu import Connection
 
+from config import logs  # noqa: F401  (connects the task signals that give log lines their task id)
+from config.health import WorkerHeartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
@@ -38,3 +41,5 @@ class BrokerAMQP(AMQP):
 app = Celery("audience_forwarding", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Every worker leaves a heartbeat that /readyz reads (config/health.py).
+app.steps["worker"].add(WorkerHeartbeat)

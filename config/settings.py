@@ -9,6 +9,8 @@ import dj_database_url
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
+from config.queues import declared_queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
@@ -122,6 +124,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # A request id on every log line of the request (config/logs.py), echoed as X-Request-ID.
+    "config.logs.RequestIdMiddleware",
+    # /healthz and /readyz, answered before host checks and HTTPS redirects (probes use the IP, plain HTTP).
+    "config.health.HealthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # A chunked body Django would read as empty answers 411 (config/request_parsing.py).
     "config.request_parsing.RequireKnownLength",
@@ -246,7 +252,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# CELERY_QUEUE is the prefix of the queues, one per kind of work (config/queues.py): forwarding.realtime,
+# forwarding.recompute, ... A worker started without -Q consumes them all.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "forwarding")
+CELERY_TASK_ROUTES = ["config.queues.route_task"]
+CELERY_TASK_QUEUES = declared_queues(CELERY_TASK_DEFAULT_QUEUE)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
@@ -325,6 +335,17 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = float(os.environ.get("EMAIL_TIMEOUT", "10"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "audience-forwarding@localhost")
 
+# Health (config/health.py): beat and every worker write a heartbeat this often (seconds); /readyz is
+# unready when either is older than HEARTBEAT_MAX_AGE.
+HEARTBEAT_INTERVAL = float(os.environ.get("HEARTBEAT_INTERVAL", "10"))
+HEARTBEAT_MAX_AGE = float(os.environ.get("HEARTBEAT_MAX_AGE", "60"))
+if not 0 < HEARTBEAT_INTERVAL < HEARTBEAT_MAX_AGE:
+    raise ImproperlyConfigured("HEARTBEAT_INTERVAL must be positive and below HEARTBEAT_MAX_AGE")
+
+# /metrics (config/metrics.py) wants "Authorization: Bearer <METRICS_TOKEN>" when this is set.
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself) adds up the figures of several processes.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # Periodic tasks are defined here, in code; django-celery-beat's DatabaseScheduler
 # copies them into its tables at start-up (and the admin shows them).
 CELERY_BEAT_SCHEDULE = {
@@ -361,17 +382,39 @@ CELERY_BEAT_SCHEDULE = {
         "task": "forwarding.tasks.snapshot_history",
         "schedule": timedelta(hours=1),
     },
+    # Beat's heartbeat (config/health.py): beat records the time as it sends it; /readyz reads it.
+    "health-heartbeat": {
+        "task": "config.health.heartbeat",
+        "schedule": timedelta(seconds=HEARTBEAT_INTERVAL),
+        "options": {"expires": HEARTBEAT_INTERVAL},
+    },
 }
 
+# LOG_FORMAT=json: one JSON object a line (config/logs.py); plain otherwise. Both carry the request id,
+# task id, connection id and partner when known; the frequent periodic tasks' Celery lines are DEBUG.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be 'plain' or 'json'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # No personal data in logs: PostgreSQL's DETAIL lines (which quote the values of a failed
     # constraint, e.g. an email) are redacted from every record and traceback.
-    "filters": {"redact_personal_data": {"()": "config.log_redaction.RedactPersonalData"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "redact_personal_data": {"()": "config.log_redaction.RedactPersonalData"},
+        "log_context": {"()": "config.logs.AddLogContext"},
+        "quiet_periodic_tasks": {"()": "config.logs.QuietPeriodicTasks"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+        "json": {"()": "config.logs.JsonFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_personal_data"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["quiet_periodic_tasks", "redact_personal_data", "log_context"],
+        }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

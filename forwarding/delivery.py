@@ -37,6 +37,7 @@ from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
+from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes
 from forwarding.shutdown import shutdown_requested
@@ -288,6 +289,17 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
                 retried=len(retry),
                 result=DeliveryAttempt.Result.OK if not (rejected or retry) else DeliveryAttempt.Result.PARTIAL,
             )
+    if changes:
+        record_delivery_attempt(
+            partner=connection.output.partner_key,
+            result="partial" if rejected or retry else "ok",
+            duration_seconds=call.duration_ms / 1000,
+            delivered=delivered,
+            rejected=rejected,
+            retried=len(retry),
+            planned_at=[p.created_at for p in done if p not in skipped],
+            acknowledged_at=now,
+        )
     report.delivered += delivered
     report.rejected += rejected
     report.retried += len(retry)
@@ -333,6 +345,12 @@ def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, r
                 Connection.FaultCause.REFUSED,
                 f"{connection.output.partner_class.name} refused the request: {error.message}",
             )
+    record_delivery_attempt(
+        partner=connection.output.partner_key,
+        result=result,
+        duration_seconds=call.duration_ms / 1000,
+        error_class=result,
+    )
     report.errors.append(error.message)
     report.stopped = result
     if isinstance(error, TransientError):

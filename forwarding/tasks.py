@@ -1,12 +1,15 @@
 """Thin tasks: each takes ids and calls one service. They may run twice; the services allow it.
 Rung by name (forwarding/doorbell.py, config/queueing.py)."""
 
+import logging
 from dataclasses import asdict
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 from django.db import connection
 
+from config.logs import bind_log_context
+from connections.models import Connection
 from forwarding import (
     alerts,
     bulk,
@@ -21,26 +24,40 @@ from forwarding import (
     sweeper,
 )
 
+logger = logging.getLogger(__name__)
+
+
+def _bind_connection(connection_id: int) -> None:
+    """Name the connection and its partner on every log line of this task (config/logs.py)."""
+    partner = Connection.objects.filter(pk=connection_id).values_list("output__partner_key", flat=True).first()
+    bind_log_context(connection_id=connection_id, partner=partner)
+
 
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True, bind=True)
 def deliver_connection(self, connection_id: int) -> dict:
+    _bind_connection(connection_id)
     return asdict(delivery.deliver_connection(connection_id=connection_id, task_id=self.request.id or ""))
 
 
 @shared_task(name=doorbell.END_TASK, acks_late=True, bind=True)
 def end_connection(self, connection_id: int) -> str:
+    _bind_connection(connection_id)
     return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
 
 
 @shared_task(name=doorbell.PROBE_TASK, acks_late=True)
 def probe_connection(connection_id: int) -> str:
+    _bind_connection(connection_id)
     return recovery.probe_faulted(connection_id)
 
 
 @shared_task(name="forwarding.tasks.sweep_pending_work", acks_late=True)
 def sweep_pending_work() -> dict:
-    return sweeper.sweep()
+    found = sweeper.sweep()
+    # A sweep that found nothing is DEBUG: every few seconds, it would bury the lines that matter.
+    logger.log(logging.INFO if any(found.values()) else logging.DEBUG, "sweep: %s", found)
+    return found
 
 
 @shared_task(name="forwarding.tasks.flush_bulk_uploads", acks_late=True)
@@ -50,6 +67,7 @@ def flush_bulk_uploads() -> dict:
 
 @shared_task(name=bulk.UPLOAD_TASK, acks_late=True)
 def upload_connection(connection_id: int) -> dict:
+    _bind_connection(connection_id)
     return asdict(bulk.upload_connection(connection_id=connection_id))
 
 

@@ -167,7 +167,7 @@ stop_everything
 problems=$(sed -n '/honcho start/,$p' "$log" | grep -E 'Traceback|database is locked|[[ ]ERROR[] ]|" 5[0-9][0-9] ' | head -20 || true)
 [ -z "$problems" ] || fail "errors in the log of make run:
 $problems"
-# The private queue's keys (tasks left for the stopped worker, e.g. sweeps).
-"$clone/.venv/bin/python" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).delete(sys.argv[2], "_kombu.binding." + sys.argv[2])' \
+# The private queues' keys (tasks left for the stopped worker, e.g. sweeps): the prefix and its kinds.
+"$clone/.venv/bin/python" -c 'import redis, sys; r = redis.Redis.from_url(sys.argv[1]); [r.delete(k) for p in (sys.argv[2] + "*", "_kombu.binding." + sys.argv[2] + "*") for k in r.scan_iter(p)]' \
   "redis://127.0.0.1:6379/$redis_db" "$queue" || true
 say "OK in $(elapsed) s: everything make run started is stopped"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +23,7 @@ from audiences.events_api.ingest import BATCH_DATA_ERRORS, ingest_batches, inges
 from audiences.events_api.parsing import BatchError, ParsedBatch, parse_batch
 from audiences.inputs import authenticate
 from audiences.models import Input
-from config import ratelimit, strict_json
+from config import metrics, ratelimit, strict_json
 
 
 def _error(status: int, message: str, *, path: str | None = None, code: str | None = None) -> JsonResponse:
@@ -30,6 +33,31 @@ def _error(status: int, message: str, *, path: str | None = None, code: str | No
     if code is not None:
         error = {"code": code, **error}
     return JsonResponse({"errors": [error]}, status=status)
+
+
+def _counted(view: Callable[[HttpRequest], JsonResponse]) -> Callable[[HttpRequest], JsonResponse]:
+    """Count the answers that are errors, by status and code (config/metrics.py); batches are counted
+    by the views, which know how many of a request's batches were accepted."""
+
+    @wraps(view)
+    def counted(request: HttpRequest) -> JsonResponse:
+        response = view(request)
+        if response.status_code >= 400:
+            try:
+                code = json.loads(response.content)["errors"][0].get("code", "invalid")
+            except (ValueError, KeyError, IndexError, TypeError):
+                code = "unknown"
+            metrics.EVENTS_API_ERRORS.labels(str(response.status_code), code).inc()
+        return response
+
+    return counted
+
+
+def _count_batches(accepted: int, refused: int) -> None:
+    if accepted:
+        metrics.EVENTS_API_BATCHES.labels("accepted").inc(accepted)
+    if refused:
+        metrics.EVENTS_API_BATCHES.labels("refused").inc(refused)
 
 
 def _basic_credentials(request: HttpRequest) -> tuple[str, str] | None:
@@ -88,6 +116,7 @@ def _read_json(request: HttpRequest) -> tuple[Input | None, Any, JsonResponse | 
 
 
 @csrf_exempt
+@_counted
 def events(request: HttpRequest) -> JsonResponse:
     """One batch: 202 {"accepted": true} when stored (or already stored under its source_request_id),
     400 with every problem of the batch and its path; nothing of a refused batch is written."""
@@ -97,16 +126,19 @@ def events(request: HttpRequest) -> JsonResponse:
     try:
         batch = parse_batch(data)
     except BatchError as exc:
+        _count_batches(0, 1)
         return JsonResponse({"errors": exc.errors}, status=400)
     try:
         result = ingest_batches(input, [batch])
     except BATCH_DATA_ERRORS as exc:
         # Parsing let through something the database refuses: this batch's fault, so a 400, not a 500.
         return _error(400, refusal(exc), path="$", code="invalid")
+    _count_batches(1, 0)
     return JsonResponse({"accepted": True, "duplicate": bool(result.duplicates)}, status=202)
 
 
 @csrf_exempt
+@_counted
 def bulk_events(request: HttpRequest) -> JsonResponse:
     """A JSON array of batches. Each batch stands alone: a bad batch is refused and named (its errors' paths
     start with its index, e.g. "[3].user_identities.email"), and the good ones are stored all the same, as
@@ -134,6 +166,7 @@ def bulk_events(request: HttpRequest) -> JsonResponse:
     for position, reason in refused.items():
         errors.append({"path": f"[{good[position][0]}]", "message": reason})
     accepted = [index for position, (index, _) in enumerate(good) if position not in refused]
+    _count_batches(len(accepted), len(data) - len(accepted))
     if errors:
         return JsonResponse({"accepted": accepted, "errors": errors}, status=400)
     return JsonResponse({"accepted": accepted}, status=202)

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from django.db import connection as db
+from django.db import transaction
 from django.db.models import Q
 
 from audiences.membership.consumers import MembershipDelta, membership_consumers
 from audiences.models import AudienceMembership, MembershipChange
+from config import metrics
 
 # The temporary tables of apply_membership_table (dropped before it returns).
 ENTERED_TABLE = "audience_recompute_entered"
@@ -56,6 +58,7 @@ def apply_membership_deltas(
     )
     for consumer in consumers:
         consumer.members_changed(deltas)
+    _count_after_commit({a: (len(d.entered), len(d.left)) for a, d in deltas.items()})
 
 
 def apply_membership_table(*, audience_id: int, members_table: str, now: datetime, reason: str) -> tuple[int, int]:
@@ -125,7 +128,20 @@ def apply_membership_table(*, audience_id: int, members_table: str, now: datetim
             )
     with db.cursor() as cursor:
         cursor.execute(f"DROP TABLE {ENTERED_TABLE}, {LEFT_TABLE}")
+    _count_after_commit({audience_id: (entered, left)})
     return entered, left
+
+
+def _count_after_commit(counts: Mapping[int, tuple[int, int]]) -> None:
+    """Membership changes by audience (config/metrics.py), counted once they are committed."""
+
+    def count() -> None:
+        for audience_id, (entered, left) in counts.items():
+            for change, number in (("entered", entered), ("left", left)):
+                if number:
+                    metrics.MEMBERSHIP_CHANGES.labels(str(audience_id), change).inc(number)
+
+    transaction.on_commit(count)
 
 
 def publish_members_updated(

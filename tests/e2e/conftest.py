@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from config.celery import app as celery_app
+from config.queues import queue_names
 from local_partners.mailchimp import LocalMailchimpServer
 from tests.conftest import service_missing
 
@@ -76,7 +77,16 @@ def worker_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings, worker_env) -> Iterator[dict]:
+def worker_queues(broker_queue) -> list[str]:
+    """The queues the worker consumes: all of this session's (config/queues.py); a test module overrides
+    this fixture to run a worker for some kinds of work only."""
+    return queue_names(broker_queue)
+
+
+@pytest.fixture
+def worker(
+    transactional_db, redis_url, broker_queue, mailchimp_server, settings, worker_env, worker_queues
+) -> Iterator[dict]:
     """A Celery worker process on the test database, and this process publishing to it."""
     from django.db import connection
 
@@ -114,7 +124,7 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
             "--pool=solo",
             "--loglevel=INFO",
             "-Q",
-            queue,
+            ",".join(worker_queues),
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
@@ -132,7 +142,7 @@ def worker(transactional_db, redis_url, broker_queue, mailchimp_server, settings
         wait_until(
             lambda: celery_app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5), timeout=30
         )
-        yield {"queue": queue, "process": process}
+        yield {"queue": queue, "process": process, "env": env}
     finally:
         process.terminate()
         try:
