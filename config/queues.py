@@ -31,7 +31,6 @@ TASK_KINDS: dict[str, str] = {
     "forwarding.tasks.end_connection": BULK,
     "forwarding.tasks.sweep_pending_work": MAINTENANCE,
     "forwarding.tasks.upload_connection": BULK,
-    "forwarding.tasks.flush_bulk_uploads": MAINTENANCE,
     # A probe is one small call: it resumes a connection faulted by an outage, so it goes with real time.
     "forwarding.tasks.probe_connection": REALTIME,
     "forwarding.tasks.send_connection_alert": MAINTENANCE,

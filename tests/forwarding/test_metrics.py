@@ -9,6 +9,7 @@ import pytest
 import responses
 from django.utils import timezone
 
+from connections.models import Connection
 from forwarding import lifecycle
 from forwarding.delivery import deliver_connection
 from forwarding.models import PendingChange
@@ -52,7 +53,9 @@ def test_a_delivery_attempt_counts_its_changes_latency_and_partner_errors(client
     responses.post(LIST_URL, status=503, json={"title": "Service Unavailable", "status": 503})
     deliver_connection(connection_id=connection.pk)
     responses.replace(responses.POST, LIST_URL, json=OK)
+    # Time has passed: the changes are due and the connection's own backoff (forwarding/recovery.py) is over.
     PendingChange.objects.update(next_attempt_at=timezone.now())
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=None)
     deliver_connection(connection_id=connection.pk)
     after = scrape(client)
 
