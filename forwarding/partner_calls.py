@@ -39,9 +39,7 @@ def held_removals(partner: Partner, held: Sequence[tuple[str, str]]) -> list[Mem
     identities then go out as one update); a list partner needs the identity alone."""
     profiles: dict[tuple[str, str], int] = {}
     if partner.has(Capability.ATTRIBUTE) and held:
-        values = {value for _, value in held}
-        for identity_type, value, profile_id in Identity.objects.filter(value__in=values).values_list(
-            "type", "value", "profile_id"
-        ):
+        identities = Identity.objects.filter(type__in={t for t, _ in held}, value__in={v for _, v in held})
+        for identity_type, value, profile_id in identities.values_list("type", "value", "profile_id"):
             profiles[(identity_type, value)] = profile_id
     return [MemberChange(t, v, Action.REMOVE, profile_id=profiles.get((t, v))) for t, v in held]
