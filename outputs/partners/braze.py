@@ -38,7 +38,7 @@ from outputs.partners.base import (
     SettingKind,
     group_by_profile,
 )
-from outputs.partners.http import PartnerClient, TransientError
+from outputs.partners.http import PartnerClient, PermanentError, TransientError
 
 # Braze answers 400 for the whole request above this many attribute objects.
 ATTRIBUTES_PER_REQUEST = 75
@@ -227,6 +227,10 @@ class Braze(Partner):
                     cleaned["custom_endpoint"] = clean_authority(str(endpoint))
                 except ValidationError as exc:
                     errors["custom_endpoint"] = exc.messages
+        if cleaned.get("external_identity_type") and cleaned.get("external_identity_type") == cleaned.get(
+            "email_identity_type"
+        ):
+            errors["email_identity_type"] = ["Must differ from the External Identity Type."]
         attribute = cleaned.get("segments_attribute")
         if isinstance(attribute, str) and attribute.startswith("$"):
             errors["segments_attribute"] = ["Braze custom attribute names cannot start with '$'."]
@@ -249,8 +253,13 @@ class Braze(Partner):
         return self._client
 
     def test_connection(self, connection_settings: Mapping[str, Any], audience: AudienceRef | None) -> str:
-        # An empty track call is Braze's cheapest authenticated request: it checks the key and the instance.
-        self.send({"attributes": []})
+        # An empty track call is Braze's cheapest authenticated request: it checks the key and the instance
+        # (a wrong key is a 401; Braze may answer 400 for the empty body, which means the key passed).
+        try:
+            self.send({"attributes": []})
+        except PermanentError as exc:
+            if exc.status != 400:
+                raise
         return f"Braze ({self.configuration['instance']}) accepted the REST API key."
 
     # --- the attribute objects ------------------------------------------------------------

@@ -26,6 +26,7 @@ AUDIENCE = AudienceRef(id=7, name="Potential Parisians", external_name="Parisian
 TRACK = "https://rest.iad-03.braze.com/users/track"
 BEARER = matchers.header_matcher({"Authorization": f"Bearer {KEY}"})
 SUCCESS = {"message": "success", "attributes_processed": 1}
+SAME_EMAIL_TYPE = {"email_identity_type": "other"}
 
 
 def partner(**overrides):
@@ -75,9 +76,11 @@ def test_defaults_follow_mparticle():
         ({"instance": "US-01", "send_segments_as": "tags"}, "send_segments_as"),
         ({"instance": "US-01", "segments_attribute": "$segments"}, "segments_attribute"),
         ({"instance": "US-01", "api_key": ""}, "api_key"),
+        ({"instance": "US-01", "external_identity_type": "other", **SAME_EMAIL_TYPE}, "email_identity_type"),
     ],
 )
 def test_invalid_settings_are_refused_naming_the_field(values, field):
+    """Each invalid value is refused, the error naming its field."""
     with pytest.raises(ValidationError) as excinfo:
         Braze.clean_configuration({"api_key": KEY, **values})
     assert field in excinfo.value.message_dict
@@ -292,3 +295,14 @@ def test_the_preview_shows_the_first_request_without_the_key():
         "body": {"attributes": [{"external_id": "c1", "SegmentMembership": {"add": ["7"]}}]},
     }
     assert KEY not in json.dumps(preview)
+
+
+@pytest.mark.parametrize(("status", "passes"), [(201, True), (400, True), (401, False)])
+@responses.activate
+def test_test_connection_checks_the_key_with_an_empty_track_call(status, passes):
+    responses.post(TRACK, json={"message": "success" if status == 201 else "nope"}, status=status, match=[BEARER])
+    if passes:
+        assert "accepted" in partner().test_connection({}, AUDIENCE)
+    else:
+        with pytest.raises(AuthError):
+            partner().test_connection({}, AUDIENCE)
