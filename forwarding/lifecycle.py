@@ -28,9 +28,8 @@ from forwarding.delivery import attempt_error
 from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
 from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import DeliveryAttempt, PendingChange
-from forwarding.partner_calls import audience_ref
+from forwarding.partner_calls import audience_ref, held_removals
 from outputs.models import Output
-from outputs.partners.base import Action, MemberChange
 from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
                 )
                 if not held:
                     break
-                changes = [MemberChange(m.identity_type, m.value, Action.REMOVE) for m in held]
+                changes = held_removals(partner, [(m.identity_type, m.value) for m in held])
                 now = timezone.now()
                 started = time.monotonic()
                 try:

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from audiences.models import Audience
+from audiences.models import Audience, Identity
 from connections.models import Connection
-from outputs.partners.base import AudienceRef, Capability, MemberChange, MemberResult, Partner, group_by_profile
+from outputs.partners.base import (
+    Action,
+    AudienceRef,
+    Capability,
+    MemberChange,
+    MemberResult,
+    Partner,
+    group_by_profile,
+)
 
 
 def audience_ref(audience: Audience) -> AudienceRef:
@@ -23,3 +31,15 @@ def apply_changes(partner: Partner, connection: Connection, changes: Sequence[Me
     if partner.has(Capability.ATTRIBUTE):
         return partner.apply_profile_updates(connection.settings, audience, group_by_profile(changes))
     return partner.apply_batch(connection.settings, audience, changes)
+
+
+def held_removals(partner: Partner, held: Sequence[tuple[str, str]]) -> list[MemberChange]:
+    """The removals of identities a connection holds, as its end sends them. An attribute partner names users,
+    so each identity carries its profile where it still has one (Braze's MPID setting needs it, and a user's
+    identities then go out as one update); a list partner needs the identity alone."""
+    profiles: dict[tuple[str, str], int] = {}
+    if partner.has(Capability.ATTRIBUTE) and held:
+        identities = Identity.objects.filter(type__in={t for t, _ in held}, value__in={v for _, v in held})
+        for identity_type, value, profile_id in identities.values_list("type", "value", "profile_id"):
+            profiles[(identity_type, value)] = profile_id
+    return [MemberChange(t, v, Action.REMOVE, profile_id=profiles.get((t, v))) for t, v in held]

@@ -1,6 +1,7 @@
 """Run a local partner server in the foreground (the demo and manual end-to-end runs).
 
     python -m local_partners mailchimp --port 8025 --api-key demo-us6 --list abc123def0:Newsletter
+    python -m local_partners braze --port 8026 --api-key demo-braze-key
 
 then point the partner's base URL override (PARTNER_API_BASE_URLS) at the printed URL. No Django:
 the servers are standalone, so they start whatever state the project's apps are in.
@@ -14,6 +15,7 @@ import sys
 import threading
 from types import FrameType
 
+from local_partners.braze import LocalBrazeServer
 from local_partners.mailchimp import LocalMailchimpServer
 
 
@@ -54,7 +56,47 @@ def _parser() -> argparse.ArgumentParser:
         help="Create an audience with this id and optional name at start (repeatable).",
     )
     mailchimp.add_argument("--verbose", action="store_true", help="Log every request.")
+    braze = partners.add_parser("braze", help="a local, in-memory Braze REST API (POST /users/track)")
+    braze.add_argument("--host", default="127.0.0.1", help="Interface to bind (default 127.0.0.1).")
+    braze.add_argument("--port", type=int, default=8026, help="Port to listen on (0 = any free port).")
+    braze.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="Accept only this REST API key (repeatable). Without it any key is accepted.",
+    )
+    braze.add_argument("--verbose", action="store_true", help="Log every request.")
     return parser
+
+
+def _serve(server: LocalBrazeServer | LocalMailchimpServer, name: str) -> int:
+    """Serve in the foreground until Ctrl-C or SIGTERM."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"Local {name} API stopped.", flush=True)
+    return 0
+
+
+def serve_braze(options: argparse.Namespace) -> int:
+    try:
+        server = LocalBrazeServer(options.host, options.port, options.api_keys, verbose=options.verbose)
+    except OSError as exc:
+        print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Local Braze API listening on {server.base_url}")
+    print(f"API keys: {', '.join(options.api_keys)}" if options.api_keys else "API keys: any")
+    print("Quit with CONTROL-C.", flush=True)
+    return _serve(server, "Braze")
 
 
 def serve_mailchimp(options: argparse.Namespace) -> int:
@@ -70,24 +112,12 @@ def serve_mailchimp(options: argparse.Namespace) -> int:
     for list_id, name in options.lists:
         print(f"  list {list_id} ({name or list_id})")
     print("Quit with CONTROL-C.", flush=True)  # readers of a pipe (demo scripts) wait for the URL line
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print("Local Mailchimp API stopped.", flush=True)
-    return 0
+    return _serve(server, "Mailchimp")
 
 
 def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    return serve_mailchimp(options)
+    return serve_braze(options) if options.partner == "braze" else serve_mailchimp(options)
 
 
 if __name__ == "__main__":

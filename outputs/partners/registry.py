@@ -7,6 +7,7 @@ registry (Output.clean(), outputs.services, the API's serializer), so adding a p
 from __future__ import annotations
 
 from outputs.partners.base import Capability, Partner
+from outputs.partners.braze import Braze
 from outputs.partners.mailchimp import Mailchimp
 
 PARTNERS: dict[str, type[Partner]] = {}
@@ -38,3 +39,4 @@ def partner_keys_with(capability: Capability) -> list[str]:
 
 
 register_partner(Mailchimp)
+register_partner(Braze)

@@ -9,6 +9,7 @@ from audiences import services as audience_services
 from connections.models import ConnectionMember
 from forwarding.delivery import deliver_connection
 from forwarding.lifecycle import connection_create
+from forwarding.partner_calls import held_removals
 from outputs.partners.base import Action, AudienceRef, ProfileUpdate
 from outputs.services import output_create
 from tests import factories
@@ -70,3 +71,18 @@ def test_a_list_partner_gets_one_change_per_identity_and_the_audience(audience):
     assert told.external_name == "Parisians to be" and told.id == audience.pk
     assert sorted(c.value for c in changes) == ["ann@x.com", "bob@x.com"]
     assert all(c.profile_id is not None for c in changes)
+
+
+def test_a_connections_end_tells_an_attribute_partner_each_held_identitys_profile(audience):
+    ann = traveller("c-ann", "ann@x.com")
+    held = [("customer", "c-ann"), ("email", "ann@x.com"), ("email", "gone@x.com")]
+
+    removals = held_removals(AttributePartner, held)
+
+    assert [(c.identity_type, c.value, c.action, c.profile_id) for c in removals] == [
+        ("customer", "c-ann", Action.REMOVE, ann.pk),
+        ("email", "ann@x.com", Action.REMOVE, ann.pk),
+        ("email", "gone@x.com", Action.REMOVE, None),  # no identity any more: it stands alone
+    ]
+    # A list partner removes identities: no profile is looked up.
+    assert {c.profile_id for c in held_removals(RecordingPartner, held)} == {None}

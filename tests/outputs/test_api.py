@@ -22,7 +22,8 @@ def test_partner_directory(api):
     response = api.get("/api/v1/partners/")
 
     assert response.status_code == 200
-    (mailchimp,) = response.json()
+    partners = {p["key"]: p for p in response.json()}
+    mailchimp = partners["mailchimp"]
     assert mailchimp["key"] == "mailchimp"
     assert mailchimp["name"] == "Mailchimp"
     assert mailchimp["pattern"] == "list"
@@ -36,6 +37,9 @@ def test_partner_directory(api):
     assert settings["email_type"]["choices"] == ["html", "text"]
     assert settings["double_opt_in"]["default"] is True
     assert [s["name"] for s in mailchimp["connection_settings"]] == ["list_id"]
+    braze = partners["braze"]
+    assert (braze["pattern"], braze["delivery_mode"]) == ("attribute", "realtime")
+    assert {s["name"] for s in braze["configuration_settings"]} >= {"instance", "send_segments_as"}
 
 
 def test_create_output_hides_the_secret(api):

@@ -16,9 +16,9 @@ def test_the_registry_finds_partners_by_key_and_by_capability():
     assert get_partner_class("mailchimp") is Mailchimp
     with registered(BulkListPartner, AttributePartner):
         assert partner_keys_with(Capability.BULK) == [BulkListPartner.key]
-        assert set(partner_keys_with(Capability.REALTIME)) == {"mailchimp", AttributePartner.key}
+        assert set(partner_keys_with(Capability.REALTIME)) == {"mailchimp", "braze", AttributePartner.key}
     assert BulkListPartner.key not in PARTNERS
-    with pytest.raises(LookupError, match="Known partners: mailchimp"):
+    with pytest.raises(LookupError, match="Known partners: braze, mailchimp"):
         get_partner_class("myspace")
 
 
