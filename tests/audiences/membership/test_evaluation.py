@@ -168,6 +168,26 @@ def test_events_count_only_inside_the_window_and_membership_follows_the_clock():
     assert evaluation.evaluate_profiles([ana.pk, bob.pk], now=later, reason="x") == {ana.pk: ([], [parisians.pk])}
 
 
+def test_the_events_read_reach_back_to_the_earliest_window_of_all_audiences():
+    """One evaluation reads events once for every audience: from the earliest start of their windows, so an
+    audience looking 40 days back still sees an event a 7-day audience beside it does not."""
+    recent = audience(
+        "Recent", {"event": "Destination Intro", "recency": {"within_last": {"amount": 7, "unit": "days"}}}
+    )
+    long_ago = audience(
+        "Long ago", {"event": "Destination Intro", "recency": {"within_last": {"amount": 40, "unit": "days"}}}
+    )
+    ana = profile()
+    add_event(ana, at=NOW - timedelta(days=20))
+    bob = profile()
+    add_event(bob, at=NOW - timedelta(days=2))
+
+    assert evaluation.evaluate_profiles([ana.pk, bob.pk], now=NOW, reason="x") == {
+        ana.pk: ([long_ago.pk], []),
+        bob.pk: (sorted([recent.pk, long_ago.pk]), []),
+    }
+
+
 def test_frequency_counts_events_in_the_window():
     twice = audience(
         "Twice",
