@@ -128,6 +128,8 @@ class Capability(enum.StrEnum):
     CREATES_AUDIENCE = "creates_audience"  # create_audience(): connecting creates the partner-side audience
     LISTS_MEMBERS = "lists_members"  # list_members(): what the partner holds can be read back
     REPORTS_COUNT = "reports_count"  # audience_count(): the partner's own count of the audience
+    # forget_members(): a data subject's erasure deletes the member for good (not merely removed: unsubscribed)
+    FORGETS_MEMBERS = "forgets_members"
 
 
 PATTERNS = frozenset({Capability.LIST, Capability.ATTRIBUTE})
@@ -139,6 +141,7 @@ CAPABILITY_METHODS = {
     Capability.CREATES_AUDIENCE: "create_audience",
     Capability.LISTS_MEMBERS: "list_members",
     Capability.REPORTS_COUNT: "audience_count",
+    Capability.FORGETS_MEMBERS: "forget_members",
 }
 
 
@@ -358,6 +361,15 @@ class Partner:
 
     def audience_count(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
         """REPORTS_COUNT: the partner's own count of the audience's members (None when it cannot say now)."""
+        raise NotImplementedError
+
+    def forget_members(
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, identities: Sequence[MemberChange]
+    ) -> list[MemberResult]:
+        """FORGETS_MEMBERS: erase these identities from the partner-side audience for good (called once their
+        remove was delivered); one result per identity: DELIVERED when the partner holds no record of it any more
+        (an identity it never held included), REJECTED with the partner's reason when it refuses. Raises
+        PartnerError when the whole call fails (the identities stay owed and are tried again)."""
         raise NotImplementedError
 
 

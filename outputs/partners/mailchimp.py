@@ -134,8 +134,17 @@ class Mailchimp(Partner):
     key = "mailchimp"
     name = "Mailchimp"
     description = "Keeps a Mailchimp list (audience) in sync: members are subscribed and unsubscribed."
-    # A list we subscribe and unsubscribe, in real time; its members can be read back and it counts them.
-    capabilities = frozenset({Capability.LIST, Capability.REALTIME, Capability.LISTS_MEMBERS, Capability.REPORTS_COUNT})
+    # A list we subscribe and unsubscribe, in real time; its members can be read back, it counts them, and an
+    # erased member can be deleted for good (an unsubscribe alone leaves the address on the list).
+    capabilities = frozenset(
+        {
+            Capability.LIST,
+            Capability.REALTIME,
+            Capability.LISTS_MEMBERS,
+            Capability.REPORTS_COUNT,
+            Capability.FORGETS_MEMBERS,
+        }
+    )
     accepted_identity_types = frozenset({"email"})
     configuration_settings = (
         Setting(
@@ -343,6 +352,26 @@ class Mailchimp(Partner):
                 if exc.status != 404:  # already gone is what we wanted
                     raise
             results.append(MemberResult(change, Outcome.DELIVERED))
+        return results
+
+    def forget_members(
+        self, connection_settings: Mapping[str, Any], audience: AudienceRef, identities: Sequence[MemberChange]
+    ) -> list[MemberResult]:
+        """Mailchimp's permanent delete, one member per call (POST .../members/{hash}/actions/delete-permanent,
+        204). A 404 means the list holds no such member (never added, or already deleted): forgotten as well.
+        Another refusal of one member (400) is that member's; throttling, auth and 5xx fail the whole call."""
+        client = self.client()
+        list_id = url_segment(connection_settings["list_id"])
+        results = []
+        for identity in identities:
+            path = f"/lists/{list_id}/members/{subscriber_hash(identity.value)}/actions/delete-permanent"
+            try:
+                client.request("POST", path)
+            except PermanentError as exc:
+                if exc.status != 404:
+                    results.append(MemberResult(identity, Outcome.REJECTED, exc.message[:500]))
+                    continue
+            results.append(MemberResult(identity, Outcome.DELIVERED))
         return results
 
     def list_members(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> Iterator[MemberChange]:

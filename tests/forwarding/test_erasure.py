@@ -18,12 +18,15 @@ from connections.models import ConnectionMember
 from forwarding import lifecycle as connection_services
 from forwarding.delivery import deliver_connection
 from forwarding.erasure import erasures_finish
-from forwarding.models import ErasureRemoval, PendingChange
+from forwarding.models import DeliveryAttempt, ErasureRemoval, PendingChange
+from outputs.partners.mailchimp import subscriber_hash
 from tests import factories
 from tests.forwarding.test_forwarding import LIST_URL, OK
 
 pytestmark = pytest.mark.django_db
 EMAIL = "forget.me@example.com"
+# Mailchimp's permanent delete of that member (POST .../members/{md5 of the address}/actions/delete-permanent).
+FORGET_URL = f"{LIST_URL}/members/{subscriber_hash(EMAIL)}/actions/delete-permanent"
 
 
 def rows_quoting(text: str) -> list[str]:
@@ -92,7 +95,12 @@ def test_erasing_plans_the_partner_removes_then_deletes_the_profile_data(held):
     assert [(m["email_address"], m["status"]) for m in json.loads(call.request.body)["members"]] == [
         (EMAIL, "unsubscribed")
     ]
-    assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
+    # An unsubscribe keeps the address at Mailchimp: the finisher deletes the member there for good.
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=204)
+        assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
+        assert len(mock.calls) == 1
+    assert DeliveryAttempt.objects.filter(kind="erasure", result="ok", sent=1, delivered=1).count() == 1
 
     done.refresh_from_db()
     assert done.status == "done" and done.finished_at and done.partner_refused == 0
@@ -113,8 +121,9 @@ def test_a_paused_connection_keeps_the_erasure_removing_until_resumed(held):
     connection_services.connection_resume(connection=connection)
     with responses.RequestsMock() as mock:
         mock.post(LIST_URL, json=OK)
+        mock.post(FORGET_URL, status=204)
         deliver_connection(connection_id=connection.pk)
-    erasures_finish()
+        erasures_finish()
     done.refresh_from_db()
     assert done.status == "done" and rows_quoting(EMAIL) == []
 
@@ -136,7 +145,10 @@ def test_a_refused_identity_is_forgotten_at_once_and_a_pending_add_becomes_a_rem
     with responses.RequestsMock():
         report = deliver_connection(connection_id=connection.pk)
     assert report.skipped == 1
-    erasures_finish()
+    with responses.RequestsMock() as mock:
+        # Refused members may still be on the list (Mailchimp's compliance state): forgotten too; 404 is "none".
+        mock.post(FORGET_URL, status=404, json={"title": "Resource Not Found", "status": 404})
+        erasures_finish()
     assert rows_quoting(EMAIL) == []
     done.refresh_from_db()
     assert done.status == "done"
@@ -148,3 +160,38 @@ def test_a_profile_no_partner_holds_is_done_at_once(rings):
     assert (done.status, done.partner_removes, done.audiences_left) == ("done", 0, 0)
     assert rows_quoting(EMAIL) == []
     assert ProfileErasure.objects.get().pk == done.pk
+
+
+def test_a_partner_failing_to_forget_keeps_the_remove_owed_until_it_succeeds(held):
+    profile, connection = held
+    done = erasure.profile_erase(profile_id=profile.pk, source="api")
+    with responses.RequestsMock() as mock:
+        mock.post(LIST_URL, json=OK)
+        deliver_connection(connection_id=connection.pk)
+
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=503, json={"title": "Service Unavailable", "status": 503})
+        assert erasures_finish() == {"delivered": 0, "refused": 0, "finished": 0}
+    done.refresh_from_db()
+    assert done.status == "removing" and ErasureRemoval.objects.count() == 1
+    assert ConnectionMember.objects.filter(value=EMAIL).exists()  # still owed: its record is kept too
+    failed = DeliveryAttempt.objects.get(kind="erasure")
+    assert (failed.result, failed.http_status, failed.sent) == ("transient", 503, 1)
+
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=204)
+        assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
+    assert rows_quoting(EMAIL) == []
+
+
+def test_a_member_mailchimp_refuses_to_forget_is_counted_refused(held):
+    profile, connection = held
+    done = erasure.profile_erase(profile_id=profile.pk, source="api")
+    with responses.RequestsMock() as mock:
+        mock.post(LIST_URL, json=OK)
+        deliver_connection(connection_id=connection.pk)
+        mock.post(FORGET_URL, status=400, json={"title": "Invalid Resource", "status": 400, "detail": "No."})
+        assert erasures_finish() == {"delivered": 1, "refused": 1, "finished": 1}
+    done.refresh_from_db()
+    assert (done.status, done.partner_refused) == ("done", 1)
+    assert rows_quoting(EMAIL) == []

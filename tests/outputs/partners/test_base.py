@@ -70,6 +70,12 @@ def test_a_complete_declaration_is_read_back_through_the_capabilities():
             {"apply_batch": apply_batch},
             "audience_count()",
         ),
+        (
+            {Capability.LIST, Capability.REALTIME, Capability.FORGETS_MEMBERS},
+            None,
+            {"apply_batch": apply_batch},
+            "forget_members()",
+        ),
     ],
 )
 def test_an_incomplete_declaration_fails_when_the_class_is_defined(capabilities, criteria, methods, missing):

@@ -337,6 +337,48 @@ def test_list_members_pages_through_the_list_and_reads_statuses_as_adds_and_remo
 
 
 @responses.activate
+def test_forget_members_deletes_each_member_for_good_and_a_404_means_already_gone():
+    def forget_url(email):
+        return f"{LIST_URL}/members/{subscriber_hash(email)}/actions/delete-permanent"
+
+    auth = [matchers.header_matcher({"Authorization": BASIC})]
+    responses.post(forget_url("ann@x.com"), status=204, match=auth)
+    responses.post(forget_url("bob@x.com"), status=404, json={"title": "Resource Not Found", "status": 404})
+    responses.post(forget_url("cy@x.com"), status=400, json={"title": "Invalid Resource", "detail": "Nope."})
+
+    results = partner().forget_members(
+        {"list_id": "abc123"}, AUDIENCE, [remove("ann@x.com"), remove("bob@x.com"), remove("cy@x.com")]
+    )
+
+    assert Mailchimp.has(Capability.FORGETS_MEMBERS)
+    assert [(r.change.value, r.outcome) for r in results] == [
+        ("ann@x.com", Outcome.DELIVERED),
+        ("bob@x.com", Outcome.DELIVERED),
+        ("cy@x.com", Outcome.REJECTED),
+    ]
+    assert "Nope." in results[2].reason
+
+
+@responses.activate
+def test_forget_members_fails_as_a_whole_when_mailchimp_throttles_or_refuses_the_key():
+    responses.post(
+        f"{LIST_URL}/members/{subscriber_hash('ann@x.com')}/actions/delete-permanent",
+        status=429,
+        json={"title": "Too Many Requests", "status": 429},
+    )
+    with pytest.raises(TransientError):
+        partner().forget_members({"list_id": "abc123"}, AUDIENCE, [remove("ann@x.com")])
+    responses.replace(
+        responses.POST,
+        f"{LIST_URL}/members/{subscriber_hash('ann@x.com')}/actions/delete-permanent",
+        status=401,
+        json={"title": "API Key Invalid", "status": 401},
+    )
+    with pytest.raises(AuthError):
+        partner().forget_members({"list_id": "abc123"}, AUDIENCE, [remove("ann@x.com")])
+
+
+@responses.activate
 def test_audience_count_is_mailchimps_subscribed_count():
     responses.get(LIST_URL, json={"id": "abc123", "name": "Parisians", "stats": {"member_count": 42}})
     assert partner().audience_count({"list_id": "abc123"}, AUDIENCE) == 42

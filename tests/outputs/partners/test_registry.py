@@ -55,7 +55,13 @@ def test_a_partner_registered_in_code_is_usable_through_the_api_without_a_migrat
     assert (bulk["pattern"], bulk["delivery_mode"]) == ("list", "bulk")
     assert bulk["capabilities"] == ["bulk", "list"]
     assert bulk["upload_criteria"] == {"wait_seconds": 1800, "messages": 5}
-    assert directory["mailchimp"]["capabilities"] == ["list", "lists_members", "realtime", "reports_count"]
+    assert directory["mailchimp"]["capabilities"] == [
+        "forgets_members",
+        "list",
+        "lists_members",
+        "realtime",
+        "reports_count",
+    ]
     assert directory["mailchimp"]["upload_criteria"] is None
     refused = api.post("/api/v1/outputs/", {"name": "Gone", "partner": BulkListPartner.key}, format="json")
     assert refused.status_code == 400 and "partner" in refused.json()["errors"]
