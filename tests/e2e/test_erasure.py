@@ -1,6 +1,7 @@
 """Data-subject erasure end to end (issue 9 item 6): a real worker on PostgreSQL and Redis, the local
-Mailchimp holding the member. After POST /api/v1/erasures/, Mailchimp no longer holds the address as a
-member, and no row of any table of the database quotes it (every text, character and JSON column scanned)."""
+Mailchimp holding the member. After POST /api/v1/erasures/, Mailchimp holds no record of the address at all
+(not even unsubscribed or archived: it was deleted for good), and no row of any table of the database quotes it
+(every text, character and JSON column scanned)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rest_framework.test import APIClient
 from audiences.models import ProfileErasure
 from config import queueing
 from forwarding.erasure import FINISH_TASK
+from outputs.partners.mailchimp import subscriber_hash
 from tests import factories
 from tests.e2e.conftest import API_KEY, wait_until
 
@@ -64,9 +66,14 @@ def test_an_erased_profile_leaves_the_partner_and_the_database(worker, mailchimp
     # The worker sends the remove: Mailchimp's remove is an unsubscribe, so the list no longer holds it as a member.
     wait_until(lambda: statuses()["forget.me@example.com"] == "unsubscribed", timeout=15)
     assert statuses()["stays@example.com"] == "subscribed"
-    # Beat's finisher, rung here by name (no beat in this test), forgets the delivered remove.
+    # Beat's finisher, rung here by name (no beat in this test), deletes the member at Mailchimp for good and
+    # forgets the delivered remove.
     queueing.send_safely(FINISH_TASK)
     wait_until(lambda: ProfileErasure.objects.get(pk=erasure_id).status == "done", timeout=15)
+
+    every_record = mailchimp_server.members(LIST_ID, include_archived=True)
+    assert subscriber_hash(EMAIL) not in every_record
+    assert [m["email_address"] for m in every_record.values()] == ["stays@example.com"]
 
     assert tables_quoting("forget.me@example.com") == []
     assert tables_quoting("lyon") == []  # its attributes
