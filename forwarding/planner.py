@@ -191,7 +191,9 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
 def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
     """A data subject's erasure (forwarding/erasure.py): plan a remove of each identity on every connection that
     holds it (delivered as added) or may hold it (a pending change for it), remembered as owed in
-    ErasureRemoval; the records of identities no partner holds are deleted now. Returns the removes planned."""
+    ErasureRemoval; an identity already removed or refused at a partner that forgets members is owed too (to be
+    forgotten there), the records of the other identities no partner holds are deleted now. Returns the partner
+    removes owed."""
     pairs = set(identities)
     if not pairs:
         return 0
@@ -204,6 +206,9 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
         if (kind, value) in pairs and connection_id in planning:
             owed.add((connection_id, kind, value))
     not_held = []
+    # Removed or refused at a partner that keeps such members (Mailchimp's unsubscribed) and can forget them:
+    # nothing to send, but owed to the finisher, which has the partner forget them (forwarding/erasure.py).
+    to_forget: set[tuple[int, str, str]] = set()
     for pk, connection_id, kind, value, state in ConnectionMember.objects.filter(value__in=values).values_list(
         "pk", "connection_id", "identity_type", "value", "state"
     ):
@@ -212,9 +217,15 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
         if state in MAY_BE_HELD and connection_id in planning:
             owed.add((connection_id, kind, value))
         elif state in NOT_HELD and (connection_id, kind, value) not in owed:
-            not_held.append(pk)
+            if connection_id in planning and planning[connection_id].output.partner_class.has(
+                Capability.FORGETS_MEMBERS
+            ):
+                to_forget.add((connection_id, kind, value))
+            else:
+                not_held.append(pk)
     ConnectionMember.objects.filter(pk__in=not_held).delete()
-    if not owed:
+    to_forget -= owed
+    if not owed and not to_forget:
         return 0
     now = timezone.now()
     with db.cursor() as cursor:
@@ -223,11 +234,14 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
             [(c, t, v, REMOVE, None, now, now) for c, t, v in sorted(owed)],
         )
     ErasureRemoval.objects.bulk_create(
-        [ErasureRemoval(erasure_id=erasure_id, connection_id=c, identity_type=t, value=v) for c, t, v in owed],
+        [
+            ErasureRemoval(erasure_id=erasure_id, connection_id=c, identity_type=t, value=v)
+            for c, t, v in owed | to_forget
+        ],
         ignore_conflicts=True,
     )
     _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
-    return len(owed)
+    return len(owed | to_forget)
 
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:

@@ -195,3 +195,22 @@ def test_a_member_mailchimp_refuses_to_forget_is_counted_refused(held):
     done.refresh_from_db()
     assert (done.status, done.partner_refused) == ("done", 1)
     assert rows_quoting(EMAIL) == []
+
+
+def test_a_member_who_left_before_the_erasure_is_forgotten_at_mailchimp_too(rings):
+    """Mailchimp kept the earlier leaver as unsubscribed: nothing to send, but the erasure owes its forgetting."""
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output())
+    profile = factories.profile(email=EMAIL, status="Free")  # not in the audience any more
+    ConnectionMember.objects.create(
+        connection=connection, identity_type="email", value=EMAIL, state="removed", updated_at=timezone.now()
+    )
+
+    done = erasure.profile_erase(profile_id=profile.pk, source="api")
+
+    assert (done.status, done.partner_removes) == ("removing", 1)
+    assert not PendingChange.objects.filter(value=EMAIL).exists()
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=204)
+        assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
+    done.refresh_from_db()
+    assert done.status == "done" and rows_quoting(EMAIL) == []
