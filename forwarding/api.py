@@ -62,7 +62,7 @@ class ConnectionFilter(filters.FilterSet):
 
 class DeliveryAttemptFilter(filters.FilterSet):
     result = filters.ChoiceFilter(choices=DeliveryAttempt.Result.choices, help_text="The outcome of the attempt.")
-    kind = filters.ChoiceFilter(choices=[("batch", "batch"), ("cleanup", "cleanup")])
+    kind = filters.ChoiceFilter(choices=[("batch", "batch"), ("cleanup", "cleanup"), ("erasure", "erasure")])
     at_after = UtcDateTimeFilter(field_name="at", lookup_expr="gte", help_text="Made at or after (ISO 8601).")
     at_before = UtcDateTimeFilter(field_name="at", lookup_expr="lt", help_text="Made before (ISO 8601).")
 

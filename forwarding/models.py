@@ -50,7 +50,7 @@ class DeliveryAttempt(models.Model):
         PERMANENT = "permanent"
 
     connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="attempts")
-    kind = models.CharField(max_length=20, default="batch")  # batch | cleanup
+    kind = models.CharField(max_length=20, default="batch")  # batch | cleanup | erasure (forwarding/erasure.py)
     at = models.DateTimeField(db_index=True)
     duration_ms = models.PositiveIntegerField(default=0)
     sent = models.PositiveIntegerField(default=0)
