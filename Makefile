@@ -36,6 +36,7 @@ run: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 run migrate demo: export SECRET_KEY ?= $(shell ./scripts/local-keys.sh SECRET_KEY)
 run migrate demo: export SECRETS_ENCRYPTION_KEYS ?= $(shell ./scripts/local-keys.sh SECRETS_ENCRYPTION_KEYS)
 run: setup services
+	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"  # every python process below writes its figures there (a fresh clone has none)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	@echo ""
@@ -47,6 +48,7 @@ run: setup services
 	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
+	# Emptied before the long-running processes start: /metrics counts from their start.
 	rm -rf "$$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"
 	$(BIN)/honcho start
 
