@@ -11,7 +11,9 @@ channel is retried by Celery, and beat sends again what a lost task or exhausted
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 import requests
 from django.conf import settings
@@ -43,6 +45,43 @@ def alert_kind(old_status: str, new_status: str) -> str | None:
 
 def alerts_configured() -> bool:
     return bool(settings.ALERT_EMAILS or settings.ALERT_WEBHOOK_URL)
+
+
+def change_status(
+    connection_id: int,
+    new_status: str,
+    *,
+    reason: str = "",
+    only_from: Iterable[str] | None = None,
+    alert_reason: str | None = None,
+    **fields: Any,
+) -> str | None:
+    """Write a connection's status and record its alert, in one transaction: the one way a status changes,
+    so no writer forgets to tell. The row is locked and its old status read; an ending connection is never
+    changed, nor one whose status is not in `only_from`. `fields` are written with it; the alert says
+    `alert_reason` (default: `reason`). Returns the old status, or None when nothing changed."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = Connection.objects.select_for_update(of=("self",)).filter(pk=connection_id)
+        rows = rows.exclude(status=Connection.Status.ENDING)
+        if only_from is not None:
+            rows = rows.filter(status__in=list(only_from))
+        before = rows.values_list("status", "output__partner_key").first()
+        if before is None:
+            return None
+        old_status, partner = before
+        Connection.objects.filter(pk=connection_id).update(
+            status=new_status, status_reason=reason[:2000], status_changed_at=now, **fields
+        )
+        connection_status_changed(
+            connection_id=connection_id,
+            partner=partner,
+            old_status=old_status,
+            new_status=new_status,
+            changed_at=now,
+            reason=reason if alert_reason is None else alert_reason,
+        )
+    return old_status
 
 
 def connection_status_changed(

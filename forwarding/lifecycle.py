@@ -67,27 +67,9 @@ def _set_status(connection: Connection, status: str, reason: str = "") -> Connec
     """Change the status, unless the connection is ending (a delete may have committed since
     the caller loaded it): an ending connection is never revived. The admins are alerted of a
     recovery (forwarding/alerts.py), in the same transaction."""
-    now = timezone.now()
-    with transaction.atomic():
-        old_status = (
-            Connection.objects.select_for_update()
-            .filter(pk=connection.pk)
-            .exclude(status=Connection.Status.ENDING)
-            .values_list("status", flat=True)
-            .first()
-        )
-        if old_status is None:
-            raise ValidationError({"status": ["This connection is being deleted."]})
-        Connection.objects.filter(pk=connection.pk).update(status=status, status_reason=reason, status_changed_at=now)
-        connection.refresh_from_db()
-        alerts.connection_status_changed(
-            connection_id=connection.pk,
-            partner=connection.output.partner_key,
-            old_status=old_status,
-            new_status=status,
-            changed_at=now,
-            reason=reason,
-        )
+    if alerts.change_status(connection.pk, status, reason=reason) is None:
+        raise ValidationError({"status": ["This connection is being deleted."]})
+    connection.refresh_from_db()
     return connection
 
 
@@ -95,22 +77,10 @@ def connection_pause(*, connection: Connection) -> Connection:
     """Stop sending; changes are still planned and sent on resume. Only a sending connection pauses
     (connections/status.py): a faulted one sends nothing already, and pausing it would hide its fault,
     so it is refused here, for the admin and the REST API alike. Pausing a paused one changes nothing."""
-    now = timezone.now()
-    with transaction.atomic():
-        paused = Connection.objects.filter(pk=connection.pk, status__in=PAUSABLE).update(
-            status=Connection.Status.PAUSED, status_reason="Paused by a user.", status_changed_at=now
-        )
-        connection.refresh_from_db()
-        if paused:
-            # Only a sending connection pauses: no fault or recovery today, but the alerts decide that.
-            alerts.connection_status_changed(
-                connection_id=connection.pk,
-                partner=connection.output.partner_key,
-                old_status=Connection.Status.SENDING,
-                new_status=Connection.Status.PAUSED,
-                changed_at=now,
-                reason="Paused by a user.",
-            )
+    paused = alerts.change_status(
+        connection.pk, Connection.Status.PAUSED, reason="Paused by a user.", only_from=PAUSABLE
+    )
+    connection.refresh_from_db()
     if paused or connection.status == Connection.Status.PAUSED:
         return connection
     if connection.status == Connection.Status.ENDING:

@@ -107,29 +107,8 @@ def throttle_account(output: Output, until: datetime) -> int:
 def fault(connection_id: int, cause: str, reason: str) -> None:
     """Fault a sending connection (never an ending one: its clean-up goes on); the admins are alerted
     (forwarding/alerts.py) in the same transaction."""
-    now = timezone.now()
-    with transaction.atomic():
-        # Read under the row lock: the alert says which status the fault ended.
-        before = (
-            Connection.objects.select_for_update(of=("self",))
-            .filter(pk=connection_id)
-            .exclude(status=Connection.Status.ENDING)
-            .values_list("status", "output__partner_key")
-            .first()
-        )
-        if before is None:
-            return
-        Connection.objects.filter(pk=connection_id).update(
-            status=Connection.Status.FAULTED, fault_cause=cause, status_reason=reason[:2000], status_changed_at=now
-        )
-        alerts.connection_status_changed(
-            connection_id=connection_id,
-            partner=before[1],
-            old_status=before[0],
-            new_status=Connection.Status.FAULTED,
-            changed_at=now,
-            reason=reason,
-        )
+    if alerts.change_status(connection_id, Connection.Status.FAULTED, reason=reason, fault_cause=cause) is None:
+        return
     logger.warning("connection %s faulted (%s): %s", connection_id, cause, reason)
 
 
@@ -157,23 +136,17 @@ def probe_faulted(connection_id: int) -> str:
 def resume(connection_id: int, *, expected: str) -> bool:
     """Back to sending from `expected` (not from ending, nor from a status changed meanwhile):
     fault and backoff cleared, the outbox due now, delivery rung; a recovery is alerted."""
-    now = timezone.now()
     with transaction.atomic():
-        changed = Connection.objects.filter(pk=connection_id, status=expected).update(
-            status=Connection.Status.SENDING, status_reason="", status_changed_at=now
+        changed = alerts.change_status(
+            connection_id,
+            Connection.Status.SENDING,
+            only_from=(expected,),
+            alert_reason="The partner answered again.",
         )
-        if changed:
+        if changed is not None:
             clear_backoff(connection_id)
-            alerts.connection_status_changed(
-                connection_id=connection_id,
-                partner=Output.objects.filter(connections=connection_id).values_list("partner_key", flat=True)[0],
-                old_status=expected,
-                new_status=Connection.Status.SENDING,
-                changed_at=now,
-                reason="The partner answered again.",
-            )
             ring_after_commit(connection_id)
-    return bool(changed)
+    return changed is not None
 
 
 def clear_backoff(connection_id: int) -> None:
