@@ -8,7 +8,8 @@ deleted, unless a newer word arrived meanwhile (the version guard).
 Write-ahead: before a batch goes out, its adds are committed as "maybe held" (ConnectionMember), so an
 add whose answer never comes (a read timeout, a worker killed mid-call, the database lost after the
 call) still counts as possibly held, and the member's removal is sent later. A removal is skipped only
-for an identity the partner cannot hold: never sent, removed, or refused.
+for an identity the partner cannot hold: never sent, removed, or refused. An add is skipped only when the
+partner acknowledged the very same add (ConnectionMember.fingerprint), and nothing was sent since.
 
 A whole call failing backs the connection off as a whole, and probes (forwarding/recovery.py). A
 worker told to shut down finishes the batch in hand and leaves (forwarding/shutdown.py).
@@ -30,7 +31,7 @@ from django.utils import timezone
 
 from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
-from connections.selectors import held_identities
+from connections.selectors import acknowledged_fingerprints, held_identities
 from connections.status import delivers
 from forwarding import recovery
 from forwarding.accounts import AccountSlot
@@ -39,7 +40,7 @@ from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
-from forwarding.partner_calls import apply_changes
+from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
@@ -54,7 +55,7 @@ class DeliveryReport:
     delivered: int = 0
     rejected: int = 0
     retried: int = 0
-    skipped: int = 0  # removals of identities the partner never held: nothing to send
+    skipped: int = 0  # removals of identities the partner never held, adds it holds as they are: nothing to send
     stopped: str = ""  # why delivery stopped early, if it did
     errors: list[str] = field(default_factory=list)
 
@@ -155,11 +156,13 @@ def _send_batch(
     lease: Lease | None = None,
 ) -> bool:
     """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
-    held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
+    identities = {(p.identity_type, p.value) for p in batch}
+    held = held_identities(connection.pk, identities)
     skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
-    to_send = [p for p in batch if p not in skipped]
     attributes = dict(
-        Profile.objects.filter(pk__in={p.profile_id for p in to_send if p.profile_id}).values_list("pk", "attributes")
+        Profile.objects.filter(
+            pk__in={p.profile_id for p in batch if p.profile_id and p.action == PendingChange.Action.ADD}
+        ).values_list("pk", "attributes")
     )
     changes = {
         p.pk: MemberChange(
@@ -169,8 +172,17 @@ def _send_batch(
             attributes=attributes.get(p.profile_id, {}) if p.action == PendingChange.Action.ADD else {},
             profile_id=p.profile_id,
         )
-        for p in to_send
+        for p in batch
+        if p not in skipped
     }
+    # An add the partner acknowledged already, with the same content: a member who left and re-entered before
+    # the removal went out (the outbox kept only the last word). Nothing to send.
+    acknowledged = acknowledged_fingerprints(connection.pk, identities)
+    for p in batch:
+        if p.pk in changes and acknowledged.get((p.identity_type, p.value)) == change_fingerprint(changes[p.pk]):
+            skipped.append(p)
+            del changes[p.pk]
+    to_send = [p for p in batch if p.pk in changes]
     started = time.monotonic()
     results: list[MemberResult] = []
     error: PartnerError | None = None
@@ -199,17 +211,18 @@ def _send_batch(
 
 
 WRITE_AHEAD_SQL = """
-INSERT INTO {table} (connection_id, identity_type, value, state, reason, updated_at)
-VALUES (%s, %s, %s, %s, '', %s)
+INSERT INTO {table} (connection_id, identity_type, value, state, reason, fingerprint, updated_at)
+VALUES (%s, %s, %s, %s, '', '', %s)
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = excluded.state, updated_at = excluded.updated_at
-WHERE {table}.state <> %s
+SET state = CASE WHEN {table}.state = %s THEN {table}.state ELSE excluded.state END,
+    fingerprint = '', updated_at = excluded.updated_at
 """
 
 
 def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
     """Commit, before the call, that the partner may hold these identities from now on. A member
-    it holds already stays "added": an update's unknown outcome leaves it held either way."""
+    it holds already stays "added": an update's unknown outcome leaves it held either way, but what it
+    holds is unknown until the answer is recorded (fingerprint blank)."""
     if not adds:
         return
     now = timezone.now()
@@ -239,8 +252,10 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
         if result.outcome is Outcome.DELIVERED:
             delivered += 1
             state = ConnectionMember.State.ADDED if pending.action == "add" else ConnectionMember.State.REMOVED
+            fingerprint = change_fingerprint(changes[pending.pk]) if pending.action == "add" else ""
         else:
             rejected += 1
+            fingerprint = ""  # a refused update: the partner keeps what it held, which we no longer know
             # A refused update of a member the partner holds (or may hold, from an add whose answer
             # never came) leaves it as it was there, so its removal must still be sent later.
             held_before = held.get((pending.identity_type, pending.value))
@@ -255,6 +270,7 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
                 value=pending.value,
                 state=state,
                 reason=result.reason,
+                fingerprint=fingerprint,
                 updated_at=now,
             )
         )
@@ -264,7 +280,7 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
                 members,
                 update_conflicts=True,
                 unique_fields=["connection", "identity_type", "value"],
-                update_fields=["state", "reason", "updated_at"],
+                update_fields=["state", "reason", "fingerprint", "updated_at"],
             )
         _delete_if_unchanged(done)
         delays = []
