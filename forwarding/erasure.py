@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -46,33 +49,57 @@ FORGET_BATCH = 100
 
 
 def erasures_finish() -> dict[str, int]:
-    """Forget the owed removes that were delivered, and finish the erasures owing none. Safe to run at once
-    (rows are locked, skipping those another run holds) and again."""
-    pending = PendingChange.objects.filter(
-        connection_id=OuterRef("connection_id"), identity_type=OuterRef("identity_type"), value=OuterRef("value")
-    )
-    delivered = refused = finished = 0
-    with transaction.atomic():
-        rows = list(
-            ErasureRemoval.objects.select_for_update(skip_locked=True)
-            .filter(~Exists(pending))
-            .select_related("erasure")
-            .order_by("pk")[:5000]
-        )
-        refused_by_erasure: dict[int, int] = {}
-        members = {
-            row.pk: ConnectionMember.objects.filter(
-                connection_id=row.connection_id, identity_type=row.identity_type, value=row.value
-            ).first()
-            for row in rows
-        }
+    """Forget the owed removes that were delivered, and finish the erasures owing none. One run at a time (a
+    second one finds the finisher busy and leaves); safe to run again.
+
+    No transaction is open while partners are called (a slow partner would hold row locks and a database
+    connection for the whole call): the owed rows are read, the partners asked, then the rows locked and
+    settled in one short transaction. A row that got a new outbox change meanwhile stays owed."""
+    with finisher_running() as running:
+        if not running:
+            return {"delivered": 0, "refused": 0, "finished": 0}
+        rows = list(ErasureRemoval.objects.filter(~Exists(_pending_for_row())).order_by("pk")[:5000])
         # A member added since (the same identity on a new profile, who joined again) is new data: kept, and
         # not forgotten at the partner.
-        rejoined = {pk for pk, member in members.items() if member is not None and member.state not in NOT_HELD}
+        rejoined = {row.pk for row in rows if _member_state(row) not in (None, *NOT_HELD)}
         owed, refused_forgets = _forget_at_partners([row for row in rows if row.pk not in rejoined])
-        rows = [row for row in rows if row.pk not in owed]
+        return _settle([row.pk for row in rows if row.pk not in owed], rejoined, refused_forgets)
+
+
+def _pending_for_row() -> Exists:
+    return Exists(
+        PendingChange.objects.filter(
+            connection_id=OuterRef("connection_id"), identity_type=OuterRef("identity_type"), value=OuterRef("value")
+        )
+    )
+
+
+def _member_state(row: ErasureRemoval) -> str | None:
+    return (
+        ConnectionMember.objects.filter(
+            connection_id=row.connection_id, identity_type=row.identity_type, value=row.value
+        )
+        .values_list("state", flat=True)
+        .first()
+    )
+
+
+def _settle(row_ids: list[int], rejoined: set[int], refused_forgets: set[int]) -> dict[str, int]:
+    """In one transaction: drop the records of the delivered removes (kept for a member who rejoined), count
+    the refusals per erasure, and finish the erasures that owe nothing more."""
+    delivered = finished = 0
+    refused_by_erasure: dict[int, int] = {}
+    with transaction.atomic():
+        rows = list(
+            ErasureRemoval.objects.select_for_update(of=("self",))
+            .filter(~_pending_for_row(), pk__in=row_ids)
+            .select_related("erasure")
+            .order_by("pk")
+        )
         for row in rows:
-            member = members[row.pk]
+            member = ConnectionMember.objects.filter(
+                connection_id=row.connection_id, identity_type=row.identity_type, value=row.value
+            ).first()
             if row.pk in refused_forgets or (
                 member is not None
                 and member.state == ConnectionMember.State.REJECTED
@@ -83,14 +110,34 @@ def erasures_finish() -> dict[str, int]:
                 member.delete()
             delivered += 1
         ErasureRemoval.objects.filter(pk__in=[row.pk for row in rows]).delete()
-        refused = sum(refused_by_erasure.values())
         for erasure_id in {row.erasure_id for row in rows} | set(
             ProfileErasure.objects.filter(status=ProfileErasure.Status.REMOVING).values_list("pk", flat=True)
         ):
             done = not ErasureRemoval.objects.filter(erasure_id=erasure_id).exists()
             finished += done
             erasure_progress(erasure_id=erasure_id, refused=refused_by_erasure.get(erasure_id, 0), finished=done)
-    return {"delivered": delivered, "refused": refused, "finished": finished}
+    return {"delivered": delivered, "refused": sum(refused_by_erasure.values()), "finished": finished}
+
+
+# pg_try_advisory_lock(namespace, key): one finisher at a time, held across its transactions (session level).
+FINISHER_LOCK = (0x45524153, 1)  # "ERAS"
+
+
+@contextmanager
+def finisher_running() -> Iterator[bool]:
+    """True when this run holds the finisher's lock (always on SQLite, which has one writer anyway)."""
+    if db.vendor != "postgresql":
+        yield True
+        return
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", FINISHER_LOCK)
+        held = cursor.fetchone()[0]
+    try:
+        yield held
+    finally:
+        if held:
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", FINISHER_LOCK)
 
 
 def _forget_at_partners(rows: list[ErasureRemoval]) -> tuple[set[int], set[int]]:

@@ -10,6 +10,7 @@ import pytest
 import responses
 from django.apps import apps
 from django.db import connection as db
+from django.db import connections
 from django.utils import timezone
 
 from audiences import erasure
@@ -17,10 +18,11 @@ from audiences.models import Identity, IdentityConflict, MembershipChange, Profi
 from connections.models import ConnectionMember
 from forwarding import lifecycle as connection_services
 from forwarding.delivery import deliver_connection
-from forwarding.erasure import erasures_finish
+from forwarding.erasure import FINISHER_LOCK, erasures_finish
 from forwarding.models import DeliveryAttempt, ErasureRemoval, PendingChange
 from outputs.partners.mailchimp import subscriber_hash
 from tests import factories
+from tests.conftest import service_missing
 from tests.forwarding.test_forwarding import LIST_URL, OK
 
 pytestmark = pytest.mark.django_db
@@ -214,3 +216,50 @@ def test_a_member_who_left_before_the_erasure_is_forgotten_at_mailchimp_too(ring
         assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
     done.refresh_from_db()
     assert done.status == "done" and rows_quoting(EMAIL) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_partners_are_asked_to_forget_with_no_transaction_open(held, monkeypatch):
+    """A slow partner must not hold the owed rows' locks and a database connection for its whole call."""
+    from outputs.partners.mailchimp import Mailchimp
+
+    profile, connection = held
+    erasure.profile_erase(profile_id=profile.pk, source="api")
+    with responses.RequestsMock() as mock:
+        mock.post(LIST_URL, json=OK)
+        deliver_connection(connection_id=connection.pk)
+    in_transaction: list[bool] = []
+    forget = Mailchimp.forget_members
+
+    def spy(self, *args, **kwargs):
+        in_transaction.append(db.in_atomic_block)
+        return forget(self, *args, **kwargs)
+
+    monkeypatch.setattr(Mailchimp, "forget_members", spy)
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=204)
+        assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
+    assert in_transaction == [False]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_finisher_leaves_while_one_runs(held):
+    if db.vendor != "postgresql":
+        service_missing("the finisher's lock is PostgreSQL's")
+    profile, connection = held
+    erasure.profile_erase(profile_id=profile.pk, source="api")
+    with responses.RequestsMock() as mock:
+        mock.post(LIST_URL, json=OK)
+        deliver_connection(connection_id=connection.pk)
+    other = connections.create_connection("default")  # a finisher running in another process
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", FINISHER_LOCK)
+        with responses.RequestsMock():  # no call expected: an unexpected one would be recorded failing
+            assert erasures_finish() == {"delivered": 0, "refused": 0, "finished": 0}
+        assert ErasureRemoval.objects.count() == 1 and not DeliveryAttempt.objects.filter(kind="erasure").exists()
+    finally:
+        other.close()  # its session lock goes with it
+    with responses.RequestsMock() as mock:
+        mock.post(FORGET_URL, status=204)
+        assert erasures_finish() == {"delivered": 1, "refused": 0, "finished": 1}
