@@ -55,7 +55,8 @@ PARTNER_COUNT_CACHE_SECONDS = 60
 ADDED = ConnectionMember.State.ADDED
 MAYBE_HELD = ConnectionMember.State.MAYBE_HELD
 REJECTED = ConnectionMember.State.REJECTED
-REMOVED = ConnectionMember.State.REMOVED
+# What becomes of an accepted identity (FATES_SQL), besides "identities", their total.
+FATES = ("identities", "invalid", "accepted", "rejected", "maybe_held", "waiting", "retrying", "not_queued")
 
 # The members' identities of the accepted types, each with whether it passes the partner's check.
 ACCEPTED_IDENTITIES_SQL = """
@@ -65,22 +66,23 @@ ACCEPTED_IDENTITIES_SQL = """
  WHERE m.audience_id = %s AND i.type IN ({types})) a
 """
 
-# Per type: identities, invalid ones, and each valid one's fate: the partner's last answer (added, rejected,
-# maybe held) where it was sent, else the outbox (waiting, retrying), else nothing (not queued).
+# Each accepted identity's fate, one CASE per row (the validity check, a regular expression, runs once per
+# identity): invalid; else the partner's last answer (added, rejected, maybe held) where it was sent; else the
+# outbox (waiting, retrying); else nothing (not queued). Counted per (type, fate).
 FATES_SQL = """
 SELECT a.type,
-       COUNT(*),
-       SUM(CASE WHEN NOT a.valid THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND cm.state = %s THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND cm.state = %s THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND cm.state = %s THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND COALESCE(cm.state, %s) = %s AND pc.attempts = 0 THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND COALESCE(cm.state, %s) = %s AND pc.attempts > 0 THEN 1 ELSE 0 END),
-       SUM(CASE WHEN a.valid AND COALESCE(cm.state, %s) = %s AND pc.id IS NULL THEN 1 ELSE 0 END)
+       CASE WHEN NOT a.valid THEN 'invalid'
+            WHEN cm.state = %s THEN 'accepted'
+            WHEN cm.state = %s THEN 'rejected'
+            WHEN cm.state = %s THEN 'maybe_held'
+            WHEN pc.attempts = 0 THEN 'waiting'
+            WHEN pc.attempts > 0 THEN 'retrying'
+            ELSE 'not_queued' END AS fate,
+       COUNT(*)
 FROM {source}
 LEFT JOIN {member} cm ON cm.connection_id = %s AND cm.identity_type = a.type AND cm.value = a.value
 LEFT JOIN {pending} pc ON pc.connection_id = %s AND pc.identity_type = a.type AND pc.value = a.value
-GROUP BY a.type
+GROUP BY 1, 2
 """
 
 # The reasons of the refused valid identities of members, the identity's own value masked so reasons group.
@@ -181,13 +183,15 @@ def _identity_fates(connection: Connection, types: Sequence[str], checks: Mappin
     partner answered, else what the outbox holds). One pass over the members' identities."""
     source, params = _accepted_identities_sql(connection.audience_id, types, checks)
     sql = FATES_SQL.format(source=source, member=ConnectionMember._meta.db_table, pending=PendingChange._meta.db_table)
-    # Not sent: no answer recorded, or the last one a removal (the member left and came back).
-    unsent = [REMOVED, REMOVED]
     with db.cursor() as cursor:
-        cursor.execute(sql, [ADDED, REJECTED, MAYBE_HELD, *unsent * 3, *params, connection.pk, connection.pk])
+        cursor.execute(sql, [ADDED, REJECTED, MAYBE_HELD, *params, connection.pk, connection.pk])
         rows = cursor.fetchall()
-    keys = ("identities", "invalid", "accepted", "rejected", "maybe_held", "waiting", "retrying", "not_queued")
-    return {row[0]: dict(zip(keys, (int(v or 0) for v in row[1:]), strict=True)) for row in rows}
+    fates: dict[str, dict[str, int]] = {}
+    for identity_type, fate, count in rows:
+        counts = fates.setdefault(identity_type, dict.fromkeys(FATES, 0))
+        counts[fate] += int(count)
+        counts["identities"] += int(count)
+    return fates
 
 
 def _rejection_reasons(connection: Connection, types: Sequence[str], checks: Mapping[str, IdentityCheck]) -> list[Loss]:
