@@ -12,8 +12,8 @@ this counts each step for one connection, from the audience to what the partner 
                                                                         counted), sent without a recorded answer
     → the partner's own count, where it reports one (Capability.REPORTS_COUNT)
 
-Each identity is counted at the first step it is lost, so the steps add up. Set-wise: three aggregate queries
-whatever the audience's size (size and reach; identities by type and fate; rejections by reason), plus the
+Each identity is counted at the first step it is lost, so the steps add up. Set-wise: two aggregate queries
+whatever the audience's size (size and reach; identities by type, fate and rejection reason), plus the
 partner's count, asked with a short deadline and cached for a minute, never an error.
 """
 
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 # Rejection reasons shown one by one; the rest are summed as "other reasons".
 TOP_REASONS = 10
-# Distinct reasons read from the database (after the identity's own value is masked, reasons repeat).
-REASON_GROUPS_READ = 1000
 # The partner's count: the longest the funnel waits for it, and how long an answer (or a failure) is kept.
 PARTNER_COUNT_TIMEOUT_SECONDS = 3.0
 PARTNER_COUNT_CACHE_SECONDS = 60
@@ -68,7 +66,8 @@ ACCEPTED_IDENTITIES_SQL = """
 
 # Each accepted identity's fate, one CASE per row (the validity check, a regular expression, runs once per
 # identity): invalid; else the partner's last answer (added, rejected, maybe held) where it was sent; else the
-# outbox (waiting, retrying); else nothing (not queued). Counted per (type, fate).
+# outbox (waiting, retrying); else nothing (not queued). Counted per (type, fate, the partner's reason for a
+# refused identity, its own value masked so that reasons group): the reasons come out of the same pass.
 FATES_SQL = """
 SELECT a.type,
        CASE WHEN NOT a.valid THEN 'invalid'
@@ -78,23 +77,12 @@ SELECT a.type,
             WHEN pc.attempts = 0 THEN 'waiting'
             WHEN pc.attempts > 0 THEN 'retrying'
             ELSE 'not_queued' END AS fate,
+       CASE WHEN cm.state = %s THEN REPLACE(cm.reason, cm.value, '[identity]') END AS reason,
        COUNT(*)
 FROM {source}
 LEFT JOIN {member} cm ON cm.connection_id = %s AND cm.identity_type = a.type AND cm.value = a.value
 LEFT JOIN {pending} pc ON pc.connection_id = %s AND pc.identity_type = a.type AND pc.value = a.value
-GROUP BY 1, 2
-"""
-
-# The reasons of the refused valid identities of members, the identity's own value masked so reasons group.
-REASONS_SQL = """
-SELECT REPLACE(cm.reason, cm.value, '[identity]') AS reason, COUNT(*) AS n
-FROM {member} cm
-JOIN {identity} i ON i.type = cm.identity_type AND i.value = cm.value
-JOIN {membership} m ON m.profile_id = i.profile_id AND m.audience_id = %s
-WHERE cm.connection_id = %s AND cm.state = %s AND cm.identity_type IN ({types}) AND {valid}
-GROUP BY REPLACE(cm.reason, cm.value, '[identity]')
-ORDER BY n DESC
-LIMIT {limit}
+GROUP BY 1, 2, 3
 """
 
 
@@ -178,42 +166,29 @@ def _accepted_identities_sql(audience_id: int, types: Sequence[str], checks: Map
     return sql, [*valid_params, audience_id, *types]
 
 
-def _identity_fates(connection: Connection, types: Sequence[str], checks: Mapping[str, IdentityCheck]) -> dict:
+def _identity_fates(
+    connection: Connection, types: Sequence[str], checks: Mapping[str, IdentityCheck]
+) -> tuple[dict[str, dict[str, int]], list[Loss]]:
     """Per accepted type: identities, invalid ones, and the valid ones' fate at this connection (what the
-    partner answered, else what the outbox holds). One pass over the members' identities."""
+    partner answered, else what the outbox holds); and the partner's reasons for the valid identities it refused,
+    grouped and counted, most frequent first. One pass over the members' identities. Partners quote the address
+    they refuse: the identity's own value is masked in SQL (so reasons group), any other address here, as
+    delivery attempts keep them."""
     source, params = _accepted_identities_sql(connection.audience_id, types, checks)
     sql = FATES_SQL.format(source=source, member=ConnectionMember._meta.db_table, pending=PendingChange._meta.db_table)
     with db.cursor() as cursor:
-        cursor.execute(sql, [ADDED, REJECTED, MAYBE_HELD, *params, connection.pk, connection.pk])
+        cursor.execute(sql, [ADDED, REJECTED, MAYBE_HELD, REJECTED, *params, connection.pk, connection.pk])
         rows = cursor.fetchall()
     fates: dict[str, dict[str, int]] = {}
-    for identity_type, fate, count in rows:
+    reasons: Counter[str] = Counter()
+    for identity_type, fate, reason, count in rows:
         counts = fates.setdefault(identity_type, dict.fromkeys(FATES, 0))
         counts[fate] += int(count)
         counts["identities"] += int(count)
-    return fates
-
-
-def _rejection_reasons(connection: Connection, types: Sequence[str], checks: Mapping[str, IdentityCheck]) -> list[Loss]:
-    """The partner's reasons for the valid identities of members it refused, grouped and counted, most frequent
-    first. Partners quote the address they refuse: the identity's own value is masked in SQL (so reasons group),
-    any other address in Python, as delivery attempts keep them."""
-    valid, valid_params = _valid_sql(checks)
-    sql = REASONS_SQL.format(
-        member=ConnectionMember._meta.db_table,
-        identity=Identity._meta.db_table,
-        membership=AudienceMembership._meta.db_table,
-        types=_placeholders(types),
-        valid=valid,
-        limit=REASON_GROUPS_READ,
-    )
-    with db.cursor() as cursor:
-        cursor.execute(sql, [connection.audience_id, connection.pk, REJECTED, *types, *valid_params])
-        rows = cursor.fetchall()
-    reasons: Counter[str] = Counter()
-    for reason, count in rows:
-        reasons[attempt_error(reason or "").strip() or "no reason given"] += int(count)
-    return [Loss(reason, count) for reason, count in sorted(reasons.items(), key=lambda rc: (-rc[1], rc[0]))]
+        if fate == "rejected":
+            reasons[attempt_error(reason or "").strip() or "no reason given"] += int(count)
+    ranked = [Loss(reason, n) for reason, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))]
+    return fates, ranked
 
 
 # --- the partner's count ----------------------------------------------------------------------
@@ -298,8 +273,7 @@ def identity_funnel(connection: Connection, *, with_partner_count: bool = True) 
         checks = {}
     type_names = ", ".join(types) or "none"
     size, reachable = audience_reach(connection.audience_id, types)
-    fates = _identity_fates(connection, types, checks) if types else {}
-    reasons = _rejection_reasons(connection, types, checks) if types else []
+    fates, reasons = _identity_fates(connection, types, checks) if types else ({}, [])
 
     def total(key: str) -> int:
         return sum(f[key] for f in fates.values())
@@ -316,8 +290,8 @@ def identity_funnel(connection: Connection, *, with_partner_count: bool = True) 
         Loss(checks[t].reason if t in checks else f"invalid {t}", n) for t, n in per_type("invalid").items()
     ]
     shown = reasons[:TOP_REASONS]
-    # The reasons beyond the first ones (or beyond the groups read) are summed, so the step adds up.
-    others = rejected - sum(r.count for r in shown)
+    # The reasons beyond the first ones are summed, so the step adds up.
+    others = sum(r.count for r in reasons[TOP_REASONS:])
     rejected_losses = [Loss(f"rejected: {r.reason}", r.count) for r in shown]
     if others:
         rejected_losses.append(Loss("rejected: other reasons", others))
