@@ -12,19 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
-from common import use_database
-
-
-def best(runs: int, work: Callable[[], object]) -> float:
-    work()
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        work()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
+from common import best, use_database
 
 
 def make_population(args: argparse.Namespace, now: object) -> None:

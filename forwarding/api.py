@@ -29,6 +29,7 @@ from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connected_output_counts, rejected_members
 from forwarding import lifecycle
+from forwarding.funnel import identity_funnel
 from forwarding.models import DeliveryAttempt
 from forwarding.serializers import (
     ConnectedAudienceSerializer,
@@ -36,6 +37,7 @@ from forwarding.serializers import (
     ConnectionTestResultSerializer,
     ConnectionUpdateSerializer,
     DeliveryAttemptSerializer,
+    IdentityFunnelSerializer,
     RejectionSerializer,
 )
 from outputs.api import partner_filter
@@ -118,6 +120,17 @@ class RejectionFilter(filters.FilterSet):
     test=extend_schema(request=None, summary="Ask the partner whether the connection works (200 either way)"),
     attempts=extend_schema(summary="Delivery attempts, newest first", responses=DeliveryAttemptSerializer(many=True)),
     rejections=extend_schema(summary="Identities the partner refused", responses=RejectionSerializer(many=True)),
+    funnel=extend_schema(
+        summary="The identity funnel: from the audience's size to what the partner holds",
+        description=(
+            "Audience size → members with an identity of an accepted type → accepted identities → valid after the "
+            "partner's normalisation → delivered → accepted by the partner, each step with what it loses and why "
+            "(the partner's rejection reasons grouped and counted, addresses masked), and the partner's own count "
+            "where it reports one (asked with a 3 s deadline, kept 60 s; `available: false` with the reason when "
+            "it cannot be had)."
+        ),
+        responses=IdentityFunnelSerializer,
+    ),
 )
 class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ConnectionSerializer
@@ -140,6 +153,8 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         "attempts": (VIEW, "forwarding.view_deliveryattempt"),
         # Rejected members are identities: personal data.
         "rejections": (VIEW, "connections.view_connectionmember"),
+        # Counts and reasons, the partner's quoted addresses masked: what the connection's figures show.
+        "funnel": (VIEW,),
     }
 
     def _connection(self) -> Connection:
@@ -219,6 +234,11 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         """The identities the partner refused, with its reasons, newest first."""
         page = self.paginate_queryset(self.filter_queryset(rejected_members(self._connection())))
         return self.get_paginated_response(RejectionSerializer(page, many=True).data)
+
+    @action(detail=True, methods=["get"], serializer_class=IdentityFunnelSerializer)
+    def funnel(self, request: Request, pk: str | None = None) -> Response:
+        """The connection's identity funnel (forwarding/funnel.py)."""
+        return Response(IdentityFunnelSerializer(identity_funnel(self.get_object())).data)
 
 
 class ConnectedAudienceViewSet(AudienceViewSet):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from django.db import connection as db
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -12,6 +14,16 @@ from audiences.models import AudienceMembership, Identity
 from connections.models import Connection
 from connections.selectors import member_counts
 from forwarding.models import PendingChange
+
+# The audience's size and its members with an identity of an accepted type. The second is a WHERE EXISTS, which
+# the planner may run as a hash semi-join over the identities (a large audience) or as index probes on
+# (profile, type) (a small one); an EXISTS in the select list would be probed once per member whatever the size.
+REACH_SQL = """
+SELECT (SELECT COUNT(*) FROM {membership} m WHERE m.audience_id = %s),
+       (SELECT COUNT(*) FROM {membership} m
+        WHERE m.audience_id = %s
+          AND EXISTS (SELECT 1 FROM {identity} i WHERE i.profile_id = m.profile_id AND i.type IN ({types})))
+"""
 
 
 @dataclass
@@ -28,18 +40,25 @@ class ConnectionStats:
         return asdict(self)
 
 
-def connection_stats(connection: Connection) -> ConnectionStats:
-    accepted = connection.output.partner_class.accepted_identity_types
-    size = AudienceMembership.objects.filter(audience_id=connection.audience_id).count()
-    reachable = (
-        Identity.objects.filter(
-            type__in=accepted,
-            profile__memberships__audience_id=connection.audience_id,
-        )
-        .values("profile_id")
-        .distinct()
-        .count()
+def audience_reach(audience_id: int, accepted_types: Sequence[str]) -> tuple[int, int]:
+    """(members, members with at least one identity of these types), in one query (REACH_SQL).
+    Shared with the identity funnel (forwarding/funnel.py)."""
+    types = sorted(accepted_types)
+    if not types:
+        return AudienceMembership.objects.filter(audience_id=audience_id).count(), 0
+    sql = REACH_SQL.format(
+        identity=Identity._meta.db_table,
+        membership=AudienceMembership._meta.db_table,
+        types=", ".join(["%s"] * len(types)),
     )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [audience_id, audience_id, *types])
+        size, reachable = cursor.fetchone()
+    return int(size), int(reachable)
+
+
+def connection_stats(connection: Connection) -> ConnectionStats:
+    size, reachable = audience_reach(connection.audience_id, connection.output.partner_class.accepted_identity_types)
     members = member_counts(connection)
     pending = PendingChange.objects.filter(connection=connection).aggregate(
         total=Count("id"), retrying=Count("id", filter=Q(attempts__gt=0))

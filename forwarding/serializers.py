@@ -97,6 +97,41 @@ class ConnectionTestResultSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class FunnelLossSerializer(serializers.Serializer):
+    reason = serializers.CharField(help_text="Why, e.g. no identity of an accepted type, or the partner's reason.")
+    count = serializers.IntegerField()
+
+
+class FunnelStageSerializer(serializers.Serializer):
+    key = serializers.ChoiceField(
+        choices=["audience", "with_accepted_identity", "accepted_identities", "valid", "delivered", "accepted"]
+    )
+    label = serializers.CharField()
+    count = serializers.IntegerField()
+    unit = serializers.ChoiceField(choices=["members", "identities"])
+    lost = FunnelLossSerializer(many=True, help_text="What the step loses from the one before it, and why.")
+    by_type = serializers.DictField(child=serializers.IntegerField(), help_text="Counts per identity type.")
+
+
+class PartnerCountSerializer(serializers.Serializer):
+    supported = serializers.BooleanField(help_text="The partner reports its own count of the audience.")
+    available = serializers.BooleanField()
+    count = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField(allow_blank=True, help_text="Why the count is unavailable.")
+    note = serializers.CharField(allow_blank=True, help_text="What the partner's count counts.")
+
+
+class IdentityFunnelSerializer(serializers.Serializer):
+    connection_id = serializers.IntegerField()
+    partner = serializers.CharField(help_text="The partner's key, e.g. mailchimp.")
+    partner_name = serializers.CharField()
+    accepted_identity_types = serializers.ListField(child=serializers.CharField())
+    stages = FunnelStageSerializer(many=True)
+    rejected = serializers.IntegerField(help_text="Valid identities of members the partner refused.")
+    rejection_reasons = FunnelLossSerializer(many=True, help_text="The partner's reasons, most frequent first.")
+    partner_count = PartnerCountSerializer()
+
+
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeliveryAttempt

@@ -31,6 +31,7 @@ from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
 from forwarding import labels
+from forwarding.funnel import IdentityFunnel, identity_funnel
 from forwarding.history import connection_charts
 from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -46,6 +47,34 @@ STATS_LABELS = (
     ("pending", "Pending"),
     ("rejected", "Rejected by the partner"),
 )
+
+
+def funnel_context(funnel: IdentityFunnel) -> dict[str, Any]:
+    """The funnel section of the connection's page: a row per step with its bar's width (relative to the
+    largest figure shown, so a member's several identities may make a step wider than the audience), and the
+    partner's own count as the last row when the partner reports one."""
+    shown = [stage.count for stage in funnel.stages]
+    count = funnel.partner_count
+    if count.available and count.count is not None:
+        shown.append(count.count)
+    widest = max(shown) or 1
+    rows = [
+        {
+            "label": stage.label,
+            "count": stage.count,
+            "unit": stage.unit,
+            "width": round(100 * stage.count / widest, 1),
+            "lost": stage.lost,
+            "by_type": stage.by_type if len(stage.by_type) > 1 else {},
+        }
+        for stage in funnel.stages
+    ]
+    partner_width = round(100 * count.count / widest, 1) if count.available and count.count is not None else 0
+    return {
+        "funnel": funnel,
+        "funnel_rows": rows,
+        "partner_count_width": partner_width,
+    }
 
 
 @admin.register(Connection)
@@ -180,6 +209,7 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                     "progress": sending_progress(obj),
                     "progress_url": reverse("admin:connections_connection_progress", args=[obj.pk]),
                     "history_charts": connection_charts(obj.pk),
+                    **funnel_context(identity_funnel(obj)),
                     # Nothing on this page is editable, so there is nothing to save.
                     "show_save": False,
                     "show_save_and_continue": False,

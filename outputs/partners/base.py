@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -158,6 +159,25 @@ class UploadCriteria:
 
 
 @dataclass(frozen=True)
+class IdentityCheck:
+    """How a partner normalises and checks the values of one identity type before it takes them: trimmed,
+    lower-cased when `lower`, then matched whole by `pattern`. The pattern is read alike by Python's `re` and
+    PostgreSQL's regular expressions (no lookarounds, no `\\Z`), so the identity funnel (forwarding/funnel.py)
+    counts in SQL what a partner decides in Python. `reason` says why a value fails, in the partner's terms."""
+
+    pattern: str
+    reason: str
+    lower: bool = True
+
+    def normalise(self, value: str) -> str | None:
+        """The value as the partner takes it, or None when the partner would refuse it."""
+        text = value.strip()
+        if self.lower:
+            text = text.lower()
+        return text if re.fullmatch(self.pattern, text) else None
+
+
+@dataclass(frozen=True)
 class AudienceRef:
     """The connection's audience, as every partner call is told: our id, its name, and the name partners show
     (mParticle's external name; the name when it has none)."""
@@ -290,6 +310,12 @@ class Partner:
     def secret_setting_names(cls) -> frozenset[str]:
         return frozenset(s.name for s in cls.configuration_settings if s.is_secret)
 
+    def identity_checks(self) -> Mapping[str, IdentityCheck]:
+        """Per accepted identity type, the check a value must pass after normalisation before this partner
+        takes it (may depend on the configuration, e.g. which type Braze reads as the email). Types not named
+        are taken as stored (audiences.identities normalised them on the way in)."""
+        return {}
+
     def base_url(self) -> str:
         """The API root, overridable per partner with PARTNER_API_BASE_URLS."""
         return settings.PARTNER_API_BASE_URLS.get(self.key) or self.default_base_url
@@ -358,6 +384,10 @@ class Partner:
         """LISTS_MEMBERS: what the partner holds, page by page: an ADD per identity in the audience, a REMOVE per
         identity it keeps as out of it (Mailchimp's unsubscribed)."""
         raise NotImplementedError
+
+    # REPORTS_COUNT: what the partner's count counts, when it is not simply every member we added (shown beside
+    # the count in the identity funnel).
+    audience_count_note: ClassVar[str] = ""
 
     def audience_count(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
         """REPORTS_COUNT: the partner's own count of the audience's members (None when it cannot say now)."""

@@ -29,6 +29,7 @@ from outputs.partners.base import (
     Action,
     AudienceRef,
     Capability,
+    IdentityCheck,
     MemberChange,
     MemberResult,
     Outcome,
@@ -57,13 +58,14 @@ ATTRIBUTE_PER_SEGMENT = "attribute_per_segment"
 BOTH = "both"
 DEFAULT_SEGMENTS_ATTRIBUTE = "SegmentMembership"  # mParticle's name for the array attribute
 # Braze refuses a whole request for one address with whitespace inside; the rest is a loose syntax check.
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+EMAIL_CHECK = IdentityCheck(
+    pattern=r"[^@\s]+@[^@\s]+\.[^@\s]+", reason="not an email address Braze accepts (whitespace?)"
+)
 
 
 def normalise_email(value: str) -> str | None:
     """The address as Braze takes it (trimmed, lower case), or None when Braze would refuse it."""
-    email = value.strip().lower()
-    return email if EMAIL_RE.fullmatch(email) else None
+    return EMAIL_CHECK.normalise(value)
 
 
 def clean_authority(value: str) -> str:
@@ -252,6 +254,10 @@ class Braze(Partner):
         """One client (one keep-alive session, one view of the rate limit) per partner instance."""
         return self._client
 
+    def identity_checks(self) -> Mapping[str, IdentityCheck]:
+        # Only the Email Identity Type is read as an address; external ids go as they are.
+        return {self.configuration.get("email_identity_type", "email"): EMAIL_CHECK}
+
     def test_connection(self, connection_settings: Mapping[str, Any], audience: AudienceRef | None) -> str:
         # An empty track call is Braze's cheapest authenticated request: it checks the key and the instance
         # (a wrong key is a 401; Braze may answer 400 for the empty body, which means the key passed).
@@ -294,9 +300,7 @@ class Braze(Partner):
                 if change.identity_type == email_type:
                     email = normalise_email(change.value)
                     if email is None:
-                        refused.append(
-                            MemberResult(change, Outcome.REJECTED, "not an email address Braze accepts (whitespace?)")
-                        )
+                        refused.append(MemberResult(change, Outcome.REJECTED, EMAIL_CHECK.reason))
                         continue
                     if change.action is Action.ADD:
                         email_add = email_add or email

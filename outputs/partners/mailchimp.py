@@ -16,6 +16,7 @@ from outputs.partners.base import (
     AudienceRef,
     Capability,
     Destination,
+    IdentityCheck,
     MemberChange,
     MemberResult,
     Outcome,
@@ -37,6 +38,13 @@ LISTS_PAGE_SIZE = 1000
 LISTS_MAX_PAGES = 10
 # GET /lists/{id}/members pages (Mailchimp's largest page is 1,000 too).
 MEMBERS_PAGE_SIZE = 1000
+# The addresses Mailchimp takes, as far as its (undocumented) checks are known: a local part without "@" or
+# whitespace, and a domain of dotted labels of letters, digits and inner hyphens ("a@b_c.com", "a@-b.com" and
+# "a@b" are refused as "looks fake or invalid"). Stored emails passed our looser check (audiences.identities).
+EMAIL_CHECK = IdentityCheck(
+    pattern=r"[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+",
+    reason="invalid email after normalisation (not an address Mailchimp accepts)",
+)
 # Member statuses: "subscribed" and "pending" (double opt-in) are what an add makes; "unsubscribed" is a remove.
 HELD_STATUSES = frozenset({"subscribed", "pending"})
 # mParticle's reserved user attributes and the Mailchimp merge fields every list has.
@@ -194,6 +202,13 @@ class Mailchimp(Partner):
     batch_limit = 500
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
     destination_setting = "list_id"
+    audience_count_note = (
+        "Mailchimp counts subscribed members only: with Double Opt-In, new members stay pending (not counted) "
+        "until they confirm, and members added to the list by other means are counted too."
+    )
+
+    def identity_checks(self) -> Mapping[str, IdentityCheck]:
+        return {"email": EMAIL_CHECK}
 
     @classmethod
     def clean_configuration(cls, values: Mapping[str, Any]) -> dict:

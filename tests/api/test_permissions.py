@@ -109,6 +109,8 @@ ENDPOINTS = [
     Endpoint("POST", "/connections/{connection}/test/", PEOPLE, 200),
     Endpoint("GET", "/connections/{connection}/attempts/", ALL, 200),
     Endpoint("GET", "/connections/{connection}/rejections/", OPERATOR, 200),
+    # Counts and reasons (the partner's quoted addresses masked), like the connection's own figures.
+    Endpoint("GET", "/connections/{connection}/funnel/", ALL, 200),
 ]
 
 
