@@ -2,7 +2,7 @@
 
     python -m local_partners mailchimp --port 8025 --api-key demo-us6 --list abc123def0:Newsletter
     python -m local_partners braze --port 8026 --api-key demo-braze-key
-    python -m local_partners meta --port 8027 --access-token demo-meta-token
+    python -m local_partners meta --port 8027 --access-token demo-meta-token --audience 120000000000000001:Parisians
 
 then point the partner's base URL override (PARTNER_API_BASE_URLS) at the printed URL. No Django:
 the servers are standalone, so they start whatever state the project's apps are in.
@@ -26,7 +26,7 @@ def _parse_list_spec(spec: str) -> tuple[str, str]:
     list_id, _, name = spec.partition(":")
     list_id = list_id.strip()
     if not list_id:
-        raise argparse.ArgumentTypeError(f"--list needs an id: {spec!r} (format ID[:NAME])")
+        raise argparse.ArgumentTypeError(f"an id is needed: {spec!r} (format ID[:NAME])")
     return list_id, name.strip()
 
 
@@ -79,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOKEN",
         help="Accept only this access token (repeatable). Without it any token is accepted.",
     )
+    meta.add_argument(
+        "--audience",
+        action="append",
+        dest="audiences",
+        default=[],
+        type=_parse_list_spec,
+        metavar="ID[:NAME]",
+        help="Create a Custom Audience with this id (digits) and optional name at start (repeatable).",
+    )
     meta.add_argument("--verbose", action="store_true", help="Log every request.")
     return parser
 
@@ -118,8 +127,12 @@ def serve_meta(options: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1
+    for audience_id, name in options.audiences:
+        server.create_audience(name or audience_id, audience_id=audience_id)
     print(f"Local Meta Graph API listening on {server.base_url}")
     print(f"Access tokens: {', '.join(options.access_tokens)}" if options.access_tokens else "Access tokens: any")
+    for audience_id, name in options.audiences:
+        print(f"  custom audience {audience_id} ({name or audience_id})")
     print("Quit with CONTROL-C.", flush=True)
     return _serve(server, "Meta")
 

@@ -108,9 +108,9 @@ class LocalMetaServer(LocalServer):
                 return set(held.get(schema, set()))
             return set().union(*held.values()) if held else set()
 
-    def create_audience(self, name: str, ad_account: str = "1") -> str:
+    def create_audience(self, name: str, ad_account: str = "1", audience_id: str | None = None) -> str:
         with self._lock:
-            audience_id = str(next(self._ids))
+            audience_id = audience_id or str(next(self._ids))
             self._audiences[audience_id] = {
                 "id": audience_id,
                 "account_id": ad_account,

@@ -68,7 +68,7 @@ THROTTLE_DEFAULT_WAIT_SECONDS = 60.0
 AD_ACCOUNT_RE = re.compile(r"(?:act_)?(?P<id>[0-9]{1,30})")
 AUDIENCE_ID_RE = re.compile(r"[0-9]{1,30}")
 COUNTRY_CODE_RE = re.compile(r"[1-9][0-9]{0,2}")
-HEX64_RE = re.compile(r"[0-9a-f]{64}")
+WHITESPACE_RE = re.compile(r"\s")
 
 
 def sha256(value: str) -> str:
@@ -78,7 +78,7 @@ def sha256(value: str) -> str:
 def normalise_email(value: str) -> str | None:
     """Meta: trim, lower case. None when it is no address at all."""
     email = value.strip().lower()
-    return email if "@" in email and not any(ch.isspace() for ch in email) else None
+    return email if "@" in email and not WHITESPACE_RE.search(email) else None
 
 
 def normalise_phone(value: str, default_country_code: str = "") -> str | None:
@@ -363,9 +363,9 @@ class Meta(Partner):
             raise
 
     def create_audience(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> dict[str, Any]:
-        """Create the Custom Audience unless the connection names an existing one."""
+        """Create the Custom Audience, unless the connection names an existing one: that one is used as it is
+        (the connect page's test checks it; the connection then leaves it in place at its end)."""
         if connection_settings.get("audience_id"):
-            self._audience(connection_settings)  # it must exist
             return {}
         account = self.configuration["ad_account_id"]
         data = self.call(

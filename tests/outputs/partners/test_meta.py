@@ -98,11 +98,11 @@ def test_create_audience_names_it_and_keeps_the_id(server):
     created = server.audiences()[settings["audience_id"]]
     assert created["name"] == "Parisians" and created["customer_file_source"] == "PARTNER_PROVIDED_ONLY"
     assert created["account_id"] == "1234"
-    # An existing audience named by the connection is checked, not created again.
+    # An existing audience named by the connection is used, not created again.
     assert partner().create_audience({"audience_id": settings["audience_id"]}, AUDIENCE) == {}
-    with pytest.raises(PermanentError, match="no Custom Audience 999"):
-        partner().create_audience({"audience_id": "999"}, AUDIENCE)
     assert len(server.audiences()) == 1
+    with pytest.raises(PermanentError, match="no Custom Audience 999"):
+        partner().test_connection({"audience_id": "999"}, AUDIENCE)
 
 
 def test_adds_and_removes_go_as_hashed_rows_of_one_schema_per_request(server):
