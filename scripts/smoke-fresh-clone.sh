@@ -180,6 +180,21 @@ PY
 all_joined() { [ "$(members | grep -c '^smoke[0-9]*@example.com pending$')" = 40 ] && [ "$(members | wc -l)" = 91 ]; }
 wait_for "the 40 concurrent travellers in the list" all_joined
 say "40 concurrent travellers joined the list ($(elapsed) s)"
+# Braze gets them too (141 users: the demo's 100, new@example.com and the 40), and the worker must be idle
+# before everything is stopped: the process group's SIGTERM reaches the pool's children too, and a task they
+# run then is logged as lost (redundant deliveries rung by the 40 requests can still be running).
+braze_users() { partners_held | cut -d' ' -f1; }
+braze_has_all() { [ "$(braze_users)" = 141 ]; }
+wait_for "Braze holding the 141 users" braze_has_all
+worker_idle() {  # no task received or finished for 2 s
+  local before after
+  before=$(grep -cE 'celery.worker.strategy Task|celery.app.trace Task' "$log" || true)
+  sleep 2
+  after=$(grep -cE 'celery.worker.strategy Task|celery.app.trace Task' "$log" || true)
+  [ "$before" = "$after" ]
+}
+wait_for "the worker idle" worker_idle
+say "Braze holds the 141 users, the worker is idle ($(elapsed) s)"
 
 stop_everything
 [ -z "$(leftovers)" ] || fail "processes left running"

@@ -16,6 +16,7 @@ from local_partners.meta import LocalMetaServer
 from outputs.partners.meta import EMAIL_SHA256, MOBILE_ADVERTISER_ID, sha256
 from outputs.services import output_create
 from tests import factories
+from tests.fixtures.api import errors
 
 pytestmark = pytest.mark.django_db
 TOKEN = "meta-token"
@@ -29,9 +30,9 @@ def server(settings) -> Iterator[LocalMetaServer]:
         yield srv
 
 
-def meta_output(**settings):
+def meta_output(name: str = "Meta", **settings):
     values = {"access_token": TOKEN, "ad_account_id": "act_42", **settings}
-    return output_create(name="Meta", partner_key="meta", settings=values)
+    return output_create(name=name, partner_key="meta", settings=values)
 
 
 @pytest.fixture
@@ -111,3 +112,18 @@ def test_a_refused_delete_keeps_the_connection_ending_and_records_why(server, au
     assert attempt.error_code == "190/463"
     assert Connection.objects.get(pk=connection.pk).status == Connection.Status.ENDING
     assert len(server.audiences()) == 1
+
+
+def test_the_api_connects_meta_and_a_refused_create_is_a_400_naming_the_output(server, audience, api):
+    refused = api.post(
+        "/api/v1/connections/",
+        {"audience": audience.pk, "output": meta_output(name="Expired", access_token="expired").pk, "settings": {}},
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert "could not create the audience" in errors(refused)["output"][0]
+    answer = api.post(
+        "/api/v1/connections/", {"audience": audience.pk, "output": meta_output().pk, "settings": {}}, format="json"
+    )
+    assert answer.status_code == 201, answer.content
+    assert answer.json()["settings"]["audience_id"] in server.audiences()
