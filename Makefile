@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 WEB_PORT ?= 8000
 LOCAL_MAILCHIMP_PORT ?= 8025
+LOCAL_BRAZE_PORT ?= 8026
+LOCAL_META_PORT ?= 8027
 
 .PHONY: run smoke test faults browser-test lint setup migrate demo services clean
 
@@ -24,13 +26,15 @@ migrate: setup
 demo: migrate
 	$(BIN)/python manage.py demo
 
-# Web (gunicorn), Celery worker, Celery beat and the local Mailchimp server, together.
-# Every process sends Mailchimp calls to the local server (PARTNER_API_BASE_URLS). The keys are
+# Web (gunicorn), Celery worker, Celery beat and the local Mailchimp, Braze and Meta servers, together.
+# Every process sends partner calls to the local servers (PARTNER_API_BASE_URLS). The keys are
 # make run's own, generated once into var/local.env and exported here explicitly (the settings
 # have no default key and refuse to start without one; production sets its own).
-run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0"}
+run: export PARTNER_API_BASE_URLS = {"mailchimp": "http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0", "braze": "http://127.0.0.1:$(LOCAL_BRAZE_PORT)", "meta": "http://127.0.0.1:$(LOCAL_META_PORT)/v21.0"}
 run: export WEB_BIND = 127.0.0.1:$(WEB_PORT)
 run: export LOCAL_MAILCHIMP_PORT := $(LOCAL_MAILCHIMP_PORT)
+run: export LOCAL_BRAZE_PORT := $(LOCAL_BRAZE_PORT)
+run: export LOCAL_META_PORT := $(LOCAL_META_PORT)
 # /metrics adds up the figures of every process (web, worker, beat) from this directory, emptied at each start.
 run: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 run migrate demo: export SECRET_KEY ?= $(shell ./scripts/local-keys.sh SECRET_KEY)
@@ -46,6 +50,8 @@ run: setup services
 	@echo "  REST API:         http://127.0.0.1:$(WEB_PORT)/api/v1/  (token: . var/local.env && $(BIN)/python manage.py drf_create_token admin)"
 	@echo "  Local Mailchimp:  curl -s -u any:d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6 \\"
 	@echo "                      'http://127.0.0.1:$(LOCAL_MAILCHIMP_PORT)/3.0/lists/potential-parisians/members?count=1000'"
+	@echo "  Local Braze:      curl -s http://127.0.0.1:$(LOCAL_BRAZE_PORT)/local/users"
+	@echo "  Local Meta:       curl -s http://127.0.0.1:$(LOCAL_META_PORT)/local/audiences"
 	@echo "  Stop with Ctrl-C."
 	@echo ""
 	# Emptied before the long-running processes start: /metrics counts from their start.

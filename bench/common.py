@@ -74,3 +74,26 @@ def best(runs: int, work: Callable[[], object]) -> float:
         work()
         timings.append(time.perf_counter() - started)
     return min(timings)
+
+
+def insert_email_members(audience_id: int, n: int) -> None:
+    """N profiles, each with the email user<i>@example.com, all members of the audience: inserted set-wise."""
+    from django.db import connection
+
+    from audiences.models import AudienceMembership, Identity, Profile
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Profile._meta.db_table} (mpid, attributes, created_at, updated_at) "
+            "SELECT g::bigint * 7919 + 12345, jsonb_build_object('n', g), now(), now() FROM generate_series(1, %s) g",
+            [n],
+        )
+        cursor.execute(
+            f"INSERT INTO {Identity._meta.db_table} (profile_id, type, value, created_at) "
+            f"SELECT id, 'email', 'user' || (id - 1) || '@example.com', now() FROM {Profile._meta.db_table}"
+        )
+        cursor.execute(
+            f"INSERT INTO {AudienceMembership._meta.db_table} (audience_id, profile_id, entered_at) "
+            f"SELECT %s, id, now() FROM {Profile._meta.db_table}",
+            [audience_id],
+        )

@@ -30,6 +30,7 @@ from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import audience_ref, held_removals
 from outputs.models import Output
+from outputs.partners.base import Capability
 from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,42 @@ END_BATCH = 500
 
 
 def connection_create(*, audience: Audience, output: Output, settings: Mapping[str, Any]) -> Connection:
-    """Connect an audience to an output; its whole current membership is queued for sending."""
+    """Connect an audience to an output; its whole current membership is queued for sending. Where the partner
+    creates its audience (Capability.CREATES_AUDIENCE: Meta), it is created first and the connection keeps what
+    the partner answered (its id) in its settings."""
     cleaned = clean_connection_settings(output=output, settings=settings)
+    created: dict[str, Any] = {}
+    if output.partner_class.has(Capability.CREATES_AUDIENCE):
+        check_connectable(audience=audience, output=output)  # nothing is created at the partner for a refusal
+        created = _create_partner_audience(output, audience, cleaned)
+        cleaned = {**cleaned, **created}
+    try:
+        return _connect(audience, output, cleaned)
+    except Exception:
+        if created:
+            _release_created_audience(output, audience, cleaned)
+        raise
+
+
+def _create_partner_audience(output: Output, audience: Audience, cleaned: Mapping[str, Any]) -> dict[str, Any]:
+    partner = output.partner()
+    try:
+        return partner.create_audience(cleaned, audience_ref(audience))
+    except PartnerError as exc:
+        raise ValidationError(
+            {"output": [f"{output.partner_class.name} could not create the audience: {exc.message}"]}
+        ) from exc
+
+
+def _release_created_audience(output: Output, audience: Audience, cleaned: Mapping[str, Any]) -> None:
+    """The connection was not written after all (e.g. connected twice at once): let go of what was created."""
+    try:
+        output.partner().release_audience(cleaned, audience_ref(audience))
+    except PartnerError as exc:
+        logger.warning("could not release the partner audience created for a failed connect (%s): %s", cleaned, exc)
+
+
+def _connect(audience: Audience, output: Output, cleaned: Mapping[str, Any]) -> Connection:
     with transaction.atomic():
         # Membership changes read the audience's connections before they commit, so a change
         # committed after the backfill's snapshot by a transaction that read the connections before
@@ -151,7 +186,16 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
     with hold_lease(lease):
         connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
         partner = connection.output.partner()
-        if partner.wants_cleanup_on_end():
+        audience = audience_ref(connection.audience)
+        started = time.monotonic()
+        try:
+            # First the partner-side audience itself, where the partner lets go of it (Meta deletes it).
+            released = partner.release_audience(connection.settings, audience)
+        except PartnerError as exc:
+            if lease.lost.is_set():
+                return "lease lost"
+            return _cleanup_failed(connection, 0, exc, int((time.monotonic() - started) * 1000), task_id)
+        if partner.wants_cleanup_on_end() and not released:
             while True:
                 # Members whose add's answer never came may be held too: they are cleaned up as well.
                 held = list(
@@ -165,7 +209,7 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
                 now = timezone.now()
                 started = time.monotonic()
                 try:
-                    partner.end_connection(connection.settings, audience_ref(connection.audience), changes)
+                    partner.end_connection(connection.settings, audience, changes)
                 except PartnerError as exc:
                     if lease.lost.is_set():
                         return "lease lost"

@@ -2,6 +2,7 @@
 
     python -m local_partners mailchimp --port 8025 --api-key demo-us6 --list abc123def0:Newsletter
     python -m local_partners braze --port 8026 --api-key demo-braze-key
+    python -m local_partners meta --port 8027 --access-token demo-meta-token --audience 120000000000000001:Parisians
 
 then point the partner's base URL override (PARTNER_API_BASE_URLS) at the printed URL. No Django:
 the servers are standalone, so they start whatever state the project's apps are in.
@@ -17,6 +18,7 @@ from types import FrameType
 
 from local_partners.braze import LocalBrazeServer
 from local_partners.mailchimp import LocalMailchimpServer
+from local_partners.meta import LocalMetaServer
 
 
 def _parse_list_spec(spec: str) -> tuple[str, str]:
@@ -24,7 +26,7 @@ def _parse_list_spec(spec: str) -> tuple[str, str]:
     list_id, _, name = spec.partition(":")
     list_id = list_id.strip()
     if not list_id:
-        raise argparse.ArgumentTypeError(f"--list needs an id: {spec!r} (format ID[:NAME])")
+        raise argparse.ArgumentTypeError(f"an id is needed: {spec!r} (format ID[:NAME])")
     return list_id, name.strip()
 
 
@@ -67,10 +69,30 @@ def _parser() -> argparse.ArgumentParser:
         help="Accept only this REST API key (repeatable). Without it any key is accepted.",
     )
     braze.add_argument("--verbose", action="store_true", help="Log every request.")
+    meta = partners.add_parser("meta", help="a local, in-memory Meta Graph API (Custom Audiences)")
+    meta.add_argument("--host", default="127.0.0.1", help="Interface to bind (default 127.0.0.1).")
+    meta.add_argument("--port", type=int, default=8027, help="Port to listen on (0 = any free port).")
+    meta.add_argument(
+        "--access-token",
+        action="append",
+        dest="access_tokens",
+        metavar="TOKEN",
+        help="Accept only this access token (repeatable). Without it any token is accepted.",
+    )
+    meta.add_argument(
+        "--audience",
+        action="append",
+        dest="audiences",
+        default=[],
+        type=_parse_list_spec,
+        metavar="ID[:NAME]",
+        help="Create a Custom Audience with this id (digits) and optional name at start (repeatable).",
+    )
+    meta.add_argument("--verbose", action="store_true", help="Log every request.")
     return parser
 
 
-def _serve(server: LocalBrazeServer | LocalMailchimpServer, name: str) -> int:
+def _serve(server: LocalBrazeServer | LocalMailchimpServer | LocalMetaServer, name: str) -> int:
     """Serve in the foreground until Ctrl-C or SIGTERM."""
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -99,6 +121,22 @@ def serve_braze(options: argparse.Namespace) -> int:
     return _serve(server, "Braze")
 
 
+def serve_meta(options: argparse.Namespace) -> int:
+    try:
+        server = LocalMetaServer(options.host, options.port, options.access_tokens, verbose=options.verbose)
+    except OSError as exc:
+        print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    for audience_id, name in options.audiences:
+        server.create_audience(name or audience_id, audience_id=audience_id)
+    print(f"Local Meta Graph API listening on {server.base_url}")
+    print(f"Access tokens: {', '.join(options.access_tokens)}" if options.access_tokens else "Access tokens: any")
+    for audience_id, name in options.audiences:
+        print(f"  custom audience {audience_id} ({name or audience_id})")
+    print("Quit with CONTROL-C.", flush=True)
+    return _serve(server, "Meta")
+
+
 def serve_mailchimp(options: argparse.Namespace) -> int:
     try:
         server = LocalMailchimpServer(options.host, options.port, options.api_keys, verbose=options.verbose)
@@ -117,7 +155,8 @@ def serve_mailchimp(options: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    return serve_braze(options) if options.partner == "braze" else serve_mailchimp(options)
+    serve = {"braze": serve_braze, "meta": serve_meta}.get(options.partner, serve_mailchimp)
+    return serve(options)
 
 
 if __name__ == "__main__":

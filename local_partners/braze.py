@@ -13,15 +13,15 @@ request), one identifier per object (else a non-fatal error at that index). It a
 from __future__ import annotations
 
 import copy
-import ipaddress
 import itertools
 import json
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from local_partners.serving import JSONHandler, LocalServer
 
 ATTRIBUTES_PER_REQUEST = 75
 IDENTIFIERS = ("external_id", "user_alias", "braze_id", "email", "phone")
@@ -34,7 +34,9 @@ class _Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class LocalBrazeServer:
+class LocalBrazeServer(LocalServer):
+    thread_name = "local-braze"
+
     """``port=0`` picks a free port; ``api_keys=None`` accepts any Bearer key. ``rate_limit`` requests are
     allowed per ``rate_window`` seconds (Braze: 3,000 per 3 s)."""
 
@@ -59,40 +61,11 @@ class LocalBrazeServer:
         self._window_used = 0
         self._faults: list[_Answer] = []
         self.requests: list[dict[str, Any]] = []  # the bodies of POST /users/track, as received
-        self._thread: threading.Thread | None = None
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.app = self  # type: ignore[attr-defined]
+        self._listen(host, port, _Handler)
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        if ipaddress.ip_address(host).is_unspecified:
-            host = "127.0.0.1"  # bound to all interfaces: loopback reaches it
-        return f"http://{host}:{port}"
-
-    def start(self) -> LocalBrazeServer:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="local-braze", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever(poll_interval=0.1)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> LocalBrazeServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return self.root_url
 
     # --- test helpers ----------------------------------------------------------------------
 
@@ -219,38 +192,14 @@ class LocalBrazeServer:
         return matches
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
-    disable_nagle_algorithm = True
+class _Handler(JSONHandler):
     server_version = "LocalBraze/1.0"
 
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
+    def answer(self, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         app: LocalBrazeServer = self.server.app  # type: ignore[attr-defined]
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        raw = self.rfile.read(length) if length > 0 else b""
         try:
             answer = app.dispatch(self.command, self.path, self.headers.get("Authorization", ""), raw)
         except Exception:  # a bug here must still answer
             self.log_error("unhandled error for %s %s", self.command, self.path)
             answer = _Answer(500, {"message": "Internal Server Error"})
-        payload = json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.app.verbose:  # type: ignore[attr-defined]
-            super().log_message(format, *args)
+        return answer.status, answer.body, answer.headers

@@ -9,7 +9,8 @@
 #   scripts/smoke-fresh-clone.sh            # or: make smoke   (CI runs it from .ci/run)
 #
 # SMOKE_TIMEOUT (seconds, default 900: a fresh clone installs its virtualenv), SMOKE_REDIS_DB (default 14),
-# SMOKE_WEB_PORT / SMOKE_MAILCHIMP_PORT (default: free ports), SMOKE_KEEP=1 keeps the clone.
+# SMOKE_WEB_PORT / SMOKE_MAILCHIMP_PORT / SMOKE_BRAZE_PORT / SMOKE_META_PORT (default: free ports), SMOKE_KEEP=1
+# keeps the clone.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,8 @@ python=${PYTHON:-python3}
 free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 web_port=${SMOKE_WEB_PORT:-$(free_port)}
 mailchimp_port=${SMOKE_MAILCHIMP_PORT:-$(free_port)}
+braze_port=${SMOKE_BRAZE_PORT:-$(free_port)}
+meta_port=${SMOKE_META_PORT:-$(free_port)}
 queue="smoke-$(date +%s)-$$"
 work=$(mktemp -d "${TMPDIR:-/tmp}/af-smoke.XXXXXX")
 clone="$work/clone"
@@ -83,12 +86,13 @@ say "fresh clone of $commit in $clone"
 git clone --quiet --no-checkout "$repo" "$clone"
 git -C "$clone" checkout --quiet "$commit"
 
-say "make run (web :$web_port, local Mailchimp :$mailchimp_port, Redis db $redis_db, queue $queue)"
+say "make run (web :$web_port, local Mailchimp :$mailchimp_port, Braze :$braze_port, Meta :$meta_port, Redis db $redis_db, queue $queue)"
 (
   cd "$clone"
   export REDIS_URL="redis://127.0.0.1:6379/$redis_db" CELERY_QUEUE="$queue"
   unset DATABASE_URL SECRET_KEY SECRETS_ENCRYPTION_KEYS SECRETS_ENCRYPTION_KEY DJANGO_SETTINGS_MODULE
-  exec setsid make run WEB_PORT="$web_port" LOCAL_MAILCHIMP_PORT="$mailchimp_port" >"$log" 2>&1 </dev/null
+  exec setsid make run WEB_PORT="$web_port" LOCAL_MAILCHIMP_PORT="$mailchimp_port" LOCAL_BRAZE_PORT="$braze_port" \
+    LOCAL_META_PORT="$meta_port" >"$log" 2>&1 </dev/null
 ) &
 run_pid=$!
 sleep 0.2
@@ -122,6 +126,22 @@ wait_for() {  # wait_for DESCRIPTION COMMAND...: until the command succeeds, wit
 demo_list_is_full() { [ "$(members)" = "$expected" ]; }
 wait_for "the list holding exactly the demo's 50 emails" demo_list_is_full
 say "the list holds exactly the demo's 50 emails, pending ($(elapsed) s)"
+
+# The demo connects Braze and Meta too: Braze holds the 100 members (named by customer id), Meta's Custom
+# Audience the 50 hashed emails and 80 advertising ids (its first upload is asked for at once).
+partners_held() {
+  "$python" - "$braze_port" "$meta_port" <<'PY' 2>/dev/null || echo "unreachable"
+import json, sys, urllib.request
+
+braze = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/local/users", timeout=5))["users"]
+audiences = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/local/audiences", timeout=5))["audiences"]
+rows = sum(len(r) for a in audiences for r in a["members"].values())
+print(sum(1 for u in braze if u.get("SegmentMembership")), rows)
+PY
+}
+demo_partners_hold_it() { [ "$(partners_held)" = "100 130" ]; }
+wait_for "Braze holding the demo's 100 members and Meta 130 rows" demo_partners_hold_it
+say "Braze holds the demo's 100 members, Meta's Custom Audience 130 rows ($(elapsed) s)"
 
 # The command make run printed, run as printed (from the clone, as a user would paste it).
 command=$(grep -m1 -E '^\s+\.venv/bin/python scripts/send_events\.py ' "$log" | sed -E 's/^\s+//') ||
@@ -160,6 +180,21 @@ PY
 all_joined() { [ "$(members | grep -c '^smoke[0-9]*@example.com pending$')" = 40 ] && [ "$(members | wc -l)" = 91 ]; }
 wait_for "the 40 concurrent travellers in the list" all_joined
 say "40 concurrent travellers joined the list ($(elapsed) s)"
+# Braze gets them too (141 users: the demo's 100, new@example.com and the 40), and the worker must be idle
+# before everything is stopped: the process group's SIGTERM reaches the pool's children too, and a task they
+# run then is logged as lost (redundant deliveries rung by the 40 requests can still be running).
+braze_users() { partners_held | cut -d' ' -f1; }
+braze_has_all() { [ "$(braze_users)" = 141 ]; }
+wait_for "Braze holding the 141 users" braze_has_all
+worker_idle() {  # no task received or finished for 2 s
+  local before after
+  before=$(grep -cE 'celery.worker.strategy Task|celery.app.trace Task' "$log" || true)
+  sleep 2
+  after=$(grep -cE 'celery.worker.strategy Task|celery.app.trace Task' "$log" || true)
+  [ "$before" = "$after" ]
+}
+wait_for "the worker idle" worker_idle
+say "Braze holds the 141 users, the worker is idle ($(elapsed) s)"
 
 stop_everything
 [ -z "$(leftovers)" ] || fail "processes left running"

@@ -368,6 +368,17 @@ class Partner:
     def wants_cleanup_on_end(self) -> bool:
         return False
 
+    def release_audience(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> bool:
+        """The connection is being deleted, before any member is cleaned up: let go of the partner-side audience
+        (Meta deletes the audience the connection created). True when its members went with it, so none needs
+        removing one by one. The default keeps the audience: False. May raise PartnerError (retried later)."""
+        return False
+
+    def begin_upload(self, due: Mapping[Action, int]) -> None:
+        """BULK: an upload starts (one drain of the connection's outbox by this instance, forwarding/delivery.py),
+        with this many changes due per action; the batches of the upload follow as apply_batch() calls. Partners
+        whose API groups an upload's requests (Meta's session) start one here. The default does nothing."""
+
     def last_http_status(self) -> int | None:
         """The HTTP status of the partner's last answer to this instance, if it made a call (recorded on
         each delivery attempt)."""

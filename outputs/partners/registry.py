@@ -9,6 +9,7 @@ from __future__ import annotations
 from outputs.partners.base import Capability, Partner
 from outputs.partners.braze import Braze
 from outputs.partners.mailchimp import Mailchimp
+from outputs.partners.meta import Meta
 
 PARTNERS: dict[str, type[Partner]] = {}
 
@@ -40,3 +41,4 @@ def partner_keys_with(capability: Capability) -> list[str]:
 
 register_partner(Mailchimp)
 register_partner(Braze)
+register_partner(Meta)

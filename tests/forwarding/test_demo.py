@@ -15,9 +15,10 @@ from forwarding.models import PendingChange
 pytestmark = pytest.mark.django_db
 
 
-def test_demo_builds_potential_parisians_with_50_emails_and_80_gaids(rings):
+def test_demo_builds_potential_parisians_with_50_emails_and_80_gaids(rings, django_capture_on_commit_callbacks):
     out = io.StringIO()
-    call_command("demo", stdout=out)
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("demo", stdout=out)
     audience = Audience.objects.get(name="Potential Parisians")
     members = audience.memberships.values("profile_id")
     assert audience.memberships.count() == 100
@@ -25,7 +26,16 @@ def test_demo_builds_potential_parisians_with_50_emails_and_80_gaids(rings):
     assert Identity.objects.filter(profile_id__in=members, type="email").count() == 50
     assert Identity.objects.filter(profile_id__in=members, type="google_advertising_id").count() == 80
     pending = PendingChange.objects.filter(connection__audience=audience)
-    assert pending.count() == 50 and set(pending.values_list("action", flat=True)) == {"add"}
+    assert set(pending.values_list("action", flat=True)) == {"add"}
+    # Connected to the three local partners: Mailchimp takes the emails, Braze the customer ids and emails, Meta
+    # the emails and GAIDs.
+    per_partner = {
+        key: pending.filter(connection__output__partner_key=key).count() for key in ("mailchimp", "braze", "meta")
+    }
+    assert per_partner == {"mailchimp": 50, "braze": 150, "meta": 130}
+    meta = audience.connections.get(output__partner_key="meta")
+    assert meta.settings["audience_id"] == "120000000000000001" and not meta.settings["created_on_connect"]
+    assert ("forwarding.tasks.upload_connection", (meta.pk,), None) in rings  # its first upload, at once
     assert Input.objects.filter(name="Demo app").exists()
     assert "password:" in out.getvalue()
     # Loading again changes nothing.

@@ -5,7 +5,8 @@ at least once in the last 30 days AND status is Premium) ends up with 100 member
 email and 80 an Android advertising id, beside 40 profiles that do not match (Free users, and Premium
 users whose video was about Rome). The data goes in as Events API batches of an input "Demo app", a
 Mailchimp output points at the local Mailchimp server and is connected to the list
-`potential-parisians`, and an admin user is created, its password printed.
+`potential-parisians`, a Braze and a Meta output (the local Braze and Meta servers) are connected too, and
+an admin user is created, its password printed.
 
 It ends by printing the exact command that sends an event as the demo input (its real key and secret).
 The secret is stored hashed, so with --credentials-file (as `make run` passes, var/demo-input.json) the
@@ -31,12 +32,19 @@ from audiences.events_api.ingest import ingest_batches
 from audiences.events_api.parsing import parse_batch
 from audiences.inputs import authenticate, input_create, input_reset_secret
 from audiences.models import Audience, Input
+from config import queueing
+from forwarding import bulk
 from forwarding.lifecycle import connection_create
 from outputs.services import output_create
 
 DEMO_API_KEY = "d3m0d3m0d3m0d3m0d3m0d3m0d3m0d3m0-us6"
 DEMO_LIST_ID = "potential-parisians"
 DEMO_INPUT = "Demo app"
+DEMO_BRAZE_KEY = "d3m0-braze-rest-key"
+DEMO_META_TOKEN = "d3m0-meta-access-token"
+# The local Meta server creates this Custom Audience at start (Procfile): the demo loads before it runs, so the
+# connection names it instead of creating one on connect.
+DEMO_META_AUDIENCE_ID = "120000000000000001"
 CRITERIA = {
     "and": [
         {
@@ -197,6 +205,20 @@ class Command(BaseCommand):
             settings={"api_key": DEMO_API_KEY, "email_type": "html", "double_opt_in": True},
         )
         connection_create(audience=audience, output=output, settings={"list_id": DEMO_LIST_ID})
+        braze = output_create(
+            name="Braze (local)", partner_key="braze", settings={"api_key": DEMO_BRAZE_KEY, "instance": "US-03"}
+        )
+        connection_create(audience=audience, output=braze, settings={})
+        meta = output_create(
+            name="Meta (local)",
+            partner_key="meta",
+            settings={"access_token": DEMO_META_TOKEN, "ad_account_id": "1"},
+        )
+        meta_connection = connection_create(
+            audience=audience, output=meta, settings={"audience_id": DEMO_META_AUDIENCE_ID}
+        )
+        # Meta is bulk (an upload every 3 hours or 750,000 changes): the demo asks for its first upload at once.
+        transaction.on_commit(lambda: queueing.send_safely(bulk.UPLOAD_TASK, meta_connection.pk))
         # Active before the data arrives: members enter in real time as the batches are ingested.
         audience = audience_services.audience_update(audience=audience, status="active")
         source, secret = input_create(name=DEMO_INPUT)
@@ -205,6 +227,7 @@ class Command(BaseCommand):
         audience.refresh_from_db()
         self.stdout.write(
             f"Audience '{audience.name}': {audience.memberships.count()} members; "
-            f"output '{output.name}' connected to list '{DEMO_LIST_ID}'."
+            f"output '{output.name}' connected to list '{DEMO_LIST_ID}', '{braze.name}' and '{meta.name}' "
+            f"(Custom Audience {DEMO_META_AUDIENCE_ID}, uploaded at once)."
         )
         return secret

@@ -15,10 +15,10 @@ from tests.fakes.partners import AttributePartner, BulkListPartner, registered
 def test_the_registry_finds_partners_by_key_and_by_capability():
     assert get_partner_class("mailchimp") is Mailchimp
     with registered(BulkListPartner, AttributePartner):
-        assert partner_keys_with(Capability.BULK) == [BulkListPartner.key]
+        assert partner_keys_with(Capability.BULK) == ["meta", BulkListPartner.key]
         assert set(partner_keys_with(Capability.REALTIME)) == {"mailchimp", "braze", AttributePartner.key}
     assert BulkListPartner.key not in PARTNERS
-    with pytest.raises(LookupError, match="Known partners: braze, mailchimp"):
+    with pytest.raises(LookupError, match="Known partners: braze, mailchimp, meta"):
         get_partner_class("myspace")
 
 
