@@ -12,7 +12,8 @@ the oldest change waiting, or M changes waiting, whichever comes first), and is 
   transaction commits, one bounded count per connection queues the upload as soon as M changes wait;
 * a person: upload_now() (the admin's "Upload now", POST /api/v1/connections/{id}/upload-now/).
 
-upload_connection() sends the coalesced outbox through the same path as real-time delivery
+upload_connection() sends the coalesced outbox (less the adds of identities the partner holds already: a
+member removed then re-added between two uploads sends nothing) through the same path as real-time delivery
 (forwarding/delivery.py: the connection's lease, batches of the partner's request size, write-ahead, every
 outcome recorded, transient errors backed off), and records the upload (forwarding.models.Upload) when it
 holds the lease. A worker killed mid-upload loses nothing: its lease expires, the rows it had not recorded
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from config import queueing
 from config.api_errors import ConflictError
-from connections.models import Connection
+from connections.models import Connection, ConnectionMember
 from connections.status import delivers
 from connections.validation import clean_upload_criteria
 from forwarding.delivery import DeliveryReport, deliver_connection
@@ -217,9 +218,9 @@ def connection_set_upload_criteria(*, connection: Connection, values: Mapping[st
 
 
 def upload_now(*, connection: Connection) -> int:
-    """Queue an upload of a sending bulk connection's due backlog now, whatever its criteria. Returns the
-    changes waiting. Refused (UploadRefused, a 409) for a real-time connection, one not sending, or an empty
-    backlog, saying why."""
+    """Queue an upload of a sending bulk connection's due backlog now, whatever its criteria (after the
+    caller's transaction commits). Returns the changes waiting. Refused (UploadRefused, a 409) for a
+    real-time connection, one not sending, or an empty backlog, saying why."""
     partner = connection.output.partner_class
     if not is_bulk(connection):
         raise UploadRefused(f"{partner.name} receives changes in real time: there is no upload to start.")
@@ -237,7 +238,8 @@ def upload_now(*, connection: Connection) -> int:
             if later
             else "Nothing to upload: no change is waiting."
         )
-    queueing.send_safely(UPLOAD_TASK, connection.pk, Trigger.MANUAL)
+    connection_id = connection.pk
+    transaction.on_commit(lambda: queueing.send_safely(UPLOAD_TASK, connection_id, Trigger.MANUAL))
     return waiting
 
 
@@ -260,14 +262,39 @@ def upload_connection(*, connection_id: int, trigger: str = Trigger.TIME, task_i
         upload = Upload.objects.create(
             connection_id=connection_id, trigger=trigger, lease_holder=lease.holder, started_at=now
         )
+        nonlocal held_adds
+        held_adds += drop_held_adds(connection_id)
 
+    held_adds = 0
     report = deliver_connection(connection_id=connection_id, task_id=task_id, on_lease=started)
+    report.skipped += held_adds
     if upload is not None:
-        if report.batches == 0:
+        if report.batches == 0 and not held_adds:
             upload.delete()  # a duplicate trigger: the backlog was gone
         else:
             _finish(upload, report)
     return report
+
+
+# An add of an identity the partner is known to hold (its add was answered) changes nothing there: a member
+# removed then re-added between two uploads. Not for "maybe held" (the answer never came) nor "rejected".
+DROP_HELD_ADDS_SQL = """
+DELETE FROM {pending} p USING {member} m
+WHERE p.connection_id = %s AND p.action = 'add' AND p.next_attempt_at <= %s
+  AND m.connection_id = p.connection_id AND m.identity_type = p.identity_type AND m.value = p.value
+  AND m.state = 'added'
+"""
+
+
+def drop_held_adds(connection_id: int) -> int:
+    """The upload sends the difference with what the partner holds: the due adds of identities it holds
+    already are dropped, set-wise. Run under the connection's lease (no delivery of it meanwhile); a newer
+    word planned meanwhile is a remove, which the row lock makes this statement see and keep. Returns how
+    many were dropped."""
+    sql = DROP_HELD_ADDS_SQL.format(pending=PendingChange._meta.db_table, member=ConnectionMember._meta.db_table)
+    with db.cursor() as cursor:
+        cursor.execute(sql, [connection_id, timezone.now()])
+        return cursor.rowcount
 
 
 def _outcome(report: DeliveryReport) -> tuple[str, str]:

@@ -14,26 +14,23 @@ from config.celery import app
 from connections.models import Connection, ConnectionMember
 from forwarding import bulk, sweeper, tasks
 from forwarding.doorbell import DELIVER_TASK
-from forwarding.lifecycle import connection_create, connection_pause
+from forwarding.lifecycle import connection_pause
 from forwarding.models import DeliveryAttempt, PendingChange
-from outputs.services import output_create
 from tests import factories
-from tests.fakes.partners import BulkListPartner, registered
+from tests.fakes.partners import BulkListPartner
 
 pytestmark = pytest.mark.django_db
 MAILCHIMP_LIST = "https://us6.api.mailchimp.com/3.0/lists/list1"
 
 
 @pytest.fixture
-def audience(rings):
-    with registered(BulkListPartner):
-        yield factories.active_audience()
+def audience(bulk_audience):
+    return bulk_audience
 
 
 @pytest.fixture
-def connection(audience):
-    output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
-    return connection_create(audience=audience, output=output, settings={})
+def connection(bulk_connection):
+    return bulk_connection
 
 
 def uploads(rings):
