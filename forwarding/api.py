@@ -174,7 +174,12 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         connection = self.get_object()
         body = ConnectionUpdateSerializer(connection, data=request.data, partial=partial)
         body.is_valid(raise_exception=True)
-        criteria = {k: v for k, v in body.validated_data.items() if k in ("upload_wait_minutes", "upload_messages")}
+        # Sent back unchanged (a real-time connection's nulls, as read) is fine, as for the fixed fields.
+        criteria = {
+            name: value
+            for name, value in body.validated_data.items()
+            if name in ("upload_wait_minutes", "upload_messages") and value != getattr(connection, name)
+        }
         wanted = body.validated_data.get("status", connection.status)
         # One request, one outcome: refused criteria or status change nothing.
         with transaction.atomic():

@@ -7,7 +7,8 @@ sweeper leaves them alone. An upload is due on the connection's upload criteria 
 the oldest change waiting, or M changes waiting, whichever comes first), and is queued by:
 
 * time: beat runs flush_due_uploads() every FORWARDING_BULK_CHECK_INTERVAL seconds, which queues an upload
-  for every due connection (a lost upload task is found again by the next check: the backlog is still due);
+  for every due connection (a lost upload task is found again by the next check: the backlog is still due),
+  and resumes an upload whose worker died (once its lease has expired) whatever the criteria;
 * count: the planner calls note_planned() for the bulk connections it wrote rows for, and once the
   transaction commits, one bounded count per connection queues the upload as soon as M changes wait;
 * a person: upload_now() (the admin's "Upload now", POST /api/v1/connections/{id}/upload-now/).
@@ -135,7 +136,18 @@ def _due(now: datetime) -> list[tuple[int, str]]:
         .order_by("pk")
     )
     waiting = backlogs([c.pk for c in connections], now)
-    due = [(c.pk, due_trigger(upload_criteria(c), waiting.get(c.pk, Backlog()), now)) for c in connections]
+    # An upload its worker never finished (killed; its lease has expired, or the connection would not be
+    # here) is resumed at once, whatever the criteria say of what it left.
+    interrupted = set(
+        Upload.objects.filter(connection_id__in=waiting, finished_at__isnull=True).values_list(
+            "connection_id", flat=True
+        )
+    )
+    due = [
+        (c.pk, Trigger.RETRY if c.pk in interrupted else due_trigger(upload_criteria(c), waiting[c.pk], now))
+        for c in connections
+        if c.pk in waiting
+    ]
     return [(pk, trigger) for pk, trigger in due if trigger is not None]
 
 
