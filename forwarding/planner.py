@@ -6,11 +6,12 @@ or faulted connection keeps its outbox so that resuming catches up), every ident
 accepts becomes one pending change, coalesced per (connection, identity): the last word wins. After
 commit, realtime connections that are sending get a doorbell, and bulk ones whose backlog reached their
 upload criteria's count get an upload (forwarding/bulk.py's note_planned: one bounded count per connection
-per transaction, only for connections given rows).
+per transaction at most, only for connections given rows).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from django.db import connection as db
@@ -130,7 +131,7 @@ def plan_membership_changes(
         identities.setdefault(p, []).append((t, v))
     now = timezone.now()
     params = []
-    with_rows: dict[int, Connection] = {}
+    with_rows: list[tuple[Connection, int]] = []
     for audience_id, profile_ids, action in changes:
         for connection in by_audience[audience_id]:
             accepted = connection.output.partner_class.accepted_identity_types
@@ -142,12 +143,12 @@ def plan_membership_changes(
                 if t in accepted
             )
             if len(params) > before:
-                with_rows[connection.pk] = connection
+                with_rows.append((connection, len(params) - before))
     if params:
         with db.cursor() as cursor:
             cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
     _ring_after_commit([c for a in {a for a, _, _ in changes} for c in by_audience[a]])
-    bulk.note_planned(with_rows.values())
+    bulk.note_planned(with_rows)
     return len(params)
 
 
@@ -166,7 +167,7 @@ def plan_backfill(*, connection: Connection) -> int:
         written = cursor.rowcount
     _ring_after_commit([connection])
     if written > 0:
-        bulk.note_planned([connection])
+        bulk.note_planned([(connection, written)])
     return written
 
 
@@ -192,9 +193,9 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
             cursor.execute(sql, [connection.pk, action, now, now, *accepted])
             if cursor.rowcount > 0:
                 written += cursor.rowcount
-                with_news.append(connection)
+                with_news.append((connection, cursor.rowcount))
     # Only connections given something new need a doorbell (or a look at their upload criteria).
-    _ring_after_commit(with_news)
+    _ring_after_commit([connection for connection, _ in with_news])
     bulk.note_planned(with_news)
     return written
 
@@ -252,7 +253,7 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
         ignore_conflicts=True,
     )
     _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
-    bulk.note_planned(planning[c] for c in sorted({c for c, _, _ in owed}))
+    bulk.note_planned((planning[c], rows) for c, rows in sorted(Counter(c for c, _, _ in owed).items()))
     return len(owed | to_forget)
 
 

@@ -217,10 +217,15 @@ def test_five_waiting_make_beat_s_check_a_count_upload(connection, rings):
     assert uploads_queued(rings)[-1] == (connection.pk, "count")
 
 
-def test_the_count_trigger_queues_the_upload_at_commit_without_beat(committed_bulk_connection, rings):
+def test_the_count_trigger_queues_the_upload_at_commit_without_beat_counting_only_when_it_may_be_due(
+    committed_bulk_connection, rings
+):
     connection = committed_bulk_connection
-    for i in range(4):
-        factories.parisian(f"u{i}@x.com")  # each request its own transaction: 1, 2, 3, 4 waiting
+    factories.parisian("u0@x.com")  # counted once: 1 waiting, headroom 4
+    with CaptureQueriesContext(db) as queries:
+        for i in range(1, 4):
+            factories.parisian(f"u{i}@x.com")  # each request its own transaction: 2, 3, 4 waiting
+    assert [q for q in queries.captured_queries if "AS waiting" in q["sql"]] == []  # the headroom spared them
     assert uploads_queued(rings) == []
 
     with transaction.atomic():
@@ -234,6 +239,15 @@ def test_the_count_trigger_queues_the_upload_at_commit_without_beat(committed_bu
         factories.parisian("u5@x.com")
         transaction.set_rollback(True)
     assert uploads_queued(rings) == []
+
+
+def test_with_redis_unreachable_every_transaction_counts_and_the_trigger_still_fires(
+    committed_bulk_connection, rings, settings
+):
+    settings.RATE_LIMIT_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    for i in range(5):
+        factories.parisian(f"u{i}@x.com")
+    assert uploads_queued(rings) == [(committed_bulk_connection.pk, "count")]
 
 
 def test_the_count_is_checked_once_per_transaction_and_not_for_realtime_connections(committed_bulk_connection, rings):
