@@ -299,7 +299,8 @@ def connection_set_upload_criteria(*, connection: Connection, values: Mapping[st
 def upload_now(*, connection: Connection) -> int:
     """Queue an upload of a sending bulk connection's due backlog now, whatever its criteria (after the
     caller's transaction commits). Returns the changes waiting. Refused (UploadRefused, a 409) for a
-    real-time connection, one not sending, or an empty backlog, saying why."""
+    real-time connection, one not sending, one waiting for its partner as a whole, or an empty backlog,
+    saying why."""
     partner = connection.output.partner_class
     if not is_bulk(connection):
         raise UploadRefused(f"{partner.name} receives changes in real time: there is no upload to start.")
@@ -309,6 +310,11 @@ def upload_now(*, connection: Connection) -> int:
             "what is waiting)."
         )
     now = timezone.now()
+    if connection.throttled_until and connection.throttled_until > now:
+        raise UploadRefused(
+            f"The partner is being waited for (its Retry-After, or a backoff while it fails) until "
+            f"{connection.throttled_until:%Y-%m-%d %H:%M:%S %Z}: the upload goes out then."
+        )
     waiting = backlogs([connection.pk], now).get(connection.pk, Backlog()).waiting
     if not waiting:
         later = PendingChange.objects.filter(connection=connection).count()

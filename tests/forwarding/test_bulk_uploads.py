@@ -306,6 +306,11 @@ def test_upload_now_is_refused_with_a_reason(api, bulk_audience, connection, rin
     assert response.json()["detail"] == "Nothing to upload: no change is waiting."
 
     factories.parisian("a@x.com")
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=timezone.now() + timedelta(seconds=30))
+    response = api.post(url(connection, "upload-now/"))
+    assert response.status_code == 409 and "the upload goes out then" in response.json()["detail"]
+
+    Connection.objects.filter(pk=connection.pk).update(throttled_until=None)
     connection_pause(connection=connection)
     response = api.post(url(connection, "upload-now/"))
     assert response.status_code == 409 and "paused" in response.json()["detail"]
