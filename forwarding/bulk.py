@@ -267,16 +267,19 @@ def note_planned(planned: Iterable[tuple[Connection, int]]) -> None:
     ]
     if not noted:
         return
-    check = None
+    registered = None
     if db.in_atomic_block:
         # The check already registered for this transaction, if any (Django keeps one list per
         # connection, emptied when the transaction commits or rolls back).
-        check = next((entry[1] for entry in db.run_on_commit if isinstance(entry[1], _BacklogCheck)), None)
-    if check is None:
-        check = _BacklogCheck()
-        transaction.on_commit(check)
+        registered = next((entry[1] for entry in db.run_on_commit if isinstance(entry[1], _BacklogCheck)), None)
+    check = registered or _BacklogCheck()
     for connection_id, messages, rows in noted:
         check.add(connection_id, messages, rows)
+    if registered is None:
+        # Robust: a failing check (the database gone after the commit) is logged, and neither fails the
+        # committed request nor keeps the transaction's other callbacks (doorbells) from running; beat's
+        # check queues the upload then.
+        transaction.on_commit(check, robust=True)
 
 
 # --- editing the criteria, and "upload now" ---------------------------------------------------------
