@@ -38,7 +38,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Min, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from config import queueing
@@ -167,10 +167,23 @@ def due_connections(*, now: datetime | None = None) -> list[int]:
 def flush_due_uploads(*, now: datetime | None = None) -> dict[str, int]:
     """Beat's check (forwarding.tasks.flush_bulk_uploads): queue an upload for every due bulk connection.
     Queuing twice is harmless: the second upload finds the lease taken, or nothing left to send."""
-    due = _due(now or timezone.now())
+    now = now or timezone.now()
+    due = _due(now)
     for connection_id, trigger in due:
         queueing.send_safely(UPLOAD_TASK, connection_id, trigger)
-    return {"uploading": len(due)}
+    return {"uploading": len(due), "purged": purge_uploads(now=now)}
+
+
+# Upload records are kept as long as delivery attempts (forwarding/sweeper.py), each connection's last one longer.
+UPLOAD_LOG_DAYS = 30
+
+
+def purge_uploads(*, now: datetime) -> int:
+    """Delete the upload records older than UPLOAD_LOG_DAYS, except each connection's last (its page shows it)."""
+    last = Upload.objects.filter(connection=OuterRef("connection")).order_by("-started_at", "-id").values("pk")[:1]
+    old = Upload.objects.filter(started_at__lt=now - timedelta(days=UPLOAD_LOG_DAYS)).exclude(pk=Subquery(last))
+    deleted, _ = old.delete()
+    return deleted
 
 
 # --- the count trigger: no waiting for beat ------------------------------------------------------

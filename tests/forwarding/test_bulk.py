@@ -59,7 +59,7 @@ def test_nothing_is_uploaded_before_the_criteria_are_met(connection, rings):
         factories.parisian(f"u{i}@x.com")
 
     assert bulk.due_connections() == []
-    assert bulk.flush_due_uploads() == {"uploading": 0}
+    assert bulk.flush_due_uploads() == {"uploading": 0, "purged": 0}
     assert uploads(rings) == [] and BulkListPartner.calls == []
 
 
@@ -69,7 +69,7 @@ def test_the_fifth_change_makes_the_upload_due_and_the_upload_sends_the_whole_ou
     for i in range(5):
         factories.parisian(f"u{i}@x.com")
 
-    assert bulk.flush_due_uploads() == {"uploading": 1}
+    assert bulk.flush_due_uploads()["uploading"] == 1
     assert uploads(rings) == [connection.pk]
 
     report = tasks.upload_connection(connection.pk)  # what the queued task runs

@@ -198,7 +198,7 @@ def test_beat_s_check_queues_a_time_upload_and_the_upload_is_recorded(connection
         factories.parisian(f"u{i}@x.com")
     later = timezone.now() + timedelta(minutes=31)
 
-    assert bulk.flush_due_uploads(now=later) == {"uploading": 1}
+    assert bulk.flush_due_uploads(now=later)["uploading"] == 1
     assert uploads_queued(rings) == [(connection.pk, "time")]
 
     tasks.upload_connection(connection.pk, "time")  # what the queued task runs
@@ -418,6 +418,15 @@ def test_rejections_make_a_partial_upload(connection, monkeypatch):
     assert (upload.outcome, upload.sent, upload.delivered, upload.rejected) == ("partial", 2, 1, 1)
 
 
+def test_beat_s_check_purges_month_old_uploads_but_each_connection_s_last(connection):
+    now = timezone.now()
+    for days in (45, 40, 31):
+        Upload.objects.create(connection=connection, trigger="time", started_at=now - timedelta(days=days))
+
+    assert bulk.flush_due_uploads(now=now)["purged"] == 2
+    assert [u.started_at for u in Upload.objects.all()] == [now - timedelta(days=31)]  # its last, kept
+
+
 def test_a_bulk_connection_rung_again_is_uploaded_and_recorded_as_a_retry(connection):
     factories.parisian("a@x.com")
     tasks.deliver_connection(connection.pk)  # e.g. the ring after a backoff, or a resume
@@ -459,7 +468,7 @@ def test_a_killed_upload_loses_nothing_and_the_next_sends_only_what_it_had_not_r
     Connection.objects.filter(pk=connection.pk).update(delivery_lease_until=timezone.now() - timedelta(seconds=1))
     assert bulk.upload_status(Connection.objects.get(pk=connection.pk)).last_upload.outcome == "interrupted"
     # Beat's check resumes it at once, though 3 waiting are below the criteria's 5 and young.
-    assert bulk.flush_due_uploads() == {"uploading": 1}
+    assert bulk.flush_due_uploads()["uploading"] == 1
     assert uploads_queued(rings)[-1] == (connection.pk, "retry")
     BulkListPartner.calls.clear()
 
