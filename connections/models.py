@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from audiences.identities import IDENTITY_TYPE_CHOICES
+
+# The bounds of a bulk connection's own upload criteria (forwarding/bulk.py): at least a minute or one
+# message; at most a week (a longer wait only hides a stuck connection) and 10,000,000 messages (beyond
+# every partner's default in reference/PARTNERS.md: Meta's 750,000).
+UPLOAD_WAIT_MINUTES_MAX = 7 * 24 * 60
+UPLOAD_MESSAGES_MAX = 10_000_000
 
 
 class Connection(models.Model):
@@ -38,6 +45,20 @@ class Connection(models.Model):
     # answers again; a refusal (credentials, a missing list) waits for a person.
     fault_cause = models.CharField(max_length=10, choices=FaultCause.choices, blank=True, editable=False)
     last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # A bulk connection's own upload criteria, each overriding its partner's default_upload_criteria when
+    # set (empty: the partner's). Read by forwarding.bulk.upload_criteria().
+    upload_wait_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(UPLOAD_WAIT_MINUTES_MAX)],
+        help_text="Upload once the oldest waiting change has waited this many minutes (empty: the partner's default).",
+    )
+    upload_messages = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(UPLOAD_MESSAGES_MAX)],
+        help_text="Upload as soon as this many changes wait (empty: the partner's default).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,16 +1,18 @@
 """API views for connections (check the shape, call one service, serialize), and the audience resource
 extended with its connections. Mounted by config/api_urls.py.
 
-What a connection lets you edit today is its status (sending / paused): PUT and PATCH take
-`status`, the same switch as POST /pause/ and /resume/. The audience, the output and the
-connection settings are fixed at creation; sending them back unchanged is fine, a different
-value is a 400.
+What a connection lets you edit is its status (sending / paused): PUT and PATCH take `status`, the
+same switch as POST /pause/ and /resume/; and a bulk connection's upload criteria
+(`upload_wait_minutes`, `upload_messages`, null for the partner's default; forwarding/bulk.py). The
+audience, the output and the connection settings are fixed at creation; sending them back unchanged
+is fine, a different value is a 400.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -28,7 +30,7 @@ from config.api_views import ObjectLookupMixin
 from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connected_output_counts, rejected_members
-from forwarding import lifecycle
+from forwarding import bulk, lifecycle
 from forwarding.funnel import identity_funnel
 from forwarding.models import DeliveryAttempt
 from forwarding.serializers import (
@@ -93,10 +95,13 @@ class RejectionFilter(filters.FilterSet):
     ),
     update=extend_schema(
         request=ConnectionUpdateSerializer,
-        description="Switch the status (status required; a faulted connection does not pause).",
+        description="Switch the status (status required; a faulted connection does not pause), and set a bulk "
+        "connection's upload criteria (a real-time one has none: a 400 naming the field).",
     ),
     partial_update=extend_schema(
-        request=ConnectionUpdateSerializer, description="Switch the status (a faulted connection does not pause)."
+        request=ConnectionUpdateSerializer,
+        description="Switch the status (a faulted connection does not pause), and set a bulk connection's upload "
+        "criteria (a real-time one has none: a 400 naming the field).",
     ),
     destroy=extend_schema(
         responses={
@@ -116,6 +121,16 @@ class RejectionFilter(filters.FilterSet):
         request=None,
         summary="Resume once the partner's connection test passes (after fixing a key)",
         description="The test fails: a 400 naming `status` with the partner's answer, and nothing changes.",
+    ),
+    upload_now=extend_schema(
+        request=None,
+        summary="Upload a bulk connection's waiting changes now, whatever its upload criteria",
+        description="Queues the upload and answers 202 with the connection. A real-time connection, one that is "
+        "not sending, or one with nothing waiting: a 409 saying so.",
+        responses={
+            202: OpenApiResponse(ConnectionSerializer, description="The upload is queued."),
+            409: error_response("409", "Not a bulk connection, not sending, or nothing waiting."),
+        },
     ),
     test=extend_schema(request=None, summary="Ask the partner whether the connection works (200 either way)"),
     attempts=extend_schema(summary="Delivery attempts, newest first", responses=DeliveryAttemptSerializer(many=True)),
@@ -149,6 +164,8 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         "pause": (VIEW, PAUSE_CONNECTION),
         "resume": (VIEW, PAUSE_CONNECTION),
         "resume_if_test_passes": (VIEW, PAUSE_CONNECTION, TEST_CONNECTION),
+        # Starting an upload is part of the sending switch, as the upload criteria are (PUT / PATCH).
+        "upload_now": (VIEW, PAUSE_CONNECTION),
         "test": (VIEW, TEST_CONNECTION),
         "attempts": (VIEW, "forwarding.view_deliveryattempt"),
         # Rejected members are identities: personal data.
@@ -172,9 +189,19 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         connection = self.get_object()
         body = ConnectionUpdateSerializer(connection, data=request.data, partial=partial)
         body.is_valid(raise_exception=True)
+        # Sent back unchanged (a real-time connection's nulls, as read) is fine, as for the fixed fields.
+        criteria = {
+            name: value
+            for name, value in body.validated_data.items()
+            if name in ("upload_wait_minutes", "upload_messages") and value != getattr(connection, name)
+        }
         wanted = body.validated_data.get("status", connection.status)
-        if wanted != connection.status:
-            connection = STATUS_SWITCH[wanted](connection=connection)
+        # One request, one outcome: refused criteria or status change nothing.
+        with transaction.atomic():
+            if criteria:
+                connection = bulk.connection_set_upload_criteria(connection=connection, values=criteria)
+            if wanted != connection.status:
+                connection = STATUS_SWITCH[wanted](connection=connection)
         return Response(self.get_serializer(connection).data)
 
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
@@ -199,6 +226,12 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
     def resume_if_test_passes(self, request: Request, pk: str | None = None) -> Response:
         connection = lifecycle.connection_resume_if_test_passes(connection=self.get_object())
         return Response(self.get_serializer(connection).data)
+
+    @action(detail=True, methods=["post"], url_path="upload-now")
+    def upload_now(self, request: Request, pk: str | None = None) -> Response:
+        connection = self.get_object()
+        bulk.upload_now(connection=connection)
+        return Response(self.get_serializer(connection).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["post"], serializer_class=ConnectionTestResultSerializer)
     def test(self, request: Request, pk: str | None = None) -> Response:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -90,9 +91,12 @@ ACCOUNT_FULL = "the partner account's deliveries are at their cap"
 # --- delivery --------------------------------------------------------------------------------
 
 
-def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryReport:
+def deliver_connection(
+    *, connection_id: int, task_id: str = "", on_lease: Callable[[Lease], object] | None = None
+) -> DeliveryReport:
     """Drain the connection's due pending changes. Safe to call any number of times at once.
-    `task_id`: the Celery task doing it, recorded on each delivery attempt."""
+    `task_id`: the Celery task doing it, recorded on each delivery attempt. `on_lease`: called with each
+    lease taken, before anything is sent under it (a bulk upload records itself then, forwarding/bulk.py)."""
     report = DeliveryReport()
     while True:
         lease = acquire_lease(connection_id)
@@ -106,6 +110,8 @@ def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryRepo
             return report
         try:
             with hold_lease(lease, also_renew=slot.take):
+                if on_lease is not None:
+                    on_lease(lease)
                 _drain(connection_id, report, lease, task_id)
         finally:
             slot.release()

@@ -16,8 +16,9 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from audiences.models import Audience
-from connections.models import Connection
+from connections.models import UPLOAD_MESSAGES_MAX, UPLOAD_WAIT_MINUTES_MAX, Connection
 from connections.validation import check_connectable, clean_connection_settings
+from forwarding.bulk import connection_set_upload_criteria
 from forwarding.lifecycle import connection_create
 from forwarding.preview import ConnectionPreview, connection_preview, connection_settings_test
 from outputs.forms import add_service_errors, settings_fields
@@ -110,3 +111,41 @@ class ConnectSettingsForm(forms.Form):
             field = self.output.partner_class.destination_setting or None
             raise ValidationError({field: [f"{message} Nothing was saved."]} if field else [message])
         self.connection = connection_create(audience=self.audience, output=self.output, settings=settings)
+
+
+class UploadCriteriaForm(forms.Form):
+    """A bulk connection's own upload criteria (forwarding/bulk.py); a field left empty takes the partner's
+    default. Saved by the service while validating, so its errors land on the fields."""
+
+    upload_wait_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=UPLOAD_WAIT_MINUTES_MAX, label="Wait (minutes)"
+    )
+    upload_messages = forms.IntegerField(required=False, min_value=1, max_value=UPLOAD_MESSAGES_MAX, label="Messages")
+
+    def __init__(self, *args: Any, connection: Connection, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "initial",
+            {"upload_wait_minutes": connection.upload_wait_minutes, "upload_messages": connection.upload_messages},
+        )
+        super().__init__(*args, **kwargs)
+        self.connection = connection
+        partner = connection.output.partner_class
+        default = partner.default_upload_criteria
+        if default is not None:
+            minutes = int(default.wait.total_seconds() // 60)
+            self.fields["upload_wait_minutes"].help_text = (
+                f"Upload once the oldest waiting change has waited this long. Empty: {partner.name}'s default, "
+                f"{minutes:,} minutes."
+            )
+            self.fields[
+                "upload_messages"
+            ].help_text = f"Upload as soon as this many changes wait. Empty: the default, {default.messages:,}."
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors:
+            return
+        try:
+            self.connection = connection_set_upload_criteria(connection=self.connection, values=self.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(self, exc)

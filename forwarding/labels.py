@@ -6,14 +6,15 @@ follow whatever the delivery engine records."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
 from config.display import ago, number, when
 from connections import status
 from connections.models import Connection
-from forwarding.models import PendingChange
+from forwarding.bulk import UploadStatus, UploadSummary
+from forwarding.models import PendingChange, Upload
 from forwarding.selectors import ConnectionStats
 
 Status = Connection.Status
@@ -97,3 +98,62 @@ def resume_outcome(connection: Connection, due: int) -> tuple[bool, str]:
         return True, f"Resumed: {number(due)} pending change{'s' if due != 1 else ''} due now."
     detail = status_detail(connection)
     return False, f"Not resumed: the connection is {status_word(connection).lower()}{f', {detail}' if detail else ''}."
+
+
+# --- a bulk connection's uploads (forwarding/bulk.py) ----------------------------------------------------
+
+
+def _minutes(wait: timedelta) -> str:
+    minutes = int(wait.total_seconds() // 60)
+    if minutes % 60 == 0 and minutes >= 60:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{number(minutes)} minute{'s' if minutes != 1 else ''}"
+
+
+def upload_criteria_text(state: UploadStatus) -> str:
+    """The criteria in force, and whether they are the partner's: "wait 30 minutes or 5 messages, whichever
+    comes first (the partner's defaults)"."""
+    criteria, default = state.criteria, state.default
+    source = (
+        "the partner's defaults"
+        if criteria == default
+        else f"set for this connection; the partner's: {_minutes(default.wait)} or {number(default.messages)} messages"
+    )
+    return f"wait {_minutes(criteria.wait)} or {number(criteria.messages)} messages, whichever comes first ({source})"
+
+
+def upload_backlog_text(state: UploadStatus) -> str:
+    if not state.waiting:
+        return "nothing waiting"
+    changes = f"{number(state.waiting)} change{'s' if state.waiting != 1 else ''}"
+    return f"{changes}, the oldest since {when(state.oldest_waiting_since)}"
+
+
+def next_upload_text(connection: Connection, state: UploadStatus) -> str:
+    if connection.status in HELD:
+        return f"none: uploads are {HELD[connection.status]}"
+    if state.next_upload_due_at is None:
+        return (
+            f"{_minutes(state.criteria.wait)} after the next change (or at {number(state.criteria.messages)} changes)"
+        )
+    interval = f"beat looks every {state.check_interval_seconds} s"
+    if state.waiting >= state.criteria.messages:
+        return f"due now: {number(state.criteria.messages)} changes wait"
+    messages = number(state.criteria.messages)
+    return f"due {when(state.next_upload_due_at)} by time ({interval}), or at once at {messages} changes"
+
+
+def last_upload_text(upload: UploadSummary | None) -> str:
+    if upload is None:
+        return "never"
+    trigger = dict(Upload.Trigger.choices).get(upload.trigger, upload.trigger)
+    counts = f"{number(upload.sent)} sent, {number(upload.delivered)} delivered, {number(upload.rejected)} rejected" + (
+        f", {number(upload.retried)} to retry" if upload.retried else ""
+    )
+    if upload.running:
+        return f"uploading since {when(upload.started_at)} ({trigger}): {counts} so far"
+    outcome = dict(Upload.Outcome.choices).get(upload.outcome, upload.outcome)
+    detail = f": {upload.detail}" if upload.detail else ""
+    finished = when(upload.finished_at) if upload.finished_at else "never finished"
+    return f"{outcome}{detail}. Started {when(upload.started_at)} ({trigger}), finished {finished}; {counts}"

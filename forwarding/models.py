@@ -141,3 +141,45 @@ class ConnectionSnapshot(models.Model):
     class Meta:
         ordering = ["connection", "day"]
         constraints = [models.UniqueConstraint(fields=["connection", "day"], name="connection_snapshot_day_unique")]
+
+
+class Upload(models.Model):
+    """One upload of a bulk connection (forwarding/bulk.py): why it ran, when, and how it went, so a
+    connection shows its last upload and the progress of a long one. Written when the upload holds the
+    connection's lease, finished when it lets go; one the worker never finished (killed, lease lost) is
+    closed as interrupted by the next upload. Counts, no identities."""
+
+    class Trigger(models.TextChoices):
+        TIME = "time", "time (the oldest change waited long enough)"
+        COUNT = "count", "count (enough changes waiting)"
+        MANUAL = "manual", "upload now"
+        RETRY = "retry", "retry (after a backoff, a resume or a worker's hand-over)"
+
+    class Outcome(models.TextChoices):
+        OK = "ok"
+        PARTIAL = "partial"  # some rejected, or left to a retry
+        FAILED = "failed"  # a partner call failed: the rest waits (backoff, or a fault)
+        STOPPED = "stopped"  # paused, throttled, the worker shutting down, the lease lost
+        INTERRUPTED = "interrupted"  # never finished: its worker died; the next upload sent what it had not recorded
+
+    connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="uploads")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    # The lease this upload ran under (forwarding/leases.py): while the connection still has it, it runs.
+    lease_holder = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, blank=True)  # empty while running
+    detail = models.TextField(blank=True)
+    batches = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)  # changes in the partner calls made
+    delivered = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    retried = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)  # removes of identities the partner never held
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["connection", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"upload of connection {self.connection_id} at {self.started_at:%Y-%m-%d %H:%M:%S}"

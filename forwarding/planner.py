@@ -4,11 +4,14 @@ The planner is forwarding's consumer of audiences' membership change log (`Outbo
 ForwardingConfig.ready()). For each connection of the audience (whatever its status but "ending": a paused
 or faulted connection keeps its outbox so that resuming catches up), every identity of a type the partner
 accepts becomes one pending change, coalesced per (connection, identity): the last word wins. After
-commit, realtime connections that are sending get a doorbell.
+commit, realtime connections that are sending get a doorbell, and bulk ones whose backlog reached their
+upload criteria's count get an upload (forwarding/bulk.py's note_planned: one bounded count per connection
+per transaction at most, only for connections given rows).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from django.db import connection as db
@@ -19,6 +22,7 @@ from audiences.models import AudienceMembership, Identity
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from connections.status import PLANNING, delivers
+from forwarding import bulk
 from forwarding.doorbell import ring_after_commit
 from forwarding.models import ErasureRemoval, PendingChange
 from outputs.partners.base import Capability
@@ -127,19 +131,24 @@ def plan_membership_changes(
         identities.setdefault(p, []).append((t, v))
     now = timezone.now()
     params = []
+    with_rows: list[tuple[Connection, int]] = []
     for audience_id, profile_ids, action in changes:
         for connection in by_audience[audience_id]:
             accepted = connection.output.partner_class.accepted_identity_types
+            before = len(params)
             params.extend(
                 (connection.pk, t, v, action, p, now, now)
                 for p in profile_ids
                 for t, v in identities.get(p, ())
                 if t in accepted
             )
+            if len(params) > before:
+                with_rows.append((connection, len(params) - before))
     if params:
         with db.cursor() as cursor:
             cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
     _ring_after_commit([c for a in {a for a, _, _ in changes} for c in by_audience[a]])
+    bulk.note_planned(with_rows)
     return len(params)
 
 
@@ -157,6 +166,8 @@ def plan_backfill(*, connection: Connection) -> int:
         cursor.execute(sql, [connection.pk, now, now, connection.audience_id, *accepted])
         written = cursor.rowcount
     _ring_after_commit([connection])
+    if written > 0:
+        bulk.note_planned([(connection, written)])
     return written
 
 
@@ -182,9 +193,10 @@ def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
             cursor.execute(sql, [connection.pk, action, now, now, *accepted])
             if cursor.rowcount > 0:
                 written += cursor.rowcount
-                with_news.append(connection)
-    # Only connections given something new need a doorbell.
-    _ring_after_commit(with_news)
+                with_news.append((connection, cursor.rowcount))
+    # Only connections given something new need a doorbell (or a look at their upload criteria).
+    _ring_after_commit([connection for connection, _ in with_news])
+    bulk.note_planned(with_news)
     return written
 
 
@@ -241,6 +253,7 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
         ignore_conflicts=True,
     )
     _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
+    bulk.note_planned((planning[c], rows) for c, rows in sorted(Counter(c for c, _, _ in owed).items()))
     return len(owed | to_forget)
 
 

@@ -3,16 +3,61 @@ connections."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audiences.models import Audience
 from audiences.serializers import AudienceSerializer
 from config.api_errors import RejectUnknownFieldsMixin
-from connections.models import Connection, ConnectionMember
+from connections.models import UPLOAD_MESSAGES_MAX, UPLOAD_WAIT_MINUTES_MAX, Connection, ConnectionMember
 from connections.selectors import connected_output_counts
-from forwarding.models import DeliveryAttempt
+from forwarding import bulk
+from forwarding.models import DeliveryAttempt, Upload
 from forwarding.selectors import connection_stats
 from outputs.models import Output
+from outputs.partners.base import UploadCriteria
+
+
+class UploadCriteriaSerializer(serializers.Serializer):
+    wait_minutes = serializers.IntegerField(help_text="Upload once the oldest waiting change has waited this long.")
+    messages = serializers.IntegerField(help_text="Upload as soon as this many changes wait.")
+
+
+class UploadSummarySerializer(serializers.Serializer):
+    trigger = serializers.ChoiceField(choices=Upload.Trigger.choices)
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    running = serializers.BooleanField(help_text="Still sending: the counts are its progress so far.")
+    outcome = serializers.ChoiceField(
+        choices=[("", "running"), *Upload.Outcome.choices],
+        help_text="Empty while running; `interrupted`: its worker stopped mid-upload (the next upload sends "
+        "what it had not recorded).",
+    )
+    detail = serializers.CharField(help_text="The error or the reason it stopped, if any.")
+    sent = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    retried = serializers.IntegerField()
+
+
+class UploadStatusSerializer(serializers.Serializer):
+    criteria = UploadCriteriaSerializer(help_text="In force: the connection's own values, else the partner's.")
+    default_criteria = UploadCriteriaSerializer(help_text="The partner's default upload criteria.")
+    waiting = serializers.IntegerField(help_text="The backlog: changes waiting for the next upload.")
+    oldest_waiting_since = serializers.DateTimeField(allow_null=True)
+    next_upload_due_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the upload is due by its criteria (beat looks every `check_interval_seconds`; the count "
+        "criterion queues it at once). Null: nothing waiting, or the connection is not sending.",
+    )
+    check_interval_seconds = serializers.IntegerField()
+    last_upload = UploadSummarySerializer(allow_null=True)
+
+
+def _criteria(criteria: UploadCriteria) -> dict[str, int]:
+    return {"wait_minutes": int(criteria.wait.total_seconds() // 60), "messages": criteria.messages}
 
 
 class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
@@ -24,6 +69,10 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
     # Checked against the partner's connection settings by the service (errors name e.g. "list_id").
     settings = serializers.DictField(required=False, default=dict)
     stats = serializers.SerializerMethodField()
+    upload = serializers.SerializerMethodField(
+        help_text="A bulk connection's uploads: its criteria, backlog, next upload and last upload (null: the "
+        "partner receives changes in real time)."
+    )
     fault_cause = serializers.CharField(
         read_only=True,
         help_text="Why a faulted connection faulted: `outage` (probed, resumes by itself when the partner "
@@ -44,11 +93,14 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
             "throttled_until",
             "failing_since",
             "last_delivered_at",
+            "upload_wait_minutes",
+            "upload_messages",
+            "upload",
             "created_at",
             "stats",
         ]
         # Everything but what a create sends: forwarding.lifecycle decides the rest.
-        read_only_fields = [f for f in fields if f not in ("id", "audience", "output", "settings", "stats")]
+        read_only_fields = [f for f in fields if f not in ("id", "audience", "output", "settings", "stats", "upload")]
         # DRF would add a unique-together check on (audience, output); the service answers that
         # one, naming "output".
         validators: list = []
@@ -56,15 +108,45 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
     def get_stats(self, connection: Connection) -> dict[str, int]:
         return connection_stats(connection).as_dict()
 
+    @extend_schema_field(UploadStatusSerializer(allow_null=True))
+    def get_upload(self, connection: Connection) -> dict[str, Any] | None:
+        state = bulk.upload_status(connection)
+        if state is None:
+            return None
+        last = state.last_upload
+        return {
+            "criteria": _criteria(state.criteria),
+            "default_criteria": _criteria(state.default),
+            "waiting": state.waiting,
+            "oldest_waiting_since": state.oldest_waiting_since,
+            "next_upload_due_at": state.next_upload_due_at,
+            "check_interval_seconds": state.check_interval_seconds,
+            "last_upload": UploadSummarySerializer(last).data if last is not None else None,
+        }
+
 
 class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    """PUT / PATCH of a connection: its status is what can be edited today (sending or paused, the
-    pause / resume switch). Audience, output and settings are fixed at creation: sent back
+    """PUT / PATCH of a connection: its status (sending or paused, the pause / resume switch) and, for a bulk
+    connection, its upload criteria. Audience, output and settings are fixed at creation: sent back
     unchanged they are accepted, a different value is refused, naming the field."""
 
     status = serializers.ChoiceField(
         choices=[Connection.Status.SENDING, Connection.Status.PAUSED],
         help_text="sending (resume; clears a fault) or paused.",
+    )
+    upload_wait_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=UPLOAD_WAIT_MINUTES_MAX,
+        help_text="A bulk connection's own wait criterion, in minutes (null: the partner's default).",
+    )
+    upload_messages = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=UPLOAD_MESSAGES_MAX,
+        help_text="A bulk connection's own count criterion, in changes waiting (null: the partner's default).",
     )
     audience = serializers.IntegerField(required=False, help_text="Fixed at creation.")
     output = serializers.IntegerField(required=False, help_text="Fixed at creation.")

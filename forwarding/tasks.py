@@ -23,21 +23,31 @@ from forwarding import (
     shutdown,
     sweeper,
 )
+from outputs.partners.base import Capability
+from outputs.partners.registry import partner_keys_with
 
 logger = logging.getLogger(__name__)
 
 
-def _bind_connection(connection_id: int) -> None:
-    """Name the connection and its partner on every log line of this task (config/logs.py)."""
+def _bind_connection(connection_id: int) -> str | None:
+    """Name the connection and its partner on every log line of this task (config/logs.py); returns the
+    partner's key."""
     partner = Connection.objects.filter(pk=connection_id).values_list("output__partner_key", flat=True).first()
     bind_log_context(connection_id=connection_id, partner=partner)
+    return partner
 
 
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True, bind=True)
 def deliver_connection(self, connection_id: int) -> dict:
-    _bind_connection(connection_id)
-    return asdict(delivery.deliver_connection(connection_id=connection_id, task_id=self.request.id or ""))
+    task_id = self.request.id or ""
+    if _bind_connection(connection_id) in partner_keys_with(Capability.BULK):
+        # Rung again for a bulk connection (a retry after a backoff, a resume, a worker's hand-over): an
+        # upload, recorded as one.
+        report = bulk.upload_connection(connection_id=connection_id, trigger=bulk.Trigger.RETRY, task_id=task_id)
+    else:
+        report = delivery.deliver_connection(connection_id=connection_id, task_id=task_id)
+    return asdict(report)
 
 
 @shared_task(name=doorbell.END_TASK, acks_late=True, bind=True)
@@ -65,10 +75,10 @@ def flush_bulk_uploads() -> dict:
     return bulk.flush_due_uploads()
 
 
-@shared_task(name=bulk.UPLOAD_TASK, acks_late=True)
-def upload_connection(connection_id: int) -> dict:
+@shared_task(name=bulk.UPLOAD_TASK, acks_late=True, bind=True)
+def upload_connection(self, connection_id: int, trigger: str = bulk.Trigger.TIME) -> dict:
     _bind_connection(connection_id)
-    return asdict(bulk.upload_connection(connection_id=connection_id))
+    return asdict(bulk.upload_connection(connection_id=connection_id, trigger=trigger, task_id=self.request.id or ""))
 
 
 # A channel that fails is retried with backoff (5 s, 10 s, ... up to 10 min); beat sends again what is left.

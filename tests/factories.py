@@ -67,3 +67,12 @@ def role_user(role: str | None, *, is_staff: bool = True):
     if role is not None:
         user.groups.add(Group.objects.get(name=role))
     return user
+
+
+def bulk_connection(audience: Audience) -> Connection:
+    """The audience connected to an output of the tests' bulk partner (tests/fakes/partners.py: registered)."""
+    from forwarding.lifecycle import connection_create
+    from tests.fakes.partners import BulkListPartner
+
+    output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
+    return connection_create(audience=audience, output=output, settings={})

@@ -1,5 +1,7 @@
 """Connections in the admin: figures, recent deliveries and rejections, and the status switch
-(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle.
+(Pause / Resume / Test connection / Delete), every change through forwarding.lifecycle; for a bulk
+connection its uploads (criteria, backlog, next and last upload), "Upload now" and its upload criteria's
+page, through forwarding.bulk.
 
 The buttons and actions check the same permissions as the REST API (config/roles.py): pause and
 resume need connections.pause_connection, the test connections.test_connection; the recent attempts
@@ -24,13 +26,15 @@ from django.views.decorators.http import require_POST
 
 from audiences.admin import TimestampsAdminMixin, count_of
 from audiences.models import Audience
+from config.api_errors import ConflictError
 from config.display import number, when
 from config.request_parsing import id_from_query
 from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
-from forwarding import labels
+from forwarding import bulk, labels
+from forwarding.forms import UploadCriteriaForm
 from forwarding.funnel import IdentityFunnel, identity_funnel
 from forwarding.history import connection_charts
 from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
@@ -99,6 +103,8 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         ("Figures", {"fields": ("stats_display",)}),
         (None, {"fields": ("created", "updated")}),
     )
+    # Shown for a connection of a bulk partner only (get_fieldsets).
+    upload_fieldset = ("Uploads", {"fields": ("upload_display",)})
     readonly_fields = (
         "audience_link",
         "output_link",
@@ -106,9 +112,16 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         "status_display",
         "last_delivered",
         "stats_display",
+        "upload_display",
         "created",
         "updated",
     )
+
+    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> Any:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is not None and bulk.is_bulk(obj):
+            fieldsets.insert(3, self.upload_fieldset)
+        return fieldsets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         return (
@@ -182,6 +195,21 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((label, shown[k]) for k, label in STATS_LABELS))
         return format_html('<table id="connection-stats">{}</table>', rows)
 
+    @admin.display(description="uploads")
+    def upload_display(self, obj: Connection) -> str:
+        state = bulk.upload_status(obj)
+        if state is None:
+            return "None: the partner receives changes in real time."
+        rows = [
+            ("Upload criteria", labels.upload_criteria_text(state)),
+            ("Waiting (backlog)", labels.upload_backlog_text(state)),
+            ("Next upload", labels.next_upload_text(obj, state)),
+            ("Last upload", labels.last_upload_text(state.last_upload)),
+        ]
+        return format_html(
+            '<table id="connection-uploads">{}</table>', format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows)
+        )
+
     def render_change_form(
         self,
         request: HttpRequest,
@@ -206,6 +234,9 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                     "can_pause": can_switch and status.can_pause(obj.status),
                     "can_resume": can_switch and status.can_resume(obj.status),
                     "can_test": self.has_test_permission(request) and status.can_test(obj.status),
+                    "is_bulk": bulk.is_bulk(obj),
+                    "can_upload": can_switch and bulk.is_bulk(obj) and status.delivers(obj.status),
+                    "can_edit_criteria": can_switch and bulk.is_bulk(obj) and status.can_delete(obj.status),
                     "progress": sending_progress(obj),
                     "progress_url": reverse("admin:connections_connection_progress", args=[obj.pk]),
                     "history_charts": connection_charts(obj.pk),
@@ -237,6 +268,12 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
             button("pause", self.pause_view),
             button("resume", self.resume_view),
             button("test", self.test_view),
+            button("upload-now", self.upload_now_view),
+            path(
+                "<path:object_id>/upload-criteria/",
+                self.admin_site.admin_view(self.upload_criteria_view),
+                name="connections_connection_upload_criteria",
+            ),
             path(
                 "<path:object_id>/progress/",
                 self.admin_site.admin_view(self.progress_view),
@@ -310,6 +347,43 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
         ok, message = connection_test(connection=connection)
         messages.add_message(request, messages.SUCCESS if ok else messages.ERROR, message)
         return self._back(connection)
+
+    def upload_now_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Queue an upload of what waits now, whatever the criteria (the API's POST /upload-now/)."""
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
+        try:
+            waiting = bulk.upload_now(connection=connection)
+        except ConflictError as exc:
+            messages.error(request, f"Not uploaded: {exc}")
+        else:
+            self.log_change(request, connection, "Upload started.")
+            messages.success(request, f"Uploading now: {number(waiting)} waiting change{'s' if waiting != 1 else ''}.")
+        return self._back(connection)
+
+    def upload_criteria_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A bulk connection's own upload criteria: a small form, empty fields for the partner's defaults."""
+        connection = self._connection_for(request, object_id, self.has_pause_permission)
+        if not bulk.is_bulk(connection):
+            messages.error(
+                request, "This connection's partner receives changes in real time: it has no upload criteria."
+            )
+            return self._back(connection)
+        form = UploadCriteriaForm(request.POST if request.method == "POST" else None, connection=connection)
+        if request.method == "POST" and form.is_valid():
+            self.log_change(request, connection, "Upload criteria changed.")
+            messages.success(
+                request, f"Upload criteria saved: {labels.upload_criteria_text(bulk.upload_status(connection))}."
+            )
+            return self._back(connection)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Upload criteria of {connection}",
+            "subtitle": None,
+            "opts": self.opts,
+            "original": connection,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/connections/connection/upload_criteria.html", context)
 
     @admin.action(description="Pause selected connections", permissions=["pause"])
     def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:

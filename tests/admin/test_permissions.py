@@ -8,6 +8,7 @@ that may use them, and a refused POST changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -25,6 +26,7 @@ from forwarding.lifecycle import connection_create
 from forwarding.models import DeliveryAttempt
 from outputs.services import output_create
 from tests.factories import MAILCHIMP_KEY, role_user
+from tests.fakes.partners import BulkListPartner, registered
 
 ROLES = ("viewer", "marketer", "operator", "admin")
 ALL = frozenset(ROLES)
@@ -99,6 +101,13 @@ PAGES = [
     Page("POST", "connections_connection_resume", "connection", OPERATOR),
     Page("POST", "connections_connection_test", "connection", PEOPLE),
     Page("GET", "connections_connection_progress", "connection", ALL),
+    # A bulk connection's uploads (forwarding/bulk.py): the sending switch's permission.
+    Page("GET", "connections_connection_change", "bulk_connection", ALL),
+    Page("POST", "connections_connection_upload-now", "bulk_connection", OPERATOR),
+    Page("GET", "connections_connection_upload_criteria", "bulk_connection", OPERATOR),
+    Page(
+        "POST", "connections_connection_upload_criteria", "bulk_connection", OPERATOR, data=(("upload_messages", "9"),)
+    ),
     Page("GET", "forwarding_deliveryattempt_changelist", None, ALL),
     Page("GET", "forwarding_pendingchange_changelist", None, OPERATOR),
     Page("GET", "forwarding_connectionalert_changelist", None, OPERATOR),
@@ -108,7 +117,12 @@ PAGES = [
 
 
 @pytest.fixture
-def objects(db) -> dict[str, int]:
+def objects(db) -> Iterator[dict[str, int]]:
+    with registered(BulkListPartner):
+        yield _objects()
+
+
+def _objects() -> dict[str, int]:
     audience = audience_services.audience_create(name="Premium", criteria=CRITERIA, status="active")
     profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
@@ -124,7 +138,15 @@ def objects(db) -> dict[str, int]:
         reason="looks fake",
         updated_at=timezone.now(),
     )
-    return {"audience": audience.pk, "profile": profile.pk, "output": output.pk, "connection": connection.pk}
+    bulk_output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
+    bulk_connection = connection_create(audience=audience, output=bulk_output, settings={})
+    return {
+        "audience": audience.pk,
+        "profile": profile.pk,
+        "output": output.pk,
+        "connection": connection.pk,
+        "bulk_connection": bulk_connection.pk,
+    }
 
 
 def client_for(role: str) -> Client:
@@ -152,7 +174,7 @@ def test_each_role_reaches_exactly_its_pages(settings, objects, page):
         address += "?" + page.query.format(**objects)
     for role in ROLES:
         client = client_for(role)
-        before = sorted(Connection.objects.values_list("id", "status"))
+        before = sorted(Connection.objects.values_list("id", "status", "upload_messages"))
         # Each role's request in a savepoint rolled back after it, so every role finds the same objects.
         with transaction.atomic(), responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
             mock.get(f"https://us6.api.mailchimp.com/3.0/lists/{LIST_ID}", json={"name": "List", "stats": {}})
@@ -160,7 +182,7 @@ def test_each_role_reaches_exactly_its_pages(settings, objects, page):
                 response = client.post(address, page.json, content_type="application/json")
             else:
                 response = getattr(client, page.method.lower())(address, dict(page.data))
-            after = sorted(Connection.objects.values_list("id", "status"))
+            after = sorted(Connection.objects.values_list("id", "status", "upload_messages"))
             transaction.set_rollback(True)
 
         if role in page.allowed:
@@ -169,6 +191,17 @@ def test_each_role_reaches_exactly_its_pages(settings, objects, page):
         else:
             assert response.status_code == 403, (role, response.status_code)
             assert after == before, role
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_bulk_connection_s_page_shows_upload_now_and_its_criteria_to_operators(objects, role):
+    html = client_for(role).get(reverse("admin:connections_connection_change", args=[objects["bulk_connection"]]))
+    html = html.content.decode()
+
+    assert 'id="connection-uploads"' in html  # every role sees the uploads
+    assert ('name="upload-now"' in html) == (role in OPERATOR)
+    criteria_page = reverse("admin:connections_connection_upload_criteria", args=[objects["bulk_connection"]])
+    assert (criteria_page in html) == (role in OPERATOR)
 
 
 @pytest.mark.parametrize("role", ROLES)

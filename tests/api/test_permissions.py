@@ -9,6 +9,7 @@ every operation of the OpenAPI schema, and every viewset action must declare its
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -28,6 +29,7 @@ from forwarding.lifecycle import connection_create
 from outputs.models import Output
 from outputs.services import output_create
 from tests.factories import role_user
+from tests.fakes.partners import BulkListPartner, registered
 from tests.fixtures.api import MAILCHIMP_KEY, PREMIUM
 
 ROLES = ("viewer", "marketer", "operator", "admin")
@@ -41,7 +43,8 @@ ADMIN = frozenset({"admin"})
 @dataclass(frozen=True)
 class Endpoint:
     method: str
-    path: str  # with {audience}, {spare_audience}, {output}, {spare_output}, {connection}, {profile}, {erasure}
+    # with {audience}, {spare_audience}, {output}, {spare_output}, {connection}, {bulk_connection}, {profile}, {erasure}
+    path: str
     allowed: frozenset[str]
     success: int
     body: dict | None = None
@@ -51,7 +54,16 @@ class Endpoint:
     def operation(self) -> tuple[str, str]:
         """As the OpenAPI schema names it."""
         template = self.path
-        for name in ("audience", "spare_audience", "output", "spare_output", "connection", "profile", "erasure"):
+        for name in (
+            "audience",
+            "spare_audience",
+            "output",
+            "spare_output",
+            "connection",
+            "bulk_connection",
+            "profile",
+            "erasure",
+        ):
             template = template.replace("{" + name + "}", "{id}")
         return self.method, f"/api/v1{template}"
 
@@ -107,6 +119,9 @@ ENDPOINTS = [
     Endpoint("POST", "/connections/{connection}/resume/", OPERATOR, 200),
     Endpoint("POST", "/connections/{connection}/resume-if-test-passes/", OPERATOR, 200),
     Endpoint("POST", "/connections/{connection}/test/", PEOPLE, 200),
+    # A bulk connection's upload (forwarding/bulk.py): the sending switch, as its criteria (PUT / PATCH).
+    Endpoint("POST", "/connections/{bulk_connection}/upload-now/", OPERATOR, 202),
+    Endpoint("PATCH", "/connections/{bulk_connection}/", OPERATOR, 200, {"upload_messages": 10}),
     Endpoint("GET", "/connections/{connection}/attempts/", ALL, 200),
     Endpoint("GET", "/connections/{connection}/rejections/", OPERATOR, 200),
     # Counts and reasons (the partner's quoted addresses masked), like the connection's own figures.
@@ -115,12 +130,19 @@ ENDPOINTS = [
 
 
 @pytest.fixture
-def objects(db) -> dict[str, int]:
+def objects(db) -> Iterator[dict[str, int]]:
+    with registered(BulkListPartner):
+        yield _objects()
+
+
+def _objects() -> dict[str, int]:
     audience = audience_services.audience_create(name="Premium", criteria=PREMIUM, status=Audience.Status.ACTIVE)
     spare_audience = audience_services.audience_create(name="Spare", criteria=PREMIUM)
     output = output_create(name="Mailchimp", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     spare_output = output_create(name="Spare", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     connection = connection_create(audience=audience, output=output, settings={"list_id": "abc123"})
+    bulk_output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
+    bulk_connection = connection_create(audience=audience, output=bulk_output, settings={})
     profile = profiles.profile_upsert(
         identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
     ).profile
@@ -133,6 +155,7 @@ def objects(db) -> dict[str, int]:
         "output": output.pk,
         "spare_output": spare_output.pk,
         "connection": connection.pk,
+        "bulk_connection": bulk_connection.pk,
         "profile": profile.pk,
         "spare_profile": spare_profile.pk,
     }
@@ -168,7 +191,7 @@ def state() -> tuple:
     return (
         sorted(Audience.objects.values_list("id", "name", "description", "status", "criteria_version")),
         sorted(Output.objects.values_list("id", "name", "updated_at")),
-        sorted(Connection.objects.values_list("id", "status")),
+        sorted(Connection.objects.values_list("id", "status", "upload_wait_minutes", "upload_messages")),
         Profile.objects.count(),
     )
 

@@ -84,8 +84,15 @@ def worker_queues(broker_queue) -> list[str]:
 
 
 @pytest.fixture
+def worker_app() -> str:
+    """The Celery app module the worker loads; a test module overrides it to add partners of its own
+    (tests/fakes/bulk_worker.py)."""
+    return "config"
+
+
+@pytest.fixture
 def worker(
-    transactional_db, redis_url, broker_queue, mailchimp_server, settings, worker_env, worker_queues
+    transactional_db, redis_url, broker_queue, mailchimp_server, settings, worker_env, worker_queues, worker_app
 ) -> Iterator[dict]:
     """A Celery worker process on the test database, and this process publishing to it."""
     from django.db import connection
@@ -119,7 +126,7 @@ def worker(
             "-m",
             "celery",
             "-A",
-            "config",
+            worker_app,
             "worker",
             "--pool=solo",
             "--loglevel=INFO",

@@ -19,6 +19,7 @@ from outputs.partners.base import (
     ProfileUpdate,
     UploadCriteria,
 )
+from outputs.partners.mailchimp import Mailchimp
 from outputs.partners.registry import register_partner, unregister_partner
 
 
@@ -66,11 +67,24 @@ class AttributePartner(RecordingPartner):
         return [MemberResult(change, Outcome.DELIVERED) for update in updates for change in update.changes]
 
 
+class BulkMailchimp(Mailchimp):
+    """Mailchimp's client and wire format on the bulk rhythm: for end-to-end tests of uploads with a real
+    worker (tests/fakes/bulk_worker.py registers it there) against the local Mailchimp server, pointed at it
+    by PARTNER_API_BASE_URLS under this key."""
+
+    key = "test_bulk_mailchimp"
+    name = "Bulk Mailchimp"
+    capabilities = frozenset({Capability.LIST, Capability.BULK})
+    default_upload_criteria = UploadCriteria(wait=timedelta(minutes=30), messages=5)
+    batch_limit = 2
+
+
 @contextlib.contextmanager
-def registered(*partners: type[RecordingPartner]) -> Iterator[None]:
+def registered(*partners: type[Partner]) -> Iterator[None]:
     """The partners are in the registry, with empty call records, for the duration."""
     for partner in partners:
-        partner.calls = []
+        if issubclass(partner, RecordingPartner):
+            partner.calls = []
         register_partner(partner)
     try:
         yield

@@ -14,26 +14,23 @@ from config.celery import app
 from connections.models import Connection, ConnectionMember
 from forwarding import bulk, sweeper, tasks
 from forwarding.doorbell import DELIVER_TASK
-from forwarding.lifecycle import connection_create, connection_pause
+from forwarding.lifecycle import connection_pause
 from forwarding.models import DeliveryAttempt, PendingChange
-from outputs.services import output_create
 from tests import factories
-from tests.fakes.partners import BulkListPartner, registered
+from tests.fakes.partners import BulkListPartner
 
 pytestmark = pytest.mark.django_db
 MAILCHIMP_LIST = "https://us6.api.mailchimp.com/3.0/lists/list1"
 
 
 @pytest.fixture
-def audience(rings):
-    with registered(BulkListPartner):
-        yield factories.active_audience()
+def audience(bulk_audience):
+    return bulk_audience
 
 
 @pytest.fixture
-def connection(audience):
-    output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
-    return connection_create(audience=audience, output=output, settings={})
+def connection(bulk_connection):
+    return bulk_connection
 
 
 def uploads(rings):
@@ -62,7 +59,7 @@ def test_nothing_is_uploaded_before_the_criteria_are_met(connection, rings):
         factories.parisian(f"u{i}@x.com")
 
     assert bulk.due_connections() == []
-    assert bulk.flush_due_uploads() == {"uploading": 0}
+    assert bulk.flush_due_uploads() == {"uploading": 0, "purged": 0}
     assert uploads(rings) == [] and BulkListPartner.calls == []
 
 
@@ -72,7 +69,7 @@ def test_the_fifth_change_makes_the_upload_due_and_the_upload_sends_the_whole_ou
     for i in range(5):
         factories.parisian(f"u{i}@x.com")
 
-    assert bulk.flush_due_uploads() == {"uploading": 1}
+    assert bulk.flush_due_uploads()["uploading"] == 1
     assert uploads(rings) == [connection.pk]
 
     report = tasks.upload_connection(connection.pk)  # what the queued task runs
