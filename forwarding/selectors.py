@@ -23,6 +23,7 @@ class ConnectionStats:
     pending: int  # changes waiting to be sent
     retrying: int  # of which waiting for a retry after an error
     rejected: int  # identities the partner refused for good
+    fields_skipped: int  # delivered identities whose refused fields (merge values) were left out
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -52,6 +53,7 @@ def connection_stats(connection: Connection) -> ConnectionStats:
         pending=pending["total"],
         retrying=pending["retrying"],
         rejected=members["rejected"],
+        fields_skipped=members["fields_skipped"],
     )
 
 

@@ -45,6 +45,7 @@ STATS_LABELS = (
     ("delivered", "Delivered (identities the partner holds)"),
     ("pending", "Pending"),
     ("rejected", "Rejected by the partner"),
+    ("fields_skipped", "Delivered with fields skipped (values the partner refused, e.g. merge fields)"),
 )
 
 

@@ -215,6 +215,11 @@ def group_by_profile(changes: Sequence[MemberChange]) -> list[ProfileUpdate]:
     return [ProfileUpdate(group[0].profile_id, tuple(group)) for group in groups.values()]
 
 
+# The reason of a DELIVERED result whose change went out without some of its fields (a merge value Mailchimp
+# refused): the member is held, its profile data partly not; counted in each connection's figures.
+SKIPPED_FIELDS_NOTE = "Fields skipped: "
+
+
 @dataclass(frozen=True)
 class MemberResult:
     change: MemberChange

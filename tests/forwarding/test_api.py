@@ -45,6 +45,7 @@ def test_create_connection_queues_the_membership(api, audience, output):
         "pending": 1,
         "retrying": 0,
         "rejected": 0,
+        "fields_skipped": 0,
     }
     assert PendingChange.objects.filter(connection=connection, value="a@x.com", action="add").exists()
 
