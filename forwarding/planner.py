@@ -160,6 +160,12 @@ def plan_backfill(*, connection: Connection) -> int:
     return written
 
 
+def backfill_count(*, connection: Connection) -> int:
+    """How many adds plan_backfill would queue: the accepted identities of the audience's current members."""
+    accepted = connection.output.partner_class.accepted_identity_types
+    return Identity.objects.filter(type__in=accepted, profile__memberships__audience_id=connection.audience_id).count()
+
+
 def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
     """Queue `action` ("add" / "remove") for the accepted identities of the profiles listed in
     `table` (a table with a `profile_id` column, e.g. a recompute's temporary table) on every
@@ -242,6 +248,11 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
     )
     _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
     return len(owed | to_forget)
+
+
+def ring_connections_after_commit(connections: Sequence[Connection]) -> None:
+    """Ring delivery after commit for those of these connections that deliver in real time now."""
+    _ring_after_commit(connections)
 
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:

@@ -22,6 +22,7 @@ from forwarding import (
     recovery,
     shutdown,
     sweeper,
+    sync,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,16 @@ def deliver_connection(self, connection_id: int) -> dict:
 def end_connection(self, connection_id: int) -> str:
     _bind_connection(connection_id)
     return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
+
+
+@shared_task(name=lifecycle.OLD_TARGET_CLEANUP_TASK, acks_late=True, bind=True)
+def clean_up_old_target(self, job_id: int) -> str:
+    return lifecycle.old_target_cleanup_run(job_id=job_id, task_id=self.request.id or "")
+
+
+@shared_task(name=sync.RECONCILE_TASK, acks_late=True, bind=True)
+def reconcile_connection(self, job_id: int) -> dict:
+    return sync.reconcile_run(job_id=job_id, task_id=self.request.id or "")
 
 
 @shared_task(name=doorbell.PROBE_TASK, acks_late=True)

@@ -30,6 +30,9 @@ class Setting:
     choices: tuple[tuple[str, str], ...] = ()
     help_text: str = ""
     max_length: int = 255
+    # A connection setting naming the partner-side audience (Mailchimp's list id): editing it moves the
+    # connection to another target, which is backfilled, and the old one cleaned up where the partner says so.
+    target: bool = False
 
     @property
     def is_secret(self) -> bool:
@@ -256,6 +259,9 @@ class Partner:
     # The connection setting naming the partner-side list or audience, when list_destinations() can list
     # them (the admin then offers a choice instead of a free-text id).
     destination_setting: ClassVar[str | None] = None
+    # The configuration setting asking for the clean-up of what a connection delivered when it ends (or when
+    # its target is edited), named in what the admin says of such an edit.
+    cleanup_setting: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -290,6 +296,11 @@ class Partner:
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:
         return clean_settings(cls.connection_settings, values)
+
+    @classmethod
+    def target_setting_names(cls) -> frozenset[str]:
+        """The connection settings that name the partner-side audience (Setting.target)."""
+        return frozenset(s.name for s in cls.connection_settings if s.target)
 
     @classmethod
     def secret_setting_names(cls) -> frozenset[str]:

@@ -215,11 +215,13 @@ class Mailchimp(Partner):
             help_text="The Mailchimp list to keep in sync. Mailchimp calls it an audience; its id is under "
             "Audience > Settings > Audience name and defaults.",
             max_length=100,
+            target=True,
         ),
     )
     batch_limit = 500
     default_base_url = "https://{dc}.api.mailchimp.com/3.0"
     destination_setting = "list_id"
+    cleanup_setting = "delete_on_subscription_end"
 
     @classmethod
     def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
