@@ -25,6 +25,7 @@ from audiences import services as audience_services
 from audiences.models import Audience, Profile, ProfileErasure
 from connections.models import Connection
 from forwarding.lifecycle import connection_create
+from forwarding.models import ConnectionJob
 from outputs.models import Output
 from outputs.services import output_create
 from tests.factories import role_user
@@ -53,6 +54,7 @@ class Endpoint:
         template = self.path
         for name in ("audience", "spare_audience", "output", "spare_output", "connection", "profile", "erasure"):
             template = template.replace("{" + name + "}", "{id}")
+        template = template.replace("{job}", "{job_id}")
         return self.method, f"/api/v1{template}"
 
 
@@ -109,6 +111,11 @@ ENDPOINTS = [
     Endpoint("POST", "/connections/{connection}/test/", PEOPLE, 200),
     Endpoint("GET", "/connections/{connection}/attempts/", ALL, 200),
     Endpoint("GET", "/connections/{connection}/rejections/", OPERATOR, 200),
+    Endpoint("POST", "/connections/{connection}/settings-preview/", ALL, 200, {"settings": {"list_id": "other"}}),
+    Endpoint("POST", "/connections/{connection}/resync/", PEOPLE, 200),
+    Endpoint("POST", "/connections/{connection}/reconcile/", PEOPLE, 202),
+    Endpoint("GET", "/connections/{connection}/jobs/", ALL, 200),
+    Endpoint("GET", "/connections/{connection}/jobs/{job}/", ALL, 200),
 ]
 
 
@@ -124,7 +131,9 @@ def objects(db) -> dict[str, int]:
     ).profile
     erasure = ProfileErasure.objects.create(requested_at=timezone.now(), source="api")
     spare_profile = profiles.profile_upsert(identities=[{"type": "email", "value": "b@x.com"}]).profile
+    job = ConnectionJob.objects.create(connection=connection, kind=ConnectionJob.Kind.RECONCILE, status="done")
     return {
+        "job": job.pk,
         "erasure": erasure.pk,
         "audience": audience.pk,
         "spare_audience": spare_audience.pk,
