@@ -5,8 +5,6 @@ the jobs run in this process (tasks are recorded by `rings`, run by hand)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -20,16 +18,7 @@ from local_partners.mailchimp import LocalMailchimpServer, subscriber_hash
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
-OLD, NEW = "oldlist", "newlist"
-
-
-@pytest.fixture
-def server(settings, rings) -> Iterator[LocalMailchimpServer]:
-    with LocalMailchimpServer(api_keys=[factories.MAILCHIMP_KEY]) as server:
-        server.create_list(OLD, "Old")
-        server.create_list(NEW, "New")
-        settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
-        yield server
+OLD, NEW = "old", "new"  # the lists of the `server` fixture (tests/forwarding/conftest.py)
 
 
 @pytest.fixture

@@ -4,28 +4,16 @@ server; the reconcile job is run here as the worker would (tests/e2e runs it in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from connections.models import ConnectionMember
 from forwarding import sync
 from forwarding.delivery import deliver_connection
 from forwarding.models import ConnectionJob, PendingChange
-from local_partners.mailchimp import LocalMailchimpServer
 from tests import factories
 from tests.fixtures.api import errors
 
 URL = "/api/v1/connections/"
-
-
-@pytest.fixture
-def server(settings, rings) -> Iterator[LocalMailchimpServer]:
-    with LocalMailchimpServer(api_keys=[factories.MAILCHIMP_KEY]) as server:
-        server.create_list("old")
-        server.create_list("new")
-        settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
-        yield server
 
 
 @pytest.fixture
