@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-from rest_framework.test import APIClient
 
 from connections.models import Connection
 from local_partners.mailchimp import subscriber_hash
@@ -19,14 +18,6 @@ OLD, NEW = "lifecycle-old", "lifecycle-new"
 
 def statuses(server, list_id: str) -> dict[str, str]:
     return {m["email_address"]: m["status"] for m in server.members(list_id).values()}
-
-
-@pytest.fixture
-def api(django_user_model) -> APIClient:
-    admin = django_user_model.objects.create_superuser("admin", "admin@example.com", "pw-for-tests")
-    client = APIClient()
-    client.force_authenticate(admin)
-    return client
 
 
 @pytest.fixture

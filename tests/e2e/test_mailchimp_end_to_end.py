@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from rest_framework.test import APIClient
 
 from connections.models import Connection
 from forwarding import lifecycle as connection_services
@@ -21,14 +20,6 @@ LIST_ID = "parisians"
 
 def statuses(server) -> dict[str, str]:
     return {m["email_address"]: m["status"] for m in server.members(LIST_ID).values()}
-
-
-@pytest.fixture
-def api(django_user_model) -> APIClient:
-    admin = django_user_model.objects.create_superuser("admin", "admin@example.com", "pw-for-tests")
-    client = APIClient()
-    client.force_authenticate(admin)
-    return client
 
 
 @pytest.fixture
