@@ -93,6 +93,7 @@ ENDPOINTS = [
     Endpoint("PUT", "/outputs/{output}/", OPERATOR, 200, {"name": "Renamed", "partner": "mailchimp"}),
     Endpoint("PATCH", "/outputs/{output}/", OPERATOR, 200, {"name": "Renamed"}),
     Endpoint("DELETE", "/outputs/{spare_output}/", OPERATOR, 204),
+    Endpoint("POST", "/profiles/{profile}/remove-identity/", OPERATOR, 200, {"type": "customer", "value": "a-1"}),
     Endpoint("GET", "/connections/", ALL, 200),
     Endpoint(
         "POST",
@@ -127,7 +128,8 @@ def objects(db) -> dict[str, int]:
     spare_output = output_create(name="Spare", partner_key="mailchimp", settings={"api_key": MAILCHIMP_KEY})
     connection = connection_create(audience=audience, output=output, settings={"list_id": "abc123"})
     profile = profiles.profile_upsert(
-        identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
+        identities=[{"type": "email", "value": "a@x.com"}, {"type": "customer", "value": "a-1"}],
+        attributes={"plan": "premium"},
     ).profile
     erasure = ProfileErasure.objects.create(requested_at=timezone.now(), source="api")
     spare_profile = profiles.profile_upsert(identities=[{"type": "email", "value": "b@x.com"}]).profile
