@@ -92,3 +92,22 @@ def test_the_last_identity_stays_and_an_unknown_profile_is_a_404(api, ann):
         f"{PROFILES}{profile.pk + 999}/remove-identity/", {"type": "email", "value": "a@x.com"}, format="json"
     )
     assert missing.status_code == 404
+
+
+def test_the_profile_page_removes_an_identity_alone(admin_client, ann, server):
+    profile, connection = ann
+    page = admin_client.get(f"/admin/audiences/profile/{profile.pk}/change/").content.decode()
+    assert 'id="remove-identities"' in page
+    work = Identity.objects.get(value="ann@work.com")
+
+    response = admin_client.post(f"/admin/audiences/profile/{profile.pk}/remove-identity/", {"identity": work.pk})
+
+    assert response.status_code == 302
+    assert list(PendingChange.objects.values_list("value", "action")) == [("ann@work.com", "remove")]
+    deliver_connection(connection_id=connection.pk)
+    assert statuses(server) == {"ann@x.com": "subscribed", "ann@work.com": "unsubscribed"}
+    # One identity left: nothing more to remove from the page.
+    assert (
+        'id="remove-identities"'
+        not in admin_client.get(f"/admin/audiences/profile/{profile.pk}/change/").content.decode()
+    )
