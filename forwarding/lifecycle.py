@@ -21,7 +21,6 @@ from django.utils import timezone
 
 from audiences.membership.locks import lock_audience_membership
 from audiences.models import Audience
-from config import queueing
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from connections.status import PAUSABLE
@@ -29,7 +28,7 @@ from connections.validation import check_connectable, clean_connection_settings
 from forwarding import alerts, planner, recovery
 from forwarding.backoff import backoff_seconds
 from forwarding.delivery import attempt_error
-from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit
+from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_commit, ring_job, ring_job_after_commit
 from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import UNFINISHED_JOBS, ConnectionJob, DeliveryAttempt, PendingChange, RetiredMember
 from forwarding.partner_calls import audience_ref, held_removals
@@ -39,7 +38,6 @@ from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
 END_BATCH = 500
-OLD_TARGET_CLEANUP_TASK = "forwarding.tasks.clean_up_old_target"
 
 
 def connection_create(*, audience: Audience, output: Output, settings: Mapping[str, Any]) -> Connection:
@@ -409,7 +407,7 @@ def _switch_target(
                 )
                 job.total = cursor.rowcount
             job.save(update_fields=["total"])
-            transaction.on_commit(lambda: queueing.send_safely(OLD_TARGET_CLEANUP_TASK, job.pk))
+            ring_job_after_commit(job.kind, job.pk)
         # What the partner holds was the old target's; the new one holds nothing of ours yet.
         ConnectionMember.objects.filter(connection=row).delete()
         # Removes were owed to the old target (the new one never had those members); adds are due at once.
@@ -430,7 +428,12 @@ def old_target_cleanup_run(*, job_id: int, task_id: str = "") -> str:
     tried again later with backoff. Returns what happened."""
     claimed = ConnectionJob.objects.filter(
         pk=job_id, kind=ConnectionJob.Kind.OLD_TARGET_CLEANUP, status=ConnectionJob.Status.QUEUED
-    ).update(status=ConnectionJob.Status.RUNNING, started_at=timezone.now(), task_id=task_id[:255])
+    ).update(
+        status=ConnectionJob.Status.RUNNING,
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        task_id=task_id[:255],
+    )
     if not claimed:
         return "gone, running or done"
     job = ConnectionJob.objects.select_related("connection__output", "connection__audience").get(pk=job_id)
@@ -443,7 +446,7 @@ def old_target_cleanup_run(*, job_id: int, task_id: str = "") -> str:
 
     def removed(pks: list[int], now: datetime) -> None:
         RetiredMember.objects.filter(pk__in=pks).delete()
-        ConnectionJob.objects.filter(pk=job.pk).update(done=F("done") + len(pks))
+        ConnectionJob.objects.filter(pk=job.pk).update(done=F("done") + len(pks), heartbeat_at=timezone.now())
 
     failure = remove_held_in_batches(connection, partner, job.settings, next_batch, removed, task_id)
     if failure is None:
@@ -456,8 +459,9 @@ def old_target_cleanup_run(*, job_id: int, task_id: str = "") -> str:
     delay = backoff_seconds(job.attempts + 1, getattr(error, "retry_after", None))
     ConnectionJob.objects.filter(pk=job.pk).update(
         status=ConnectionJob.Status.QUEUED,
+        heartbeat_at=timezone.now() + timedelta(seconds=delay),
         attempts=F("attempts") + 1,
         error=f"The partner refused the clean-up ({error.message}); next attempt in {delay:.0f} s."[:2000],
     )
-    queueing.send_safely(OLD_TARGET_CLEANUP_TASK, job.pk, countdown=delay)
+    ring_job(job.kind, job.pk, countdown=delay)
     return f"retrying in {delay:.0f} s: {error.message}"

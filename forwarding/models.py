@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 from audiences.identities import IDENTITY_TYPE_CHOICES
 
@@ -171,13 +172,19 @@ class ConnectionJob(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=255, blank=True)
+    # Its last sign of life (queued, claimed, progress), or when a retry is due: the sweeper rings again a job
+    # left queued or silent too long (forwarding.sync.jobs_ring_stalled).
+    heartbeat_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["connection", "kind", "status"])]
+        indexes = [
+            models.Index(fields=["connection", "kind", "status"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of connection {self.connection_id}: {self.status}"

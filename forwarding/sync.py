@@ -13,27 +13,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from itertools import islice
 
 from django.core.exceptions import ValidationError
 from django.db import connection as db
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audiences.membership.locks import lock_audience_membership
 from audiences.models import AudienceMembership, Identity
-from config import queueing
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from forwarding import planner
 from forwarding.delivery import attempt_error
+from forwarding.doorbell import JOB_TASKS, ring_job, ring_job_after_commit
 from forwarding.models import UNFINISHED_JOBS, ConnectionJob, PendingChange
 from forwarding.partner_calls import audience_ref
 from outputs.partners.base import Action, Capability, MemberChange
 from outputs.partners.http import PartnerError
 
 logger = logging.getLogger(__name__)
-RECONCILE_TASK = "forwarding.tasks.reconcile_connection"
 # Members read from the partner per insert into the reconcile's table (and per progress update).
 READ_CHUNK = 1000
 ADDED = ConnectionMember.State.ADDED
@@ -168,7 +169,7 @@ def connection_reconcile_start(*, connection: Connection) -> ConnectionJob:
         if running is not None:
             return running
         job = ConnectionJob.objects.create(connection=row, kind=ConnectionJob.Kind.RECONCILE)
-        transaction.on_commit(lambda: queueing.send_safely(RECONCILE_TASK, job.pk))
+        ring_job_after_commit(job.kind, job.pk)
     return job
 
 
@@ -204,7 +205,12 @@ def reconcile_run(*, job_id: int, task_id: str = "") -> dict[str, object]:
     job as it goes), then repair set-wise under the audience's membership lock. Returns the job's result."""
     claimed = ConnectionJob.objects.filter(
         pk=job_id, kind=ConnectionJob.Kind.RECONCILE, status=ConnectionJob.Status.QUEUED
-    ).update(status=ConnectionJob.Status.RUNNING, started_at=timezone.now(), task_id=task_id[:255])
+    ).update(
+        status=ConnectionJob.Status.RUNNING,
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        task_id=task_id[:255],
+    )
     if not claimed:
         return {"skipped": "gone, running or done"}
     job = ConnectionJob.objects.select_related("connection__output", "connection__audience").get(pk=job_id)
@@ -263,5 +269,31 @@ def _read_partner(job: ConnectionJob, connection: Connection, seen: str) -> int:
                 SEEN_INSERT.format(seen=seen), [(m.identity_type, m.value, m.action is Action.ADD) for m in chunk]
             )
         read += len(chunk)
-        ConnectionJob.objects.filter(pk=job.pk).update(done=read)
+        ConnectionJob.objects.filter(pk=job.pk).update(done=read, heartbeat_at=timezone.now())
     return read
+
+
+# A queued job not started this long after it was due lost its task (a broker restart); a running one silent
+# this long lost its worker (kill -9): the sweeper rings them again (claiming is atomic, a duplicate is a no-op).
+JOB_QUEUED_GRACE = timedelta(minutes=2)
+JOB_SILENT_GRACE = timedelta(minutes=10)
+
+
+def jobs_ring_stalled(now: datetime) -> int:
+    """Ring again the ConnectionJobs no task is handling; returns how many."""
+    silent = list(
+        ConnectionJob.objects.filter(
+            status=ConnectionJob.Status.RUNNING, heartbeat_at__lt=now - JOB_SILENT_GRACE
+        ).values_list("pk", flat=True)
+    )
+    # Back to queued, so the next task claims it (and a late answer of the lost one claims nothing).
+    ConnectionJob.objects.filter(pk__in=silent, status=ConnectionJob.Status.RUNNING).update(
+        status=ConnectionJob.Status.QUEUED, heartbeat_at=now
+    )
+    waiting = ConnectionJob.objects.filter(status=ConnectionJob.Status.QUEUED, kind__in=JOB_TASKS).filter(
+        Q(heartbeat_at__lt=now - JOB_QUEUED_GRACE) | Q(pk__in=silent)
+    )
+    stalled = list(waiting.values_list("kind", "pk"))
+    for kind, job_id in stalled:
+        ring_job(kind, job_id)
+    return len(stalled)

@@ -47,12 +47,12 @@ def end_connection(self, connection_id: int) -> str:
     return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
 
 
-@shared_task(name=lifecycle.OLD_TARGET_CLEANUP_TASK, acks_late=True, bind=True)
+@shared_task(name=doorbell.OLD_TARGET_CLEANUP_TASK, acks_late=True, bind=True)
 def clean_up_old_target(self, job_id: int) -> str:
     return lifecycle.old_target_cleanup_run(job_id=job_id, task_id=self.request.id or "")
 
 
-@shared_task(name=sync.RECONCILE_TASK, acks_late=True, bind=True)
+@shared_task(name=doorbell.RECONCILE_TASK, acks_late=True, bind=True)
 def reconcile_connection(self, job_id: int) -> dict:
     return sync.reconcile_run(job_id=job_id, task_id=self.request.id or "")
 

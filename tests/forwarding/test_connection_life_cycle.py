@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from audiences import profiles
 from connections.models import Connection, ConnectionMember
-from forwarding import lifecycle, sync
+from forwarding import doorbell, lifecycle, sync
 from forwarding.delivery import deliver_connection
 from forwarding.models import ConnectionJob, PendingChange, RetiredMember
 from forwarding.selectors import connection_stats
@@ -42,9 +42,9 @@ def leave(email: str) -> None:
 def run_jobs(rings) -> None:
     """Run the jobs the services queued, as the worker would."""
     for task, args, _ in list(rings):
-        if task == lifecycle.OLD_TARGET_CLEANUP_TASK:
+        if task == doorbell.OLD_TARGET_CLEANUP_TASK:
             lifecycle.old_target_cleanup_run(job_id=args[0])
-        elif task == sync.RECONCILE_TASK:
+        elif task == doorbell.RECONCILE_TASK:
             sync.reconcile_run(job_id=args[0])
     rings.clear()
 
