@@ -32,6 +32,7 @@ from forwarding.doorbell import ring_after_commit, ring_end, ring_end_after_comm
 from forwarding.leases import acquire_lease, hold_lease
 from forwarding.models import UNFINISHED_JOBS, ConnectionJob, DeliveryAttempt, PendingChange, RetiredMember
 from forwarding.partner_calls import audience_ref, held_removals
+from forwarding.preview import connection_settings_test
 from outputs.models import Output
 from outputs.partners.base import Partner
 from outputs.partners.http import PartnerError
@@ -271,6 +272,7 @@ class SettingsEdit:
     cleans_old_target: bool  # the output asks for the clean-up (Mailchimp's Delete on Subscription End)
     sentences: tuple[str, ...] = ()
     cleanup_job: int | None = None  # the ConnectionJob removing them, once saved
+    partner_test: tuple[bool, str] | None = None  # the partner's answer about the new target (as connecting asks)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -280,6 +282,9 @@ class SettingsEdit:
             "cleanup": self.cleanup if self.cleans_old_target else 0,
             "left_at_old_target": 0 if self.cleans_old_target else self.cleanup,
             "cleanup_job": self.cleanup_job,
+            "partner_test": None
+            if self.partner_test is None
+            else {"ok": self.partner_test[0], "message": self.partner_test[1]},
             "description": " ".join(self.sentences),
         }
 
@@ -302,7 +307,10 @@ def connection_settings_preview(*, connection: Connection, settings: Mapping[str
         backfill = planner.backfill_count(connection=connection)
         cleanup = ConnectionMember.objects.filter(connection=connection, state__in=MAY_BE_HELD).count()
         cleans = connection.output.partner().wants_cleanup_on_end()
-    edit = SettingsEdit(cleaned, changed, target_changed, backfill, cleanup, cleans)
+    test = None
+    if target_changed:
+        test = connection_settings_test(output=connection.output, settings=cleaned, audience=connection.audience)
+    edit = SettingsEdit(cleaned, changed, target_changed, backfill, cleanup, cleans, partner_test=test)
     return replace(edit, sentences=_describe_edit(connection, edit))
 
 
@@ -326,6 +334,13 @@ def _describe_edit(connection: Connection, edit: SettingsEdit) -> tuple[str, ...
         f"The new target is backfilled with {edit.backfill:,} identities (the audience's current members); "
         "changes waiting for the old target are dropped (the backfill covers them)."
     )
+    if edit.partner_test is not None:
+        ok, words = edit.partner_test
+        said.append(
+            f"{partner_class.name} answers: {words}"
+            if ok
+            else f"{partner_class.name} refuses the new target ({words}): saving is refused until it accepts it."
+        )
     if edit.cleans_old_target:
         said.append(
             f"With {cleanup_label}, the old target's {edit.cleanup:,} members from this connection are removed."
@@ -354,6 +369,11 @@ def connection_settings_update(*, connection: Connection, settings: Mapping[str,
             row.save(update_fields=["settings", "updated_at"])
         return edit
     target = {name: edit.settings[name] for name in connection.output.partner_class.target_setting_names()}
+    if edit.partner_test is not None and not edit.partner_test[0]:
+        # As connecting does: a target the partner refuses is not switched to.
+        raise ValidationError(
+            {name: [f"{edit.partner_test[1]} Nothing was saved."] for name in edit.changed if name in target}
+        )
     running = ConnectionJob.objects.filter(
         connection=connection, kind=ConnectionJob.Kind.OLD_TARGET_CLEANUP, status__in=UNFINISHED_JOBS
     )

@@ -93,6 +93,11 @@ class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serialize
         return self._unchanged("output", value, self.instance.output_id)
 
 
+class ConnectionTestResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+
+
 class SettingsPreviewRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     settings = serializers.DictField(help_text="Connection settings to change (the others keep their values).")
 
@@ -106,6 +111,9 @@ class SettingsEditSerializer(serializers.Serializer):
     cleanup = serializers.IntegerField(help_text="Identities removed from the old target.")
     left_at_old_target = serializers.IntegerField(help_text="Identities the old target keeps (no clean-up asked).")
     cleanup_job = serializers.IntegerField(allow_null=True, help_text="The job removing them (GET .../jobs/{id}/).")
+    partner_test = ConnectionTestResultSerializer(
+        allow_null=True, help_text="The partner's answer about the new target (a refused one is not switched to)."
+    )
     description = serializers.CharField()
 
 
@@ -138,11 +146,6 @@ class ConnectionJobSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-
-
-class ConnectionTestResultSerializer(serializers.Serializer):
-    ok = serializers.BooleanField()
-    message = serializers.CharField()
 
 
 class DeliveryAttemptSerializer(serializers.ModelSerializer):

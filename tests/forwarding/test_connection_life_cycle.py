@@ -137,6 +137,18 @@ def test_bad_settings_are_refused_naming_the_setting(server, connection, values,
     assert field in excinfo.value.message_dict
 
 
+def test_a_list_the_partner_refuses_is_not_switched_to(server, connection):
+    preview = lifecycle.connection_settings_preview(connection=connection, settings={"list_id": "missing"})
+    assert preview.partner_test[0] is False and "saving is refused" in preview.as_dict()["description"]
+
+    with pytest.raises(ValidationError) as excinfo:
+        lifecycle.connection_settings_update(connection=connection, settings={"list_id": "missing"})
+
+    assert "Mailchimp has no list with id 'missing'" in excinfo.value.message_dict["list_id"][0]
+    connection.refresh_from_db()
+    assert connection.settings == {"list_id": OLD} and not ConnectionJob.objects.exists()
+
+
 def test_moving_back_to_a_list_still_being_cleaned_is_refused(server, connection, rings):
     lifecycle.connection_settings_update(connection=connection, settings={"list_id": NEW})
     with pytest.raises(ValidationError) as excinfo:
