@@ -167,6 +167,13 @@ def connection_end(*, connection_id: int, task_id: str = "") -> str:
                 ConnectionMember.objects.filter(pk__in=pks).update(state=ConnectionMember.State.REMOVED, updated_at=now)
 
             failure = remove_held_in_batches(connection, partner, connection.settings, held_batch, removed, task_id)
+            # An earlier target's clean-up not finished yet (a settings edit's) is finished first: deleting the
+            # connection would drop what it still owes there.
+            for job in ConnectionJob.objects.filter(
+                connection=connection, kind=ConnectionJob.Kind.OLD_TARGET_CLEANUP, status__in=UNFINISHED_JOBS
+            ).order_by("pk"):
+                if failure is None:
+                    failure = remove_held_in_batches(connection, partner, job.settings, *_retired(job), task_id)
             if failure is not None:
                 if lease.lost.is_set():
                     return "lease lost"
@@ -442,6 +449,22 @@ def _switch_target(
     return replace(edit, cleanup_job=job.pk if job else None)
 
 
+def _retired(
+    job: ConnectionJob,
+) -> tuple[Callable[[], list[tuple[int, str, str]]], Callable[[list[int], datetime], None]]:
+    """An old-target clean-up's batches (its RetiredMember rows) and how each is marked done (the rows go)."""
+
+    def next_batch() -> list[tuple[int, str, str]]:
+        rows = RetiredMember.objects.filter(job=job).order_by("id")
+        return list(rows.values_list("pk", "identity_type", "value")[:END_BATCH])
+
+    def removed(pks: list[int], now: datetime) -> None:
+        RetiredMember.objects.filter(pk__in=pks).delete()
+        ConnectionJob.objects.filter(pk=job.pk).update(done=F("done") + len(pks), heartbeat_at=timezone.now())
+
+    return next_batch, removed
+
+
 def old_target_cleanup_run(*, job_id: int, task_id: str = "") -> str:
     """Remove from an old partner-side target, with the old settings, the members a settings edit handed over
     (RetiredMember), batch after batch as a connection's end does. A refused call is recorded and the job is
@@ -459,16 +482,7 @@ def old_target_cleanup_run(*, job_id: int, task_id: str = "") -> str:
     job = ConnectionJob.objects.select_related("connection__output", "connection__audience").get(pk=job_id)
     connection = job.connection
     partner = connection.output.partner()
-
-    def next_batch() -> list[tuple[int, str, str]]:
-        rows = RetiredMember.objects.filter(job=job).order_by("id")
-        return list(rows.values_list("pk", "identity_type", "value")[:END_BATCH])
-
-    def removed(pks: list[int], now: datetime) -> None:
-        RetiredMember.objects.filter(pk__in=pks).delete()
-        ConnectionJob.objects.filter(pk=job.pk).update(done=F("done") + len(pks), heartbeat_at=timezone.now())
-
-    failure = remove_held_in_batches(connection, partner, job.settings, next_batch, removed, task_id)
+    failure = remove_held_in_batches(connection, partner, job.settings, *_retired(job), task_id)
     if failure is None:
         ConnectionJob.objects.filter(pk=job.pk).update(
             status=ConnectionJob.Status.DONE, finished_at=timezone.now(), error=""

@@ -257,3 +257,12 @@ def test_a_list_requiring_merge_fields_fills_and_the_figures_count_skipped_field
     assert subscribed(server, "strict") == {"plain@x.com", "odd@x.com"}
     stats = connection_stats(connection)
     assert (stats.delivered, stats.rejected, stats.fields_skipped) == (2, 0, 1)
+
+
+def test_deleting_the_connection_finishes_an_old_lists_clean_up_first(server, connection, rings):
+    lifecycle.connection_settings_update(connection=connection, settings={"list_id": NEW})
+    deliver_connection(connection_id=connection.pk)
+    lifecycle.connection_delete(connection=connection)  # before the old list's clean-up job ran
+
+    assert lifecycle.connection_end(connection_id=connection.pk) == "deleted"
+    assert server.members(OLD) == {} and server.members(NEW) == {}
