@@ -188,7 +188,9 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                     "can_resume": can_switch and status.can_resume(obj.status),
                     "can_test": self.has_test_permission(request) and status.can_test(obj.status),
                     "progress": sending_progress(obj),
-                    "can_edit_settings": self.has_change_permission(request, obj) and status.can_delete(obj.status),
+                    "can_edit_settings": bool(obj.output.partner_class.connection_settings)
+                    and self.has_change_permission(request, obj)
+                    and status.can_delete(obj.status),
                     "jobs": ConnectionJob.objects.filter(connection=obj)[:5],
                     "progress_url": reverse("admin:connections_connection_progress", args=[obj.pk]),
                     "history_charts": connection_charts(obj.pk),
