@@ -18,7 +18,8 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -35,10 +36,12 @@ from audiences.estimates import has_conditions
 from audiences.history import audience_charts
 from audiences.identities import IDENTITY_TYPE_CHOICES
 from audiences.models import Audience, AudienceMembership, Identity, MembershipChange, Profile, ProfileErasure
+from audiences.profiles import profile_identity_remove
 from audiences.selectors import AudienceMetrics, audience_metrics
 from audiences.services import audience_create, audience_update
 from config.admin_forms import add_service_errors
 from config.display import number, when
+from config.request_parsing import id_from_query
 from config.roles import DOWNLOAD_AUDIENCE, ERASE_PROFILE
 
 EXAMPLE_CRITERIA = {"and": []}
@@ -407,7 +410,50 @@ class ProfileAdmin(ReadOnlyModelAdmin):
     ) -> HttpResponse:
         if obj is not None and obj.pk:
             context.update(profile_page_context(obj))
+            if request.user.has_perm("audiences.change_profile"):
+                context["removable_identities"] = (
+                    list(obj.identities.order_by("id")) if obj.identities.count() > 1 else []
+                )
+                context["remove_identity_url"] = reverse("admin:audiences_profile_remove_identity", args=[obj.pk])
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/remove-identity/",
+                self.admin_site.admin_view(self.remove_identity_view),
+                name="audiences_profile_remove_identity",
+            ),
+            *super().get_urls(),
+        ]
+
+    def remove_identity_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: take one identity off the profile (audiences.profiles.profile_identity_remove): partners holding
+        it get a remove of it alone. Needs audiences.change_profile, as the API's remove-identity."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm("audiences.change_profile"):
+            raise PermissionDenied
+        profile = self.get_object(request, unquote(object_id))
+        if profile is None:
+            raise Http404("No such profile.")
+        identity = Identity.objects.filter(profile=profile, pk=id_from_query(request.POST.get("identity"))).first()
+        if identity is None:
+            messages.error(request, "That identity is no longer on this profile.")
+        else:
+            try:
+                result = profile_identity_remove(
+                    profile_id=profile.pk, identity={"type": identity.type, "value": identity.value}
+                )
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+            else:
+                self.log_change(request, profile, f"Removed the identity {identity}.")
+                left = f" It left {len(result.left)} audience(s)." if result.left else ""
+                messages.success(
+                    request, f"Removed {identity}: partners holding it get a remove of that identity alone.{left}"
+                )
+        return redirect("admin:audiences_profile_change", profile.pk)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Profile]:
         return (

@@ -41,6 +41,7 @@ from audiences.serializers import (
     ErasureRequestSerializer,
     EstimateSerializer,
     HistoryEntrySerializer,
+    IdentityRemoveSerializer,
     NamesQuerySerializer,
     NamesSeenSerializer,
     ProfileDetailSerializer,
@@ -144,6 +145,14 @@ class ProfileFilter(filters.FilterSet):
     history=extend_schema(
         summary="When and why the profile entered or left each audience", responses=HistoryEntrySerializer(many=True)
     ),
+    remove_identity=extend_schema(
+        summary="Take one identity off the profile",
+        description="Where the profile is a member, partners holding that identity get a remove of it alone (its "
+        "other identities stay), then the audiences are evaluated again without it. The profile's last identity "
+        "cannot be removed (erase the profile instead).",
+        request=IdentityRemoveSerializer,
+        responses={200: ProfileUpsertResultSerializer},
+    ),
     merge=extend_schema(
         summary="Merge another profile into this one (resolves an identity conflict)",
         description="Moves the other profile's identities, events and audience history onto this one (its "
@@ -166,6 +175,7 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
         # An upsert creates or changes a profile, whichever its identities say.
         "create": ("audiences.add_profile", "audiences.change_profile"),
         "merge": (MERGE_PROFILE,),
+        "remove_identity": ("audiences.change_profile",),
     }
 
     def get_queryset(self) -> QuerySet[Profile]:
@@ -217,6 +227,20 @@ class ProfileViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.RetrieveMo
         page = self.paginate_queryset(changes)
         entries = [selectors.history_entry(change) for change in page]
         return self.get_paginated_response(HistoryEntrySerializer(entries, many=True).data)
+
+    @action(detail=True, methods=["post"], url_path="remove-identity", filterset_class=None, ordering_fields=None)
+    def remove_identity(self, request: Request, pk: str | None = None) -> Response:
+        """Take one identity off this profile (audiences.profiles.profile_identity_remove)."""
+        profile = get_object_or_404(Profile.objects.only("pk"), pk=pk)
+        body = IdentityRemoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            result = profiles.profile_identity_remove(profile_id=profile.pk, identity=dict(body.validated_data))
+        except Profile.DoesNotExist:  # erased meanwhile
+            raise Http404 from None
+        kept = self.get_queryset().get(pk=profile.pk)
+        kept.entered, kept.left = result.entered, result.left
+        return Response(ProfileUpsertResultSerializer(kept).data)
 
     @action(detail=True, methods=["post"], filterset_class=None, ordering_fields=None)
     def merge(self, request: Request, pk: str | None = None) -> Response:

@@ -14,7 +14,8 @@ from django.db.models import Q
 
 from audiences.identities import normalise_identity
 from audiences.membership.evaluation import evaluate_profiles
-from audiences.membership.ledger import publish_members_updated
+from audiences.membership.ledger import publish_identities_removed, publish_members_updated
+from audiences.membership.locks import lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Identity, Profile
 from config.api_errors import ConflictError
 from config.db import atomic_with_reconnect
@@ -207,3 +208,49 @@ def _evaluate_profile(result: ProfileUpsertResult, *, new_identity_ids: list[int
         audience_ids=list(stayed),
         identity_ids=None if attributes_changed else new_identity_ids,
     )
+
+
+# --- losing an identity ------------------------------------------------------------------------
+
+
+@dataclass
+class IdentityRemoveResult:
+    profile: Profile
+    entered: list[int] = field(default_factory=list)  # audience ids, re-evaluated without the identity
+    left: list[int] = field(default_factory=list)
+
+
+def profile_identity_remove(*, profile_id: int, identity: Any) -> IdentityRemoveResult:
+    """Take one identity ({type, value}) off a profile: where the profile is a member, the consumers remove that
+    identity alone (a partner keeps the profile's other identities), then the audiences are evaluated again
+    without it. One transaction. Raises Profile.DoesNotExist for an unknown profile, ValidationError naming
+    `type` / `value` for a bad identity, one the profile does not hold, or its last one (a profile is found
+    by its identities: erase it instead)."""
+    try:
+        ((identity_type, value),) = clean_identities([identity])
+    except ValidationError as exc:
+        raise ValidationError(
+            {k.removeprefix("identities[0]").lstrip(".") or "identity": v for k, v in exc.message_dict.items()}
+        ) from None
+    return atomic_with_reconnect(lambda: _identity_remove(profile_id, identity_type, value))
+
+
+def _identity_remove(profile_id: int, identity_type: str, value: str) -> IdentityRemoveResult:
+    profile = Profile.objects.select_for_update(no_key=True).get(pk=profile_id)
+    identities = list(Identity.objects.filter(profile=profile).values_list("pk", "type", "value"))
+    held = next((pk for pk, t, v in identities if (t, v) == (identity_type, value)), None)
+    if held is None:
+        raise ValidationError({"value": [f"Profile {profile.pk} has no {identity_type} identity '{value}'."]})
+    if len(identities) == 1:
+        raise ValidationError(
+            {"value": ["This is the profile's last identity, by which it is found: erase the profile instead."]}
+        )
+    audience_ids = list(AudienceMembership.objects.filter(profile=profile).values_list("audience_id", flat=True))
+    # Shared, as real-time evaluation takes them, before reading the audiences' connections: a connect (which
+    # takes them exclusively) then either backfills without this identity or is seen by the consumers.
+    lock_audiences_for_evaluation(audience_ids)
+    audience_ids = list(AudienceMembership.objects.filter(profile=profile).values_list("audience_id", flat=True))
+    publish_identities_removed(profile_id=profile.pk, audience_ids=audience_ids, identities=[(identity_type, value)])
+    Identity.objects.filter(pk=held).delete()
+    entered, left = evaluate_profiles([profile.pk], reason="identity removed").get(profile.pk, ([], []))
+    return IdentityRemoveResult(profile=profile, entered=list(entered), left=list(left))

@@ -308,6 +308,13 @@ class ProfileErasureSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class IdentityRemoveSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The identity a profile loses (checked and normalised by audiences.profiles.profile_identity_remove)."""
+
+    type = serializers.JSONField(help_text="An identity type: email, customer, ...")
+    value = serializers.JSONField(help_text="Its value, as given when it was added (normalised the same way).")
+
+
 class ProfileMergeSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     profile = serializers.IntegerField(
         min_value=1,

@@ -31,6 +31,9 @@ TASK_KINDS: dict[str, str] = {
     "forwarding.tasks.end_connection": BULK,
     "forwarding.tasks.sweep_pending_work": MAINTENANCE,
     "forwarding.tasks.upload_connection": BULK,
+    # Whole-list work of a connection's life cycle: an edited target's clean-up, a reconcile.
+    "forwarding.tasks.clean_up_old_target": BULK,
+    "forwarding.tasks.reconcile_connection": BULK,
     # A probe is one small call: it resumes a connection faulted by an outage, so it goes with real time.
     "forwarding.tasks.probe_connection": REALTIME,
     "forwarding.tasks.send_connection_alert": MAINTENANCE,

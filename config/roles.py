@@ -74,6 +74,8 @@ MARKETER = (
         "audiences.change_audience",
         DOWNLOAD_AUDIENCE,
         "connections.add_connection",
+        # Editing a connection's settings (e.g. moving it to another Mailchimp list), resync and reconcile.
+        "connections.change_connection",
         "connections.delete_connection",
         TEST_CONNECTION,
     }
@@ -87,6 +89,7 @@ OPERATOR = (
         "outputs.add_output",
         "outputs.change_output",
         "outputs.delete_output",
+        "connections.change_connection",
         "connections.delete_connection",
         PAUSE_CONNECTION,
         TEST_CONNECTION,

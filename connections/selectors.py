@@ -9,6 +9,7 @@ from django.db.models import Count, Q, QuerySet
 
 from connections.models import Connection, ConnectionMember
 from connections.status import CONNECTED
+from outputs.partners.base import SKIPPED_FIELDS_NOTE
 
 # The states in which the partner holds a member, or may hold it (an add whose answer was never recorded).
 MAY_BE_HELD = (ConnectionMember.State.ADDED, ConnectionMember.State.MAYBE_HELD)
@@ -36,10 +37,14 @@ def acknowledged_fingerprints(connection_id: int, identities: set[tuple[str, str
 
 
 def member_counts(connection: Connection) -> dict[str, int]:
-    """{"delivered": identities the partner holds from us, "rejected": identities it refused for good}."""
+    """{"delivered": identities the partner holds from us, "rejected": identities it refused for good,
+    "fields_skipped": identities it holds without some of their fields (a value it refused, left out)}."""
     return ConnectionMember.objects.filter(connection=connection).aggregate(
         delivered=Count("id", filter=Q(state=ConnectionMember.State.ADDED)),
         rejected=Count("id", filter=Q(state=ConnectionMember.State.REJECTED)),
+        fields_skipped=Count(
+            "id", filter=Q(state=ConnectionMember.State.ADDED, reason__startswith=SKIPPED_FIELDS_NOTE)
+        ),
     )
 
 

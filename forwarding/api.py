@@ -1,17 +1,19 @@
 """API views for connections (check the shape, call one service, serialize), and the audience resource
 extended with its connections. Mounted by config/api_urls.py.
 
-What a connection lets you edit is its status (sending / paused): PUT and PATCH take `status`, the
-same switch as POST /pause/ and /resume/; and a bulk connection's upload criteria
-(`upload_wait_minutes`, `upload_messages`, null for the partner's default; forwarding/bulk.py). The
-audience, the output and the connection settings are fixed at creation; sending them back unchanged
-is fine, a different value is a 400.
+PUT and PATCH edit a connection's status (sending / paused, the same switch as POST /pause/ and
+/resume/), its settings (POST /settings-preview/ says what an edit would do first) and a bulk
+connection's upload criteria (`upload_wait_minutes`, `upload_messages`, null for the partner's default;
+forwarding/bulk.py). The audience and the output are fixed at creation; sending them back unchanged is
+fine, a different value is a 400. POST /resync/ plans the difference with our records; POST /reconcile/
+queues a job (202) that reads what the partner holds and repairs drift, its progress at GET /jobs/{job_id}/.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
@@ -30,22 +32,28 @@ from config.api_views import ObjectLookupMixin
 from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections.models import Connection, ConnectionMember
 from connections.selectors import connected_output_counts, rejected_members
-from forwarding import bulk, lifecycle
+from forwarding import bulk, lifecycle, sync
 from forwarding.funnel import identity_funnel
-from forwarding.models import DeliveryAttempt
+from forwarding.models import ConnectionJob, DeliveryAttempt
 from forwarding.serializers import (
     ConnectedAudienceSerializer,
+    ConnectionJobSerializer,
     ConnectionSerializer,
     ConnectionTestResultSerializer,
     ConnectionUpdateSerializer,
     DeliveryAttemptSerializer,
     IdentityFunnelSerializer,
     RejectionSerializer,
+    ResyncRequestSerializer,
+    ResyncResultSerializer,
+    SettingsEditSerializer,
+    SettingsPreviewRequestSerializer,
 )
 from outputs.api import partner_filter
 from outputs.models import Output
 
 VIEW = "connections.view_connection"
+CHANGE = "connections.change_connection"
 # PUT / PATCH status, like the pause and resume buttons.
 STATUS_SWITCH = {
     Connection.Status.SENDING: lifecycle.connection_resume,
@@ -95,14 +103,37 @@ class RejectionFilter(filters.FilterSet):
     ),
     update=extend_schema(
         request=ConnectionUpdateSerializer,
-        description="Switch the status (status required; a faulted connection does not pause), and set a bulk "
+        description="Switch the status (status required; a faulted connection does not pause), edit settings "
+        "(connections.change_connection; the answer then has `settings_edit`: what the edit did), and set a bulk "
         "connection's upload criteria (a real-time one has none: a 400 naming the field).",
     ),
     partial_update=extend_schema(
         request=ConnectionUpdateSerializer,
-        description="Switch the status (a faulted connection does not pause), and set a bulk connection's upload "
-        "criteria (a real-time one has none: a 400 naming the field).",
+        description="Switch the status (a faulted connection does not pause), edit settings (only those "
+        "named change; a new Mailchimp list is backfilled and the old one cleaned up where the output asks for "
+        "it; the answer then has `settings_edit`), and set a bulk connection's upload criteria (a real-time one "
+        "has none: a 400 naming the field).",
     ),
+    settings_preview=extend_schema(
+        request=SettingsPreviewRequestSerializer,
+        responses={200: SettingsEditSerializer, 400: error_response("400", "A setting is not valid (named).")},
+        summary="What editing these settings would do (nothing is saved)",
+    ),
+    resync=extend_schema(
+        request=ResyncRequestSerializer,
+        responses={200: ResyncResultSerializer, 400: error_response("400", "The connection is being deleted.")},
+        summary="Plan only the difference between the audience and what our records say the partner holds",
+    ),
+    reconcile=extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(ConnectionJobSerializer, description="Queued (or the one already queued)."),
+            400: error_response("400", "The partner cannot list its members, or the connection is ending."),
+        },
+        summary="Read what the partner holds and repair drift made there (a job; see /jobs/)",
+    ),
+    jobs=extend_schema(summary="Reconciles and clean-ups, newest first", responses=ConnectionJobSerializer(many=True)),
+    job=extend_schema(summary="One reconcile or clean-up: its progress and result", responses=ConnectionJobSerializer),
     destroy=extend_schema(
         responses={
             202: OpenApiResponse(
@@ -172,6 +203,11 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         "rejections": (VIEW, "connections.view_connectionmember"),
         # Counts and reasons, the partner's quoted addresses masked: what the connection's figures show.
         "funnel": (VIEW,),
+        "settings_preview": (VIEW,),
+        "resync": (VIEW, CHANGE),
+        "reconcile": (VIEW, CHANGE),
+        "jobs": (VIEW,),
+        "job": (VIEW,),
     }
 
     def _connection(self) -> Connection:
@@ -185,7 +221,7 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         return Response(self.get_serializer(connection).data, status=status.HTTP_201_CREATED)
 
     def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
-        """PUT (status required) / PATCH: switch the status between sending and paused."""
+        """PUT (status required) / PATCH: switch the status between sending and paused, edit settings."""
         connection = self.get_object()
         body = ConnectionUpdateSerializer(connection, data=request.data, partial=partial)
         body.is_valid(raise_exception=True)
@@ -195,14 +231,25 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
             for name, value in body.validated_data.items()
             if name in ("upload_wait_minutes", "upload_messages") and value != getattr(connection, name)
         }
+        edit = None
+        if "settings" in body.validated_data and not request.user.has_perm(CHANGE):
+            raise PermissionDenied("Editing a connection's settings needs connections.change_connection.")
+        if "settings" in body.validated_data:
+            # First, and in its own transactions: a target change holds delivery back and awaits the batch in
+            # flight, which must see the hold committed. Refused settings change nothing else.
+            edit = lifecycle.connection_settings_update(connection=connection, settings=body.validated_data["settings"])
+            connection.refresh_from_db()
         wanted = body.validated_data.get("status", connection.status)
-        # One request, one outcome: refused criteria or status change nothing.
+        # Refused criteria or status change neither.
         with transaction.atomic():
             if criteria:
                 connection = bulk.connection_set_upload_criteria(connection=connection, values=criteria)
             if wanted != connection.status:
                 connection = STATUS_SWITCH[wanted](connection=connection)
-        return Response(self.get_serializer(connection).data)
+        data = self.get_serializer(connection).data
+        if edit is not None:
+            data = {**data, "settings_edit": SettingsEditSerializer(edit.as_dict()).data}
+        return Response(data)
 
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         return self.update(request, pk, partial=True)
@@ -238,6 +285,57 @@ class ConnectionViewSet(ObjectLookupMixin, mixins.ListModelMixin, mixins.Retriev
         # 200 either way: the partner's refusal is the answer, not an API error.
         ok, message = lifecycle.connection_test(connection=self.get_object())
         return Response(ConnectionTestResultSerializer({"ok": ok, "message": message}).data)
+
+    @action(detail=True, methods=["post"], url_path="settings-preview", serializer_class=SettingsEditSerializer)
+    def settings_preview(self, request: Request, pk: str | None = None) -> Response:
+        body = SettingsPreviewRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        edit = lifecycle.connection_settings_preview(
+            connection=self.get_object(), settings=body.validated_data["settings"]
+        )
+        return Response(SettingsEditSerializer(edit.as_dict()).data)
+
+    @action(detail=True, methods=["post"], serializer_class=ResyncResultSerializer)
+    def resync(self, request: Request, pk: str | None = None) -> Response:
+        body = ResyncRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = sync.connection_resync(connection=self.get_object(), **body.validated_data)
+        return Response(ResyncResultSerializer(result.as_dict()).data)
+
+    @action(detail=True, methods=["post"], serializer_class=ConnectionJobSerializer)
+    def reconcile(self, request: Request, pk: str | None = None) -> Response:
+        connection = self.get_object()
+        job = sync.connection_reconcile_start(connection=connection)
+        location = request.build_absolute_uri(f"{request.path.rstrip('/').rsplit('/', 1)[0]}/jobs/{job.pk}/")
+        return Response(
+            ConnectionJobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location}
+        )
+
+    @action(
+        detail=True,
+        methods=["get"],
+        serializer_class=ConnectionJobSerializer,
+        queryset=ConnectionJob.objects.all(),
+        filterset_class=None,
+        search_fields=None,
+        ordering_fields=["created_at"],
+    )
+    def jobs(self, request: Request, pk: str | None = None) -> Response:
+        page = self.paginate_queryset(self.get_queryset().filter(connection=self._connection()))
+        return self.get_paginated_response(ConnectionJobSerializer(page, many=True).data)
+
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"jobs/(?P<job_id>[0-9]+)",
+        serializer_class=ConnectionJobSerializer,
+        queryset=ConnectionJob.objects.all(),
+        filterset_class=None,
+        search_fields=None,
+    )
+    def job(self, request: Request, pk: str | None = None, job_id: str | None = None) -> Response:
+        job = get_object_or_404(ConnectionJob.objects.all(), pk=job_id, connection=self._connection())
+        return Response(ConnectionJobSerializer(job).data)
 
     @action(
         detail=True,

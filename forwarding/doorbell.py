@@ -14,6 +14,10 @@ from config import queueing
 DELIVER_TASK = "forwarding.tasks.deliver_connection"
 END_TASK = "forwarding.tasks.end_connection"
 PROBE_TASK = "forwarding.tasks.probe_connection"
+# A connection's life-cycle jobs (forwarding.models.ConnectionJob), by kind.
+RECONCILE_TASK = "forwarding.tasks.reconcile_connection"
+OLD_TARGET_CLEANUP_TASK = "forwarding.tasks.clean_up_old_target"
+JOB_TASKS = {"reconcile": RECONCILE_TASK, "old_target_cleanup": OLD_TARGET_CLEANUP_TASK}
 
 
 def ring(connection_id: int, *, countdown: float | None = None) -> None:
@@ -36,3 +40,12 @@ def ring_end_after_commit(connection_id: int) -> None:
 
 def ring_probe(connection_id: int) -> None:
     queueing.send_safely(PROBE_TASK, connection_id)
+
+
+def ring_job(kind: str, job_id: int, *, countdown: float | None = None) -> None:
+    """Run a ConnectionJob (a reconcile, an old target's clean-up); the sweeper rings again a job left waiting."""
+    queueing.send_safely(JOB_TASKS[kind], job_id, countdown=countdown)
+
+
+def ring_job_after_commit(kind: str, job_id: int) -> None:
+    transaction.on_commit(lambda: ring_job(kind, job_id))

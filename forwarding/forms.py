@@ -149,3 +149,19 @@ class UploadCriteriaForm(forms.Form):
             self.connection = connection_set_upload_criteria(connection=self.connection, values=self.cleaned_data)
         except ValidationError as exc:
             add_service_errors(self, exc)
+
+
+class EditSettingsForm(forms.Form):
+    """A connection's settings, as edited in the admin: shown with their current values; what saving them does
+    is said by forwarding.lifecycle.connection_settings_preview before the edit is confirmed."""
+
+    def __init__(self, *args: Any, connection: Connection, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = connection
+        schema = connection.output.partner_class.connection_settings
+        self.fields.update(settings_fields(schema))
+        for setting in schema:
+            self.fields[setting.name].initial = connection.settings.get(setting.name)
+
+    def settings_values(self) -> dict[str, Any]:
+        return {name: self.cleaned_data.get(name) for name in self.fields}

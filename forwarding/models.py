@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 from audiences.identities import IDENTITY_TYPE_CHOICES
 
@@ -183,3 +184,61 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"upload of connection {self.connection_id} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ConnectionJob(models.Model):
+    """A piece of a connection's life cycle that runs as a task, with its progress for the admin and the API:
+    a reconcile (read what the partner holds, repair drift), or the clean-up of the partner-side target a
+    settings edit left (the old Mailchimp list's members, removed with the old settings)."""
+
+    class Kind(models.TextChoices):
+        RECONCILE = "reconcile"
+        OLD_TARGET_CLEANUP = "old_target_cleanup"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # The connection settings the job works with: the old target's, for a clean-up.
+    settings = models.JSONField(default=dict, blank=True)
+    # Progress: items done so far (members read from the partner, members removed), of `total` when known.
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(null=True, blank=True)
+    # What it found and did, e.g. {"adds_planned": 3, "removes_planned": 1, "corrected": 4}.
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=255, blank=True)
+    # Its last sign of life (queued, claimed, progress), or when a retry is due: the sweeper rings again a job
+    # left queued or silent too long (forwarding.sync.jobs_ring_stalled).
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["connection", "kind", "status"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of connection {self.connection_id}: {self.status}"
+
+
+UNFINISHED_JOBS = (ConnectionJob.Status.QUEUED, ConnectionJob.Status.RUNNING)
+
+
+class RetiredMember(models.Model):
+    """An identity a connection's old partner-side target holds (or may hold), owed a removal there by an
+    old-target clean-up job. Apart from ConnectionMember, which describes the current target."""
+
+    job = models.ForeignKey(ConnectionJob, on_delete=models.CASCADE, related_name="retired_members")
+    identity_type = models.CharField(max_length=40, choices=IDENTITY_TYPE_CHOICES)
+    value = models.CharField(max_length=255)

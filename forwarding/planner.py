@@ -88,12 +88,37 @@ class OutboxPlanner:
     ) -> None:
         plan_membership_changes([(a, [profile_id], ADD) for a in audience_ids], identity_ids=identity_ids)
 
+    def identities_removed(
+        self, *, profile_id: int, audience_ids: Sequence[int], identities: Sequence[tuple[str, str]]
+    ) -> None:
+        plan_identity_removes(profile_id=profile_id, audience_ids=audience_ids, identities=identities)
+
     def profile_erasing(self, *, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
         return plan_erasure_removes(erasure_id=erasure_id, identities=identities)
 
 
 def _planning_connections(audience_ids: set[int]) -> list[Connection]:
     return list(Connection.objects.filter(audience_id__in=audience_ids, status__in=PLANNING).select_related("output"))
+
+
+def plan_identity_removes(
+    *, profile_id: int, audience_ids: Sequence[int], identities: Sequence[tuple[str, str]]
+) -> int:
+    """A member lost these identities: a remove of each, alone, on every planning connection of these audiences
+    that accepts its type (the member's other identities are left as they are). Returns the rows written."""
+    now = timezone.now()
+    connections = _planning_connections(set(audience_ids))
+    params = [
+        (connection.pk, t, v, REMOVE, profile_id, now, now)
+        for connection in connections
+        for t, v in identities
+        if t in connection.output.partner_class.accepted_identity_types
+    ]
+    if params:
+        with db.cursor() as cursor:
+            cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
+        _ring_after_commit([c for c in connections if any(p[0] == c.pk for p in params)])
+    return len(params)
 
 
 def plan_for_profiles(
@@ -169,6 +194,12 @@ def plan_backfill(*, connection: Connection) -> int:
     if written > 0:
         bulk.note_planned([(connection, written)])
     return written
+
+
+def backfill_count(*, connection: Connection) -> int:
+    """How many adds plan_backfill would queue: the accepted identities of the audience's current members."""
+    accepted = connection.output.partner_class.accepted_identity_types
+    return Identity.objects.filter(type__in=accepted, profile__memberships__audience_id=connection.audience_id).count()
 
 
 def plan_for_profile_table(*, audience_id: int, table: str, action: str) -> int:
@@ -255,6 +286,11 @@ def plan_erasure_removes(*, erasure_id: int, identities: Sequence[tuple[str, str
     _ring_after_commit([planning[c] for c in sorted({c for c, _, _ in owed})])
     bulk.note_planned((planning[c], rows) for c, rows in sorted(Counter(c for c, _, _ in owed).items()))
     return len(owed | to_forget)
+
+
+def ring_connections_after_commit(connections: Sequence[Connection]) -> None:
+    """Ring delivery after commit for those of these connections that deliver in real time now."""
+    _ring_after_commit(connections)
 
 
 def _ring_after_commit(connections: Sequence[Connection]) -> None:

@@ -35,6 +35,7 @@ class ConnectionStats:
     pending: int  # changes waiting to be sent
     retrying: int  # of which waiting for a retry after an error
     rejected: int  # identities the partner refused for good
+    fields_skipped: int  # delivered identities whose refused fields (merge values) were left out
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -71,6 +72,7 @@ def connection_stats(connection: Connection) -> ConnectionStats:
         pending=pending["total"],
         retrying=pending["retrying"],
         rejected=members["rejected"],
+        fields_skipped=members["fields_skipped"],
     )
 
 

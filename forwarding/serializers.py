@@ -14,7 +14,7 @@ from config.api_errors import RejectUnknownFieldsMixin
 from connections.models import UPLOAD_MESSAGES_MAX, UPLOAD_WAIT_MINUTES_MAX, Connection, ConnectionMember
 from connections.selectors import connected_output_counts
 from forwarding import bulk
-from forwarding.models import DeliveryAttempt, Upload
+from forwarding.models import ConnectionJob, DeliveryAttempt, Upload
 from forwarding.selectors import connection_stats
 from outputs.models import Output
 from outputs.partners.base import UploadCriteria
@@ -126,8 +126,10 @@ class ConnectionSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer
 
 
 class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    """PUT / PATCH of a connection: its status (sending or paused, the pause / resume switch) and, for a bulk
-    connection, its upload criteria. Audience, output and settings are fixed at creation: sent back
+    """PUT / PATCH of a connection: its status (sending or paused, the pause / resume switch), its
+    settings (only those named change; a new partner-side target, e.g. Mailchimp's list id, is backfilled
+    and the old one cleaned up where the output asks for it: POST /settings-preview/ says so beforehand),
+    and, for a bulk connection, its upload criteria. Audience and output are fixed at creation: sent back
     unchanged they are accepted, a different value is refused, naming the field."""
 
     status = serializers.ChoiceField(
@@ -150,7 +152,9 @@ class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serialize
     )
     audience = serializers.IntegerField(required=False, help_text="Fixed at creation.")
     output = serializers.IntegerField(required=False, help_text="Fixed at creation.")
-    settings = serializers.JSONField(required=False, help_text="Fixed at creation.")
+    settings = serializers.DictField(
+        required=False, help_text="Connection settings to change (the others keep their values)."
+    )
 
     def to_internal_value(self, data: object) -> object:
         # What a read showed besides these fields may be sent back; it is ignored like read-only fields.
@@ -169,9 +173,6 @@ class ConnectionUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serialize
 
     def validate_output(self, value: int) -> int:
         return self._unchanged("output", value, self.instance.output_id)
-
-    def validate_settings(self, value: object) -> object:
-        return self._unchanged("settings", value, self.instance.settings)
 
 
 class ConnectionTestResultSerializer(serializers.Serializer):
@@ -212,6 +213,56 @@ class IdentityFunnelSerializer(serializers.Serializer):
     rejected = serializers.IntegerField(help_text="Valid identities of members the partner refused.")
     rejection_reasons = FunnelLossSerializer(many=True, help_text="The partner's reasons, most frequent first.")
     partner_count = PartnerCountSerializer()
+
+
+class SettingsPreviewRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    settings = serializers.DictField(help_text="Connection settings to change (the others keep their values).")
+
+
+class SettingsEditSerializer(serializers.Serializer):
+    """What an edit of the settings does (before: POST /settings-preview/; after: PATCH's `settings_edit`)."""
+
+    changed = serializers.ListField(child=serializers.CharField())
+    target_changed = serializers.BooleanField(help_text="The partner-side audience (e.g. the Mailchimp list) changes.")
+    backfill = serializers.IntegerField(help_text="Identities sent to the new target.")
+    cleanup = serializers.IntegerField(help_text="Identities removed from the old target.")
+    left_at_old_target = serializers.IntegerField(help_text="Identities the old target keeps (no clean-up asked).")
+    cleanup_job = serializers.IntegerField(allow_null=True, help_text="The job removing them (GET .../jobs/{id}/).")
+    partner_test = ConnectionTestResultSerializer(
+        allow_null=True, help_text="The partner's answer about the new target (a refused one is not switched to)."
+    )
+    description = serializers.CharField()
+
+
+class ResyncRequestSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    include_rejected = serializers.BooleanField(
+        default=False, help_text="Send again the identities the partner refused for good (e.g. after a fix)."
+    )
+
+
+class ResyncResultSerializer(serializers.Serializer):
+    adds_planned = serializers.IntegerField()
+    removes_planned = serializers.IntegerField()
+
+
+class ConnectionJobSerializer(serializers.ModelSerializer):
+    """A reconcile or an old target's clean-up: its progress (`done` of `total` when known) and result."""
+
+    class Meta:
+        model = ConnectionJob
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "done",
+            "total",
+            "result",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class DeliveryAttemptSerializer(serializers.ModelSerializer):

@@ -12,6 +12,7 @@ from connections.models import Connection
 from forwarding.doorbell import ring, ring_end, ring_probe
 from forwarding.leases import free_of_lease, not_throttled
 from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.sync import jobs_ring_stalled
 from outputs.partners.base import Capability
 from outputs.partners.registry import partner_keys_with
 
@@ -49,11 +50,13 @@ def sweep() -> dict[str, int]:
     stale = audiences_due_for_recompute(grace=RECOMPUTE_GRACE)
     for audience_id, version in stale:
         recompute_queue(audience_id, version)
+    jobs = jobs_ring_stalled(now)
     purged, _ = DeliveryAttempt.objects.filter(at__lt=now - timedelta(days=ATTEMPT_LOG_DAYS)).delete()
     return {
         "delivering": len(to_deliver),
         "ending": len(to_end),
         "probing": len(to_probe),
         "recomputing": len(stale),
+        "jobs": jobs,
         "purged": purged,
     }

@@ -22,6 +22,7 @@ from forwarding import (
     recovery,
     shutdown,
     sweeper,
+    sync,
 )
 from outputs.partners.base import Capability
 from outputs.partners.registry import partner_keys_with
@@ -54,6 +55,16 @@ def deliver_connection(self, connection_id: int) -> dict:
 def end_connection(self, connection_id: int) -> str:
     _bind_connection(connection_id)
     return lifecycle.connection_end(connection_id=connection_id, task_id=self.request.id or "")
+
+
+@shared_task(name=doorbell.OLD_TARGET_CLEANUP_TASK, acks_late=True, bind=True)
+def clean_up_old_target(self, job_id: int) -> str:
+    return lifecycle.old_target_cleanup_run(job_id=job_id, task_id=self.request.id or "")
+
+
+@shared_task(name=doorbell.RECONCILE_TASK, acks_late=True, bind=True)
+def reconcile_connection(self, job_id: int) -> dict:
+    return sync.reconcile_run(job_id=job_id, task_id=self.request.id or "")
 
 
 @shared_task(name=doorbell.PROBE_TASK, acks_late=True)

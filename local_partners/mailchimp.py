@@ -209,6 +209,8 @@ class _AudienceList:
     compliance: set[str] = field(default_factory=set)  # hashes that unsubscribed themselves
     forgotten: set[str] = field(default_factory=set)  # hashes deleted permanently
     tag_ids: dict[str, int] = field(default_factory=dict)
+    # Declared merge fields, tag -> {"tag", "name", "type", "required", "options"} (a list's settings at Mailchimp).
+    merge_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def active_member(self, member_hash: str) -> dict[str, Any] | None:
         member = self.members.get(member_hash)
@@ -352,14 +354,44 @@ class LocalMailchimpServer:
 
     # ------------------------------------------------------------ test helpers
 
-    def create_list(self, list_id: str, name: str = "") -> None:
-        """Create an audience with a known id (idempotent; a non-empty name renames it)."""
+    def create_list(self, list_id: str, name: str = "", *, merge_fields: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Create an audience with a known id (idempotent; a non-empty name renames it). `merge_fields` declares
+        the list's merge fields, e.g. ``{"tag": "FNAME", "type": "text", "required": True}`` (types: text,
+        number, address, phone, date, birthday, dropdown, radio; ``options.choices`` for the last two)."""
         with self._lock:
             existing = self._lists.get(list_id)
             if existing is not None:
                 existing.name = name or existing.name
-                return
-            self._lists[list_id] = _AudienceList(list_id, name or list_id, next(self._ids), _now())
+            else:
+                existing = self._lists[list_id] = _AudienceList(list_id, name or list_id, next(self._ids), _now())
+            for declared in merge_fields:
+                self.declare_merge_field(list_id, **declared)
+
+    def declare_merge_field(
+        self,
+        list_id: str,
+        tag: str,
+        type: str = "text",
+        *,
+        required: bool = False,
+        name: str = "",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add (or replace) a merge field of a list: members then must fit its type, and have a value when it is
+        required (unless the request says skip_merge_validation=true)."""
+        if type not in MERGE_FIELD_TYPES:
+            raise ValueError(f"merge field type must be one of {', '.join(MERGE_FIELD_TYPES)}")
+        with self._lock:
+            lst = self._lists[list_id]
+            lst.merge_fields[tag] = {
+                "merge_id": next(self._ids),
+                "tag": tag,
+                "name": name or tag.title(),
+                "type": type,
+                "required": required,
+                "options": dict(options or {}),
+                "list_id": list_id,
+            }
 
     def members(self, list_id: str, *, include_archived: bool = False) -> dict[str, dict[str, Any]]:
         """subscriber_hash -> member (deep copy). Archived members are left out unless asked for.
@@ -439,6 +471,7 @@ class LocalMailchimpServer:
             ("GET", list_path, self._api_get_list),
             ("POST", list_path, self._api_batch_members),
             ("GET", list_path + r"/members", self._api_list_members),
+            ("GET", list_path + r"/merge-fields", self._api_merge_fields),
             ("POST", list_path + r"/members", self._api_add_member),
             ("GET", member_path, self._api_get_member),
             ("PUT", member_path, self._api_put_member),
@@ -563,7 +596,7 @@ class LocalMailchimpServer:
                         "please provide update_existing:true in the request body",
                         code="ERROR_CONTACT_EXISTS",
                     )
-                member, is_new = self._write_member(lst, email, member_hash, item, existing)
+                member, is_new = self._write_member(lst, email, member_hash, item, existing, _skip_merge(query))
             except _MemberError as exc:
                 errors.append(exc.batch_entry(raw_email))
                 continue
@@ -592,7 +625,16 @@ class LocalMailchimpServer:
             raise _invalid_resource("status", f"Value must be one of: {', '.join((*MEMBER_STATUSES, ARCHIVED))}.")
         matching = [m for m in lst.members.values() if (m["status"] == status if status else m["status"] != ARCHIVED)]
         page = [copy.deepcopy(m) for m in matching[offset : offset + count]]
-        return _Response(200, {"members": page, "list_id": lst.id, "total_items": len(matching), "_links": []})
+        data = {"members": page, "list_id": lst.id, "total_items": len(matching), "_links": []}
+        return _Response(200, _only_fields(data, query.get("fields")))
+
+    def _api_merge_fields(self, params: dict[str, str], query: dict[str, str], body: Any) -> _Response:
+        lst = self._get_list(params["list_id"])
+        count = min(_int_param(query, "count", MEMBERS_PAGE_DEFAULT), MEMBERS_PAGE_MAX)
+        offset = _int_param(query, "offset", 0)
+        fields = list(lst.merge_fields.values())
+        page = [copy.deepcopy(f) for f in fields[offset : offset + count]]
+        return _Response(200, {"merge_fields": page, "list_id": lst.id, "total_items": len(fields), "_links": []})
 
     def _api_add_member(self, params: dict[str, str], query: dict[str, str], body: Any) -> _Response:
         lst = self._get_list(params["list_id"])
@@ -604,7 +646,7 @@ class LocalMailchimpServer:
                     "Member Exists",
                     f"{email} is already a list member. Use PUT to insert or update list members.",
                 )
-            member, _ = self._write_member(lst, email, member_hash, data, None)
+            member, _ = self._write_member(lst, email, member_hash, data, None, _skip_merge(query))
         except _MemberError as exc:
             raise exc.api_error() from None
         return _Response(200, copy.deepcopy(member))
@@ -633,7 +675,7 @@ class LocalMailchimpServer:
                     field_name="email_address",
                     field_message="Does not match the subscriber hash.",
                 )
-            member, _ = self._write_member(lst, email, member_hash, data, existing)
+            member, _ = self._write_member(lst, email, member_hash, data, existing, _skip_merge(query))
         except _MemberError as exc:
             raise exc.api_error() from None
         return _Response(200, copy.deepcopy(member))
@@ -655,12 +697,16 @@ class LocalMailchimpServer:
                         "Member Exists",
                         f"{email} is already a list member. Use PUT to insert or update list members.",
                     )
-                member, _ = self._write_member(lst, existing["email_address"], member_hash, data, existing)
+                member, _ = self._write_member(
+                    lst, existing["email_address"], member_hash, data, existing, _skip_merge(query)
+                )
                 del lst.members[member_hash]
                 member.update(id=new_hash, email_address=email)
                 lst.members[new_hash] = member
             else:
-                member, _ = self._write_member(lst, existing["email_address"], member_hash, data, existing)
+                member, _ = self._write_member(
+                    lst, existing["email_address"], member_hash, data, existing, _skip_merge(query)
+                )
         except _MemberError as exc:
             raise exc.api_error() from None
         return _Response(200, copy.deepcopy(member))
@@ -762,11 +808,15 @@ class LocalMailchimpServer:
         member_hash: str,
         data: dict[str, Any],
         existing: dict[str, Any] | None,
+        skip_merge_validation: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """Create or update one member from a request body; returns (member, created).
 
         New members take ``status_if_new`` (falling back to ``status``); existing ones only
         change status when ``status`` is given, as with Mailchimp's PUT and batch calls.
+        A value that does not fit its merge field's type is refused whatever the request says;
+        a required merge field without a value (given now or stored) is refused unless
+        ``skip_merge_validation`` (the query parameter) is true.
         """
         for key in ("status", "status_if_new"):
             value = data.get(key)
@@ -793,6 +843,7 @@ class LocalMailchimpServer:
                 field_name="merge_fields",
                 field_message="Schema describes object, but a different type was found.",
             )
+        _check_merge_fields(lst, merge_fields or {}, existing, skip_merge_validation)
 
         if existing is None:
             if member_hash in lst.forgotten:
@@ -833,6 +884,79 @@ class LocalMailchimpServer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+MERGE_FIELD_TYPES = ("text", "number", "address", "phone", "date", "birthday", "dropdown", "radio")
+MERGE_TEXT_MAX = 255
+ADDRESS_PARTS = ("addr1", "city", "state", "zip")
+MERGE_INVALID = "Your merge fields were invalid."
+SCHEMA_MISMATCH = "Data did not match any of the schemas described in anyOf."
+
+
+def _only_fields(data: dict[str, Any], fields: str | None) -> dict[str, Any]:
+    """Mailchimp's `fields` parameter: keep only these comma-separated dotted paths ("members.email_address",
+    "total_items"); a path into a list applies to each of its items."""
+    if not fields:
+        return data
+    paths = [p.strip().split(".") for p in fields.split(",") if p.strip()]
+
+    def pick(value: Any, wanted: list[list[str]]) -> Any:
+        if isinstance(value, list):
+            return [pick(item, wanted) for item in value]
+        if not isinstance(value, dict) or any(not p for p in wanted):
+            return value
+        out: dict[str, Any] = {}
+        for key in dict.fromkeys(p[0] for p in wanted):
+            if key in value:
+                out[key] = pick(value[key], [p[1:] for p in wanted if p[0] == key])
+        return out
+
+    return pick(data, paths)
+
+
+def _skip_merge(query: dict[str, str]) -> bool:
+    return query.get("skip_merge_validation", "").lower() == "true"
+
+
+def _fits(declared: dict[str, Any], value: Any) -> bool:
+    """Whether a merge value fits its field's type (an empty string clears any field)."""
+    kind = declared["type"]
+    if value == "":
+        return True
+    if kind == "number":
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int | float):
+            return True
+        try:
+            float(str(value))
+        except ValueError:
+            return False
+        return True
+    if kind == "address":
+        return isinstance(value, dict) and all(isinstance(value.get(p), str) and value[p] for p in ADDRESS_PARTS)
+    if not isinstance(value, str) or len(value) > MERGE_TEXT_MAX:
+        return False
+    if kind in ("dropdown", "radio"):
+        return value in (declared["options"].get("choices") or ())
+    return True
+
+
+def _check_merge_fields(
+    lst: _AudienceList, given: dict[str, Any], existing: dict[str, Any] | None, skip_validation: bool
+) -> None:
+    """Refuse values that do not fit their field, then (unless skipped) required fields left without a value."""
+    for tag, value in given.items():
+        declared = lst.merge_fields.get(tag)
+        if declared is not None and not _fits(declared, value):
+            raise _MemberError(
+                "Invalid Resource", MERGE_INVALID, field_name=f"merge_fields.{tag}", field_message=SCHEMA_MISMATCH
+            )
+    if skip_validation:
+        return
+    stored = existing["merge_fields"] if existing is not None else {}
+    for tag, declared in lst.merge_fields.items():
+        if declared["required"] and given.get(tag, stored.get(tag)) in (None, ""):
+            raise _MemberError("Invalid Resource", MERGE_INVALID, field_name=tag, field_message="Please enter a value")
 
 
 def _phrase(status: int) -> str:

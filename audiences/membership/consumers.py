@@ -43,6 +43,13 @@ class MembershipConsumer(Protocol):
         """A profile that stays a member of these audiences changed: new identities (`identity_ids`), or its
         attributes (`identity_ids` None: every identity of it is concerned)."""
 
+    def identities_removed(
+        self, *, profile_id: int, audience_ids: Sequence[int], identities: Sequence[tuple[str, str]]
+    ) -> None:
+        """A profile lost these identities (type, value) while a member of these audiences: remove each of them
+        alone wherever the consumer sent it (the profile's other identities stay). They are deleted after this
+        call, in the same transaction."""
+
     def profile_erasing(self, *, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
         """A profile is being erased (audiences.erasure): it has left its audiences already (members_changed),
         and these identities (type, value) are deleted after this call, in the same transaction. Remove them

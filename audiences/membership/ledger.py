@@ -156,6 +156,18 @@ def publish_members_updated(
         consumer.members_updated(profile_id=profile_id, audience_ids=audience_ids, identity_ids=identity_ids)
 
 
+def publish_identities_removed(
+    *, profile_id: int, audience_ids: Sequence[int], identities: Sequence[tuple[str, str]]
+) -> None:
+    """Tell the consumers that a profile, member of these audiences, is losing these identities (deleted after
+    this call, in the same transaction). Membership rows and the change log do not change here."""
+    audience_ids = list(audience_ids)
+    if not audience_ids or not identities:
+        return
+    for consumer in membership_consumers():
+        consumer.identities_removed(profile_id=profile_id, audience_ids=audience_ids, identities=list(identities))
+
+
 def publish_profile_erasing(*, erasure_id: int, identities: Sequence[tuple[str, str]]) -> int:
     """Tell the consumers that a profile with these identities is being erased (audiences.erasure), before
     its identities are deleted in the same transaction. Returns the removes they planned."""

@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST
 
 from audiences.admin import TimestampsAdminMixin, count_of
 from audiences.models import Audience
+from config.admin_forms import add_service_errors
 from config.api_errors import ConflictError
 from config.display import number, when
 from config.request_parsing import id_from_query
@@ -33,12 +34,19 @@ from config.roles import PAUSE_CONNECTION, TEST_CONNECTION
 from connections import status
 from connections.models import Connection, ConnectionMember
 from connections.selectors import rejected_members
-from forwarding import bulk, labels
-from forwarding.forms import UploadCriteriaForm
+from forwarding import bulk, labels, sync
+from forwarding.forms import EditSettingsForm, UploadCriteriaForm
 from forwarding.funnel import IdentityFunnel, identity_funnel
 from forwarding.history import connection_charts
-from forwarding.lifecycle import connection_delete, connection_pause, connection_resume, connection_test
-from forwarding.models import DeliveryAttempt, PendingChange
+from forwarding.lifecycle import (
+    connection_delete,
+    connection_pause,
+    connection_resume,
+    connection_settings_preview,
+    connection_settings_update,
+    connection_test,
+)
+from forwarding.models import ConnectionJob, DeliveryAttempt, PendingChange
 from forwarding.progress import sending_progress
 from forwarding.selectors import connection_stats, pending_due_count
 
@@ -50,6 +58,7 @@ STATS_LABELS = (
     ("delivered", "Delivered (identities the partner holds)"),
     ("pending", "Pending"),
     ("rejected", "Rejected by the partner"),
+    ("fields_skipped", "Delivered with fields skipped (values the partner refused, e.g. merge fields)"),
 )
 
 
@@ -95,7 +104,7 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
     list_filter = ("status", "output")
     list_select_related = ("audience", "output")
     search_fields = ("audience__name", "output__name")
-    actions = ("pause_connections", "resume_connections")
+    actions = ("pause_connections", "resume_connections", "resync_connections", "reconcile_connections")
     # Everything is read-only: settings are fixed at creation, the status moves by the buttons.
     fieldsets = (
         (None, {"fields": ("audience_link", "output_link", "settings_display")}),
@@ -238,6 +247,10 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                     "can_upload": can_switch and bulk.is_bulk(obj) and status.delivers(obj.status),
                     "can_edit_criteria": can_switch and bulk.is_bulk(obj) and status.can_delete(obj.status),
                     "progress": sending_progress(obj),
+                    "can_edit_settings": bool(obj.output.partner_class.connection_settings)
+                    and self.has_change_permission(request, obj)
+                    and status.can_delete(obj.status),
+                    "jobs": ConnectionJob.objects.filter(connection=obj)[:5],
                     "progress_url": reverse("admin:connections_connection_progress", args=[obj.pk]),
                     "history_charts": connection_charts(obj.pk),
                     **funnel_context(identity_funnel(obj)),
@@ -273,6 +286,11 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
                 "<path:object_id>/upload-criteria/",
                 self.admin_site.admin_view(self.upload_criteria_view),
                 name="connections_connection_upload_criteria",
+            ),
+            path(
+                "<path:object_id>/settings/",
+                self.admin_site.admin_view(self.settings_view),
+                name="connections_connection_settings",
             ),
             path(
                 "<path:object_id>/progress/",
@@ -384,6 +402,72 @@ class ConnectionAdmin(TimestampsAdminMixin, admin.ModelAdmin):
             "form": form,
         }
         return TemplateResponse(request, "admin/connections/connection/upload_criteria.html", context)
+
+    def settings_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Edit the settings in two steps: the form, then what saving does (a new Mailchimp list is backfilled,
+        the old one cleaned with Delete on Subscription End), confirmed before anything is written."""
+        connection = self._connection_for(request, object_id, lambda r: self.has_change_permission(r))
+        if not status.can_delete(connection.status):
+            messages.warning(request, "This connection is being deleted: its settings cannot change.")
+            return self._back(connection)
+        form = EditSettingsForm(request.POST or None, connection=connection)
+        edit = None
+        if request.method == "POST" and form.is_valid():
+            try:
+                if "confirm" in request.POST:
+                    done = connection_settings_update(connection=connection, settings=form.settings_values())
+                    self.log_change(request, connection, f"Settings edited: {' '.join(done.sentences)}")
+                    messages.success(request, "Saved. " + " ".join(done.sentences))
+                    return self._back(connection)
+                if "back" not in request.POST:
+                    edit = connection_settings_preview(connection=connection, settings=form.settings_values())
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+                edit = None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Edit the settings of {connection}",
+            "opts": self.opts,
+            "connection": connection,
+            "form": form,
+            "edit": edit,
+        }
+        return TemplateResponse(request, "admin/connections/connection/edit_settings.html", context)
+
+    @admin.action(description="Resync: send only what our records say the partner lacks", permissions=["change"])
+    def resync_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        def said(result: sync.ResyncResult) -> str:
+            return (
+                f"{number(result.adds_planned)} adds and {number(result.removes_planned)} removes planned "
+                "(the difference between the audience and what the partner holds from us)."
+            )
+
+        self._run_for_each(request, queryset, sync.connection_resync, said, "Resynced.")
+
+    @admin.action(description="Reconcile with what the partner holds (reads it back)", permissions=["change"])
+    def reconcile_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        def said(job: ConnectionJob) -> str:
+            return f"reconcile {job.get_status_display().lower()}; its progress is on the connection's page."
+
+        self._run_for_each(request, queryset, sync.connection_reconcile_start, said, "Reconcile queued.")
+
+    def _run_for_each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Connection],
+        service: Callable[..., Any],
+        said: Callable[[Any], str],
+        logged: str,
+    ) -> None:
+        """Run a life-cycle service on each selected connection, saying for each what it did or why not."""
+        for connection in queryset:
+            try:
+                outcome = service(connection=connection)
+            except ValidationError as exc:
+                messages.error(request, f"{connection}: {' '.join(exc.messages)}")
+                continue
+            self.log_change(request, connection, logged)
+            messages.success(request, f"{connection}: {said(outcome)}")
 
     @admin.action(description="Pause selected connections", permissions=["pause"])
     def pause_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:

@@ -31,6 +31,9 @@ class Setting:
     choices: tuple[tuple[str, str], ...] = ()
     help_text: str = ""
     max_length: int = 255
+    # A connection setting naming the partner-side audience (Mailchimp's list id): editing it moves the
+    # connection to another target, which is backfilled, and the old one cleaned up where the partner says so.
+    target: bool = False
 
     @property
     def is_secret(self) -> bool:
@@ -235,6 +238,11 @@ def group_by_profile(changes: Sequence[MemberChange]) -> list[ProfileUpdate]:
     return [ProfileUpdate(group[0].profile_id, tuple(group)) for group in groups.values()]
 
 
+# The reason of a DELIVERED result whose change went out without some of its fields (a merge value Mailchimp
+# refused): the member is held, its profile data partly not; counted in each connection's figures.
+SKIPPED_FIELDS_NOTE = "Fields skipped: "
+
+
 @dataclass(frozen=True)
 class MemberResult:
     change: MemberChange
@@ -271,6 +279,9 @@ class Partner:
     # The connection setting naming the partner-side list or audience, when list_destinations() can list
     # them (the admin then offers a choice instead of a free-text id).
     destination_setting: ClassVar[str | None] = None
+    # The configuration setting asking for the clean-up of what a connection delivered when it ends (or when
+    # its target is edited), named in what the admin says of such an edit.
+    cleanup_setting: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -305,6 +316,11 @@ class Partner:
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:
         return clean_settings(cls.connection_settings, values)
+
+    @classmethod
+    def target_setting_names(cls) -> frozenset[str]:
+        """The connection settings that name the partner-side audience (Setting.target)."""
+        return frozenset(s.name for s in cls.connection_settings if s.target)
 
     @classmethod
     def secret_setting_names(cls) -> frozenset[str]:

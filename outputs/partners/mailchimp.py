@@ -12,6 +12,7 @@ import requests
 from django.core.exceptions import ValidationError
 
 from outputs.partners.base import (
+    SKIPPED_FIELDS_NOTE,
     Action,
     AudienceRef,
     Capability,
@@ -127,6 +128,31 @@ MEMBER_ERRORS: tuple[tuple[str, Outcome, Outcome], ...] = (
 )
 
 
+SKIP_MERGE_VALIDATION = {"skip_merge_validation": "true"}
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    reason = str(error.get("error") or error.get("error_code") or "rejected by Mailchimp")
+    if error.get("field"):
+        reason = f"{reason} (field {error['field']}: {error.get('field_message', '')})".strip()
+    return reason
+
+
+def _offending_merge_tags(error: Mapping[str, Any], change: MemberChange) -> frozenset[str] | None:
+    """The merge tags to leave out when Mailchimp refused an add's merge fields (field "merge_fields.TAG", or
+    "Your merge fields were invalid." naming none we sent: then all of them); None when the error is not about
+    merge fields we sent."""
+    if change.action is not Action.ADD:
+        return None
+    sent = merge_fields(change.attributes)
+    field_name = str(error.get("field") or "")
+    about_merge = field_name.startswith("merge_fields") or "merge fields were invalid" in str(error.get("error", ""))
+    if not sent or not about_merge:
+        return None
+    tag = field_name.removeprefix("merge_fields").lstrip(".")
+    return frozenset({tag}) if tag in sent else frozenset(sent)
+
+
 def classify_member_error(error: Mapping[str, Any], action: Action) -> Outcome:
     text = str(error.get("error", "")).lower()
     if error.get("error_code") == "ERROR_CONTACT_EXISTS":
@@ -197,6 +223,7 @@ class Mailchimp(Partner):
             help_text="The Mailchimp list to keep in sync. Mailchimp calls it an audience; its id is under "
             "Audience > Settings > Audience name and defaults.",
             max_length=100,
+            target=True,
         ),
     )
     batch_limit = 500
@@ -206,6 +233,7 @@ class Mailchimp(Partner):
         "Mailchimp counts subscribed members only: with Double Opt-In, new members stay pending (not counted) "
         "until they confirm, and members added to the list by other means are counted too."
     )
+    cleanup_setting = "delete_on_subscription_end"
 
     def identity_checks(self) -> Mapping[str, IdentityCheck]:
         return {"email": EMAIL_CHECK}
@@ -304,6 +332,7 @@ class Mailchimp(Partner):
         return {
             "method": "POST",
             "path": f"/lists/{url_segment(connection_settings['list_id'])}",
+            "query": dict(SKIP_MERGE_VALIDATION),
             "body": self.batch_body(changes),
         }
 
@@ -329,25 +358,50 @@ class Mailchimp(Partner):
             raise ValueError(f"Mailchimp takes at most {self.batch_limit} members per call")
         if not changes:
             return []
-        body = self.batch_body(changes)
-        client = self.client()
-        answer = client.json(client.request("POST", f"/lists/{url_segment(connection_settings['list_id'])}", json=body))
-        errors = {
-            str(e.get("email_address", "")).strip().lower(): e
-            for e in answer.get("errors") or []
-            if isinstance(e, dict)
-        }
+        errors = self._post_batch(connection_settings, self.batch_body(changes))
+        # A merge value that does not fit its field (text in a number field, too long a text) refuses the
+        # member even with skip_merge_validation: send those members again without the offending fields,
+        # once, so membership never depends on a profile's attributes. The skip is recorded as the reason.
+        skipped: dict[str, str] = {}
+        again = []
+        for change in changes:
+            error = errors.get(change.value)
+            offending = _offending_merge_tags(error, change) if error is not None else None
+            if offending is not None:
+                skipped[change.value] = f"{SKIPPED_FIELDS_NOTE}{', '.join(sorted(offending))} ({_reason(error)})"
+                again.append((change, offending))
+        if again:
+            body = {"members": [self._without(change, tags) for change, tags in again], "update_existing": True}
+            retried = self._post_batch(connection_settings, body)
+            for change, _ in again:
+                errors[change.value] = retried.get(change.value)
         results = []
         for change in changes:
             error = errors.get(change.value)
             if error is None:
-                results.append(MemberResult(change, Outcome.DELIVERED))
+                results.append(MemberResult(change, Outcome.DELIVERED, skipped.get(change.value, "")[:500]))
                 continue
-            reason = str(error.get("error") or error.get("error_code") or "rejected by Mailchimp")
-            if error.get("field"):
-                reason = f"{reason} (field {error['field']}: {error.get('field_message', '')})".strip()
-            results.append(MemberResult(change, classify_member_error(error, change.action), reason[:500]))
+            results.append(MemberResult(change, classify_member_error(error, change.action), _reason(error)[:500]))
         return results
+
+    def _post_batch(self, connection_settings: Mapping[str, Any], body: dict[str, Any]) -> dict[str, dict]:
+        """POST /lists/{id}?skip_merge_validation=true (lists requiring FNAME, ADDRESS... still take members,
+        reference/PARTNERS.md); returns the per-member errors by lower-cased address."""
+        client = self.client()
+        path = f"/lists/{url_segment(connection_settings['list_id'])}"
+        answer = client.json(client.request("POST", path, json=body, params=SKIP_MERGE_VALIDATION))
+        return {
+            str(e.get("email_address", "")).strip().lower(): e
+            for e in answer.get("errors") or []
+            if isinstance(e, dict)
+        }
+
+    def _without(self, change: MemberChange, tags: frozenset[str]) -> dict[str, Any]:
+        member = self.member_payload(change)
+        fields = {tag: value for tag, value in (member.pop("merge_fields", None) or {}).items() if tag not in tags}
+        if fields:
+            member["merge_fields"] = fields
+        return member
 
     def wants_cleanup_on_end(self) -> bool:
         return bool(self.configuration.get("delete_on_subscription_end"))

@@ -26,6 +26,7 @@ from audiences import services as audience_services
 from audiences.models import Audience, Profile, ProfileErasure
 from connections.models import Connection
 from forwarding.lifecycle import connection_create
+from forwarding.models import ConnectionJob
 from outputs.models import Output
 from outputs.services import output_create
 from tests.factories import role_user
@@ -65,6 +66,7 @@ class Endpoint:
             "erasure",
         ):
             template = template.replace("{" + name + "}", "{id}")
+        template = template.replace("{job}", "{job_id}")
         return self.method, f"/api/v1{template}"
 
 
@@ -103,6 +105,7 @@ ENDPOINTS = [
     Endpoint("PUT", "/outputs/{output}/", OPERATOR, 200, {"name": "Renamed", "partner": "mailchimp"}),
     Endpoint("PATCH", "/outputs/{output}/", OPERATOR, 200, {"name": "Renamed"}),
     Endpoint("DELETE", "/outputs/{spare_output}/", OPERATOR, 204),
+    Endpoint("POST", "/profiles/{profile}/remove-identity/", OPERATOR, 200, {"type": "customer", "value": "a-1"}),
     Endpoint("GET", "/connections/", ALL, 200),
     Endpoint(
         "POST",
@@ -126,6 +129,11 @@ ENDPOINTS = [
     Endpoint("GET", "/connections/{connection}/rejections/", OPERATOR, 200),
     # Counts and reasons (the partner's quoted addresses masked), like the connection's own figures.
     Endpoint("GET", "/connections/{connection}/funnel/", ALL, 200),
+    Endpoint("POST", "/connections/{connection}/settings-preview/", ALL, 200, {"settings": {"list_id": "other"}}),
+    Endpoint("POST", "/connections/{connection}/resync/", PEOPLE, 200),
+    Endpoint("POST", "/connections/{connection}/reconcile/", PEOPLE, 202),
+    Endpoint("GET", "/connections/{connection}/jobs/", ALL, 200),
+    Endpoint("GET", "/connections/{connection}/jobs/{job}/", ALL, 200),
 ]
 
 
@@ -144,11 +152,14 @@ def _objects() -> dict[str, int]:
     bulk_output = output_create(name="Bulk", partner_key=BulkListPartner.key, settings={})
     bulk_connection = connection_create(audience=audience, output=bulk_output, settings={})
     profile = profiles.profile_upsert(
-        identities=[{"type": "email", "value": "a@x.com"}], attributes={"plan": "premium"}
+        identities=[{"type": "email", "value": "a@x.com"}, {"type": "customer", "value": "a-1"}],
+        attributes={"plan": "premium"},
     ).profile
     erasure = ProfileErasure.objects.create(requested_at=timezone.now(), source="api")
     spare_profile = profiles.profile_upsert(identities=[{"type": "email", "value": "b@x.com"}]).profile
+    job = ConnectionJob.objects.create(connection=connection, kind=ConnectionJob.Kind.RECONCILE, status="done")
     return {
+        "job": job.pk,
         "erasure": erasure.pk,
         "audience": audience.pk,
         "spare_audience": spare_audience.pk,

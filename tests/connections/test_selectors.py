@@ -69,7 +69,7 @@ def test_what_the_partner_holds():
         ("email", "held@x.com"): ConnectionMember.State.ADDED,
         ("email", "unsure@x.com"): ConnectionMember.State.MAYBE_HELD,
     }
-    assert member_counts(connection) == {"delivered": 1, "rejected": 2}
+    assert member_counts(connection) == {"delivered": 1, "rejected": 2, "fields_skipped": 0}
     assert [(m.value, m.reason) for m in rejected_members(connection)] == [
         ("new@x.com", "compliance"),
         ("old@x.com", "fake"),

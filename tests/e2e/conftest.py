@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
 from config.queues import queue_names
@@ -43,6 +44,15 @@ def _reset_broker_connections() -> None:
         celery_app._pool.force_close_all()
         celery_app._pool = None
     celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def api(django_user_model) -> APIClient:
+    """The REST API as an admin."""
+    admin = django_user_model.objects.create_superuser("admin", "admin@example.com", "pw-for-tests")
+    client = APIClient()
+    client.force_authenticate(admin)
+    return client
 
 
 @pytest.fixture(scope="session")

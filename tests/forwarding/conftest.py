@@ -1,5 +1,6 @@
-"""Fixtures of the bulk upload tests: an audience connected to the tests' own bulk partner
-(tests/fakes/partners.py), registered for the test, with the queued tasks recorded (`rings`)."""
+"""Fixtures of the forwarding tests: an audience connected to the tests' own bulk partner
+(tests/fakes/partners.py), registered for the test, with the queued tasks recorded (`rings`); the local
+Mailchimp server for the connection life-cycle tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from audiences.models import Audience
 from connections.models import Connection
+from local_partners.mailchimp import LocalMailchimpServer
 from tests import factories
 from tests.fakes.partners import BulkListPartner, registered
 
@@ -29,3 +31,13 @@ def committed_bulk_connection(transactional_db, rings) -> Iterator[Connection]:
     """The same, committed (a transactional test): transaction.on_commit callbacks run."""
     with registered(BulkListPartner):
         yield factories.bulk_connection(factories.active_audience())
+
+
+@pytest.fixture
+def server(settings, rings) -> Iterator[LocalMailchimpServer]:
+    """The local Mailchimp server over HTTP, with the lists "old" and "new", as every Mailchimp output's partner."""
+    with LocalMailchimpServer(api_keys=[factories.MAILCHIMP_KEY]) as server:
+        server.create_list("old")
+        server.create_list("new")
+        settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
+        yield server

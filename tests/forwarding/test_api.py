@@ -45,6 +45,7 @@ def test_create_connection_queues_the_membership(api, audience, output):
         "pending": 1,
         "retrying": 0,
         "rejected": 0,
+        "fields_skipped": 0,
     }
     assert PendingChange.objects.filter(connection=connection, value="a@x.com", action="add").exists()
 
@@ -213,10 +214,10 @@ def test_actions_on_an_unknown_connection_are_404(api):
     assert api.get(f"{URL}999999/attempts/").status_code == 404
 
 
-def test_settings_cannot_be_changed_and_actions_are_post_only(api, connection):
-    response = api.patch(f"{URL}{connection.pk}/", {"settings": {"list_id": "x"}}, format="json")
+def test_bad_settings_are_refused_naming_the_setting_and_actions_are_post_only(api, connection):
+    response = api.patch(f"{URL}{connection.pk}/", {"settings": {"list_id": "a/b"}}, format="json")
 
-    assert errors(response) == {"settings": ["The settings of a connection cannot be changed after it is created."]}
+    assert list(errors(response)) == ["list_id"]
     assert api.get(f"{URL}{connection.pk}/pause/").status_code == 405
 
 
@@ -371,7 +372,8 @@ def test_what_was_read_can_be_sent_back(api, connection):
         ({"status": "ending"}, "status"),
         ({"status": "paused", "audience": 999999}, "audience"),
         ({"status": "paused", "output": 999999}, "output"),
-        ({"status": "paused", "settings": {"list_id": "other"}}, "settings"),
+        ({"status": "paused", "settings": {"list_id": "a b"}}, "list_id"),
+        ({"status": "paused", "settings": "abc"}, "settings"),
         ({"status": "paused", "priority": 1}, "priority"),
     ],
 )

@@ -115,6 +115,8 @@ def test_a_refused_update_of_a_held_member_keeps_it_held_so_it_is_later_unsubscr
     report = deliver_connection(connection_id=mailchimp_connection.pk)
 
     assert (report.rejected, sent(1)) == (1, {"ann@x.com": "subscribed"})
+    # A merge-field refusal is tried once more without the merge fields (here refused again).
+    assert "merge_fields" not in json.loads(responses.calls[2].request.body)["members"][0]
     member = ConnectionMember.objects.get(value="ann@x.com")
     assert member.state == ConnectionMember.State.ADDED and "merge fields" in member.reason
     leave("ann@x.com")
@@ -122,7 +124,7 @@ def test_a_refused_update_of_a_held_member_keeps_it_held_so_it_is_later_unsubscr
 
     report = deliver_connection(connection_id=mailchimp_connection.pk)
 
-    assert (report.skipped, report.delivered, sent(2)) == (0, 1, {"ann@x.com": "unsubscribed"})
+    assert (report.skipped, report.delivered, sent(3)) == (0, 1, {"ann@x.com": "unsubscribed"})
     assert ConnectionMember.objects.get(value="ann@x.com").state == ConnectionMember.State.REMOVED
 
 

@@ -50,3 +50,26 @@ def test_an_ending_connection_is_rung_unless_it_is_leased_or_backing_off(connect
         throttled_until=None, delivery_lease_until=timezone.now() + timedelta(seconds=10)
     )
     assert sweeper.sweep()["ending"] == 0
+
+
+def test_a_life_cycle_job_left_queued_or_silent_is_rung_again_and_a_live_one_is_not(connection, rings):
+    from forwarding.doorbell import OLD_TARGET_CLEANUP_TASK, RECONCILE_TASK
+    from forwarding.models import ConnectionJob
+
+    now = timezone.now()
+
+    def job(kind: str, status: str, quiet: timedelta) -> ConnectionJob:
+        return ConnectionJob.objects.create(connection=connection, kind=kind, status=status, heartbeat_at=now - quiet)
+
+    lost_task = job("reconcile", "queued", timedelta(minutes=3))  # its task never ran (a broker restart)
+    killed = job("old_target_cleanup", "running", timedelta(minutes=11))  # its worker was killed
+    job("reconcile", "queued", timedelta(seconds=5))  # just queued
+    job("reconcile", "running", timedelta(minutes=1))  # reading the partner
+    job("reconcile", "done", timedelta(days=1))
+
+    assert sweeper.sweep()["jobs"] == 2
+    assert sorted((name, args) for name, args, _ in rings if name != DELIVER_TASK) == sorted(
+        [(RECONCILE_TASK, (lost_task.pk,)), (OLD_TARGET_CLEANUP_TASK, (killed.pk,))]
+    )
+    killed.refresh_from_db()
+    assert killed.status == "queued"  # claimable again

@@ -590,3 +590,57 @@ def test_command_line_serves_and_stops_on_sigterm() -> None:
     assert "  list abc (News)\n" in banner
     assert "  list def (def)\n" in banner
     assert "stopped" in out
+
+
+# ---------------------------------------------------------------------- merge fields
+
+
+def test_members_listing_keeps_only_the_fields_asked_for(server: LocalMailchimpServer, api: requests.Session) -> None:
+    batch(api, server, [{"email_address": "a@example.org", "status": "subscribed"}])
+    page = api.get(
+        url(server, f"/lists/{LIST_ID}/members"),
+        params={"fields": "members.email_address,members.status,total_items"},
+        timeout=10,
+    ).json()
+    assert page == {"members": [{"email_address": "a@example.org", "status": "subscribed"}], "total_items": 1}
+
+
+def test_required_merge_fields_refuse_members_unless_validation_is_skipped(
+    server: LocalMailchimpServer, api: requests.Session
+) -> None:
+    server.create_list("strict", merge_fields=[{"tag": "FNAME", "required": True}, {"tag": "AGE", "type": "number"}])
+    members = [{"email_address": "bare@example.org", "status": "subscribed"}]
+    refused = api.post(url(server, "/lists/strict"), json={"members": members}, timeout=10).json()
+    assert refused["errors"] == [
+        {
+            "email_address": "bare@example.org",
+            "error": "Your merge fields were invalid.",
+            "error_code": "ERROR_GENERIC",
+            "field": "FNAME",
+            "field_message": "Please enter a value",
+        }
+    ]
+    single = api.put(
+        url(server, f"/lists/strict/members/{subscriber_hash('bare@example.org')}"),
+        json={"email_address": "bare@example.org", "status_if_new": "subscribed"},
+        timeout=10,
+    )
+    assert_problem(single, 400, "Invalid Resource")
+
+    accepted = api.post(
+        url(server, "/lists/strict"), params={"skip_merge_validation": "true"}, json={"members": members}, timeout=10
+    ).json()
+    assert accepted["error_count"] == 0 and accepted["total_created"] == 1
+
+    # A value that does not fit its field is refused even when validation is skipped.
+    typed = [{"email_address": "old@example.org", "status": "subscribed", "merge_fields": {"AGE": "forty"}}]
+    wrong = api.post(
+        url(server, "/lists/strict"), params={"skip_merge_validation": "true"}, json={"members": typed}, timeout=10
+    ).json()
+    assert wrong["errors"][0]["field"] == "merge_fields.AGE"
+    assert wrong["errors"][0]["field_message"] == "Data did not match any of the schemas described in anyOf."
+    fields = api.get(url(server, "/lists/strict/merge-fields"), timeout=10).json()
+    assert [(f["tag"], f["type"], f["required"]) for f in fields["merge_fields"]] == [
+        ("FNAME", "text", True),
+        ("AGE", "number", False),
+    ]

@@ -150,7 +150,7 @@ def test_a_list_id_that_reached_the_client_anyway_stays_one_path_segment(setting
             partner.apply_batch({"list_id": "../../x?y="}, AUDIENCE, [MemberChange("email", "a@x.com", Action.ADD)])
         with pytest.raises(PermanentError):
             partner.test_connection({"list_id": "../../x?y="}, AUDIENCE)
-        paths = [r.path for r in server.requests]
+        paths = [r.path.split("?")[0] for r in server.requests]
 
     assert excinfo.value.status == 404
     assert paths == ["/3.0/lists/..%2F..%2Fx%3Fy%3D", "/3.0/lists/..%2F..%2Fx%3Fy%3D"]
