@@ -93,7 +93,7 @@ class ConnectionMember(models.Model):
     # attributes, forwarding.partner_calls.change_fingerprint). Blank while unknown: never acknowledged, or an
     # update sent and not answered. An add identical to the one the partner acknowledged is not sent again (a
     # member who left and re-entered before its removal went out).
-    fingerprint = models.CharField(max_length=32, blank=True, default="")
+    fingerprint = models.CharField(max_length=32, blank=True, default="", db_default="")  # raw SQL inserts too
     updated_at = models.DateTimeField()
 
     class Meta:

@@ -183,18 +183,19 @@ SEEN_INSERT = "INSERT INTO {seen} (identity_type, value, held) VALUES (%s, %s, %
 SEEN_HELD = "SELECT identity_type, value FROM {seen} WHERE held AND identity_type = ANY(%(types)s)"
 NOT_TO_ADD = SEEN_HELD + " UNION ALL " + RECORDED.replace("{states}", "rejected")
 # Our records, as the partner answered: held there → added; not held there → removed. Only rows not written
-# since the reading began: a delivery recorded meanwhile knows better than the page read before it.
+# since the reading began: a delivery recorded meanwhile knows better than the page read before it. What the
+# partner holds of a member found there is unknown (fingerprint blank): the next add of it is sent.
 RECONCILE_HELD = """
 INSERT INTO {member} (connection_id, identity_type, value, state, reason, updated_at)
 SELECT %(connection)s, p.identity_type, p.value, 'added', 'Found at the partner by a reconcile.', %(now)s
 FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s)
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = 'added', reason = excluded.reason, updated_at = excluded.updated_at
+SET state = 'added', reason = excluded.reason, fingerprint = '', updated_at = excluded.updated_at
 WHERE {member}.state <> 'added' AND {member}.updated_at < %(started)s
 """
 RECONCILE_NOT_HELD = """
 UPDATE {member} cm SET state = 'removed', reason = 'Not held at the partner, found by a reconcile.',
-       updated_at = %(now)s
+       fingerprint = '', updated_at = %(now)s
 WHERE cm.connection_id = %(connection)s AND cm.state = ANY(%(may_be_held)s) AND cm.updated_at < %(started)s
 AND NOT EXISTS (SELECT 1 FROM {seen} p WHERE p.identity_type = cm.identity_type AND p.value = cm.value AND p.held)
 """
