@@ -74,10 +74,11 @@ def wait_for_members(port: int, count: int, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/3.0/lists/{LIST_ID}/members?count=1"
     while time.monotonic() < deadline:
-        if requests.get(url, auth=("any", MAILCHIMP_KEY), timeout=5).json().get("total_items", 0) >= count:
+        held = requests.get(url, auth=("any", MAILCHIMP_KEY), timeout=5).json().get("total_items", 0)
+        if held >= count:
             return
         time.sleep(0.2)
-    raise SystemExit(f"the local list did not reach {count} members within {timeout:.0f} s")
+    raise SystemExit(f"the local list holds {held} members, not {count}, after {timeout:.0f} s")
 
 
 def uptime() -> str:
@@ -234,6 +235,15 @@ def setup_audiences(*, recompute: bool) -> tuple[int | None, tuple[str, str]]:
     AudienceMembership.objects.all().delete()
     Audience.objects.all().delete()
     Input.objects.all().delete()
+    # Earlier runs' users: the new "Realtime" audience would take them in and backfill them to the list.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        earlier = "SELECT id FROM audiences_profile WHERE attributes ->> 'plan' = 'realtime-bench'"
+        for table in ("audiences_event", "audiences_identity", "audiences_identityconflict"):
+            column = "chosen_profile_id" if table == "audiences_identityconflict" else "profile_id"
+            cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({earlier})")
+        cursor.execute(f"DELETE FROM audiences_profile WHERE id IN ({earlier})")
     realtime = audience_create(name="Realtime", criteria=REALTIME, status="active")
     output = output_create(
         name="Local Mailchimp",
@@ -269,6 +279,7 @@ def main() -> None:
     name = f"af_bench_{args.profiles}" if args.recompute else "af_bench_latency"
     mailchimp_port, web_port = free_port(), free_port()
     os.environ["PARTNER_API_BASE_URLS"] = json.dumps({"mailchimp": f"http://127.0.0.1:{mailchimp_port}/3.0"})
+    queue = os.environ.setdefault("CELERY_QUEUE", f"bench-latency-{os.getpid()}")  # private queues
     if args.recompute_loop:
         use_database(name, fresh=False)
         recompute_loop(args.recompute_loop)
@@ -277,7 +288,6 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    queue = f"bench-latency-{os.getpid()}"
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -355,8 +365,8 @@ def main() -> None:
         expected = len(warm) + sum(len(r["emails"]) for r in records if r["status"] == 202)
         try:
             wait_for_members(mailchimp_port, expected, timeout=args.drain_seconds)
-        except SystemExit:
-            pass  # counted below as users that never arrived
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)  # and counted below as users that never arrived
     finally:
         for process in reversed(processes):
             if process.poll() is None:
