@@ -149,3 +149,28 @@ def test_the_sweeper_rings_for_deferred_evaluations_left_waiting(rings):
     DeferredEvaluation.objects.filter(pk=row.pk).update(deferred_at=timezone.now() - timedelta(minutes=1))
     assert sweeper.sweep()["deferred_evaluations"] == 1
     assert [name for name, _, _ in rings] == [DEFERRED_TASK]
+
+
+def test_an_audience_referring_to_one_being_recomputed_is_deferred_with_it(auth, rings):
+    """It would read a membership the recompute is rewriting: evaluated with it, after the recompute."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    fans = audience_services.audience_create(
+        name="Parisian fans", criteria={"audience": parisians.pk, "operator": "member"}, status="active"
+    )
+    premium = audience_services.audience_create(name="Premium", criteria=PREMIUM, status="active")
+    batch = {
+        "environment": "production",
+        "user_identities": {"email": "ana@x.com"},
+        "user_attributes": {"status": "Premium", "favourite_city": "Paris"},
+    }
+
+    with transaction.atomic():
+        recompute_audience(parisians.pk)
+        assert post_in_another_transaction(batch, auth) == [202]
+        assert emails(premium) == {"ana@x.com"}
+        assert emails(fans) == set()
+        assert list(DeferredEvaluation.objects.values_list("audience_ids", flat=True)) == [
+            sorted([parisians.pk, fans.pk])
+        ]
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == emails(fans) == {"ana@x.com"}
