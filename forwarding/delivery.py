@@ -33,7 +33,7 @@ from connections.models import Connection, ConnectionMember
 from connections.selectors import held_identities
 from connections.status import delivers
 from forwarding import recovery
-from forwarding.accounts import AccountSlot, outputs_of_account
+from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
 from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
@@ -84,7 +84,6 @@ def has_due_work(connection_id: int) -> bool:
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
 ACCOUNT_FULL = "the partner account's deliveries are at their cap"
-RATE_LIMITED = "the partner account's rate limit is used up"
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -142,25 +141,8 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
         report.batches += 1
         if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
             return
-        wait = partner.rate_limit_wait()
-        if wait > 0:
-            # The account's budget is used up (its answer said so): every connection of the account waits
-            # until the reset, not only this one (the others' clients have not seen that answer), and each
-            # is rung for then.
-            _hold_account(connection, wait)
-            report.stopped = RATE_LIMITED
-            return
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
-
-
-def _hold_account(connection: Connection, wait: float) -> None:
-    """Every connection of the account waits `wait` seconds, and those with work are rung for then."""
-    recovery.throttle_account(connection.output, timezone.now() + timedelta(seconds=wait))
-    for connection_id in Connection.objects.filter(
-        output_id__in=outputs_of_account(connection.output), status=Connection.Status.SENDING
-    ).values_list("pk", flat=True):
-        ring(connection_id, countdown=wait)
 
 
 def _send_batch(

@@ -347,12 +347,6 @@ class Partner:
         each delivery attempt)."""
         return None
 
-    def rate_limit_wait(self) -> float:
-        """Seconds before the account may call again, when the partner's last answer said its rate limit is
-        used up (Braze's X-RateLimit-Remaining: 0); 0 otherwise. Delivery then holds back every connection of
-        the account, so none of them meets a 429."""
-        return 0.0
-
     # --- optional abilities (declare the capability, implement the method) -------------------
 
     def create_audience(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> dict[str, Any]:

@@ -252,9 +252,6 @@ class Braze(Partner):
         """One client (one keep-alive session, one view of the rate limit) per partner instance."""
         return self._client
 
-    def rate_limit_wait(self) -> float:
-        return self._client.rate_limit_wait()
-
     def test_connection(self, connection_settings: Mapping[str, Any], audience: AudienceRef | None) -> str:
         # An empty track call is Braze's cheapest authenticated request: it checks the key and the instance
         # (a wrong key is a 401; Braze may answer 400 for the empty body, which means the key passed).

@@ -3,7 +3,6 @@ Retry-After holds back every connection of the account, and deliveries at once a
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -12,10 +11,8 @@ from django.utils import timezone
 
 from connections.models import Connection
 from forwarding.accounts import AccountSlot, outputs_of_account
-from forwarding.delivery import ACCOUNT_FULL, RATE_LIMITED, deliver_connection
+from forwarding.delivery import ACCOUNT_FULL, deliver_connection
 from forwarding.doorbell import DELIVER_TASK
-from forwarding.lifecycle import connection_create
-from outputs.services import output_create
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -94,31 +91,3 @@ def test_a_delivery_finding_the_account_full_leaves_and_rings_again(connections,
     busy.release()
     responses.post(LIST_URL, json={"errors": [], "error_count": 0})
     assert deliver_connection(connection_id=first.pk).delivered == 1
-
-
-BRAZE_TRACK = "https://rest.iad-01.braze.com/users/track"
-
-
-@responses.activate
-def test_a_braze_answer_using_up_the_rate_limit_holds_back_the_whole_account_before_any_429(rings):
-    """The other connections' clients never saw that answer: without the hold, their next call is a 429."""
-    factories.parisian("a@x.com")
-    output = output_create(name="Braze", partner_key="braze", settings={"api_key": "braze-key", "instance": "US-01"})
-    first = connection_create(audience=factories.active_audience(), output=output, settings={})
-    second = connection_create(audience=factories.active_audience("Other"), output=output, settings={})
-    reset = int(time.time()) + 60
-    headers = {"X-RateLimit-Limit": "1", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)}
-    responses.post(BRAZE_TRACK, status=201, headers=headers, json={"message": "success", "attributes_processed": 1})
-    rings.clear()
-
-    assert deliver_connection(connection_id=first.pk).stopped == RATE_LIMITED
-    assert len(responses.calls) == 1
-    for connection in (first, second):
-        connection.refresh_from_db()
-        assert connection.throttled_until.timestamp() >= reset - 1, connection
-    assert deliver_connection(connection_id=second.pk).batches == 0
-    assert len(responses.calls) == 1  # no call, so no 429
-    # Both rung for when the window resets.
-    assert sorted(args[0] for name, args, countdown in rings if name == DELIVER_TASK and countdown) == sorted(
-        [first.pk, second.pk]
-    )
