@@ -126,6 +126,18 @@ class MembershipChange(models.Model):
         return f"{self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
+class DeferredEvaluation(models.Model):
+    """A profile whose real-time evaluation left some audiences out because their membership lock was held
+    (a recompute or a connect running: audiences/membership/deferred.py). Evaluated again for them once the
+    lock is free; the row is the durable record, the task that does it only the doorbell."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    audience_ids = models.JSONField(default=list)  # the audiences left out
+    identity_ids = models.JSONField(default=list)  # identities the request added: sent where the profile stays
+    reason = models.CharField(max_length=200, blank=True)  # for the change log, as the request would have said
+    deferred_at = models.DateTimeField(db_index=True)
+
+
 ACTIVE_AUDIENCES = Q(status=Audience.Status.ACTIVE)
 
 

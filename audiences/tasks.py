@@ -5,7 +5,7 @@ from datetime import datetime
 from celery import shared_task
 
 from audiences import retention
-from audiences.membership import recompute
+from audiences.membership import deferred, recompute
 from config import metrics
 
 
@@ -23,6 +23,11 @@ def recompute_time_based_audiences(now: datetime | None = None) -> dict:
     for result in summary["results"].values():
         metrics.RECOMPUTE_DURATION.observe(result["seconds"])
     return summary
+
+
+@shared_task(name=deferred.DEFERRED_TASK)
+def evaluate_deferred() -> int:
+    return deferred.evaluate_deferred()
 
 
 @shared_task(name="audiences.tasks.purge_expired_events")

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audiences.membership.deferred import ring_deferred_evaluations_after_commit
 from audiences.membership.locks import lock_audience_membership
 from audiences.models import Audience
 from connections.models import Connection, ConnectionMember
@@ -87,6 +88,8 @@ def _connect(audience: Audience, output: Output, cleaned: Mapping[str, Any]) -> 
         # in the backfill or planned for the new connection. Taken before the audience row, in the
         # order a recompute takes them (no deadlock between the two).
         lock_audience_membership(audience.pk)
+        # Events API requests meanwhile leave the audience out rather than wait: evaluated after commit.
+        ring_deferred_evaluations_after_commit(only_if_waiting=True)
         # Locked and read afresh, so an audience archived meanwhile is not connected. FOR NO KEY
         # UPDATE: membership rows written meanwhile check their audience with KEY SHARE, which it lets by.
         audience = Audience.objects.select_for_update(no_key=True).get(pk=audience.pk)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from audiences.membership.deferred import deferred_evaluations_waiting, ring_deferred_evaluations
 from audiences.membership.recompute import audiences_due_for_recompute, recompute_queue
 from connections.models import Connection
 from forwarding.doorbell import ring, ring_end, ring_probe
@@ -19,6 +20,8 @@ from outputs.partners.registry import partner_keys_with
 ATTEMPT_LOG_DAYS = 30
 # A recompute this long overdue was lost (its task never ran); ring it again.
 RECOMPUTE_GRACE = timedelta(minutes=5)
+# Evaluations deferred this long ago whose ring was lost (or whose lock was still held when it rang).
+DEFERRED_EVALUATION_GRACE = timedelta(seconds=10)
 
 
 def sweep() -> dict[str, int]:
@@ -51,6 +54,9 @@ def sweep() -> dict[str, int]:
     for audience_id, version in stale:
         recompute_queue(audience_id, version)
     jobs = jobs_ring_stalled(now)
+    deferred = deferred_evaluations_waiting(grace=DEFERRED_EVALUATION_GRACE)
+    if deferred:
+        ring_deferred_evaluations()
     purged, _ = DeliveryAttempt.objects.filter(at__lt=now - timedelta(days=ATTEMPT_LOG_DAYS)).delete()
     return {
         "delivering": len(to_deliver),
@@ -58,5 +64,6 @@ def sweep() -> dict[str, int]:
         "probing": len(to_probe),
         "recomputing": len(stale),
         "jobs": jobs,
+        "deferred_evaluations": int(deferred),
         "purged": purged,
     }

@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="Accept only this REST API key (repeatable). Without it any key is accepted.",
     )
+    braze.add_argument(
+        "--rate-limit", type=int, default=3000, help="Requests allowed per window (default 3000, Braze's)."
+    )
+    braze.add_argument("--rate-window", type=float, default=3.0, help="The rate limit's window in seconds (default 3).")
     braze.add_argument("--verbose", action="store_true", help="Log every request.")
     meta = partners.add_parser("meta", help="a local, in-memory Meta Graph API (Custom Audiences)")
     meta.add_argument("--host", default="127.0.0.1", help="Interface to bind (default 127.0.0.1).")
@@ -111,11 +115,19 @@ def _serve(server: LocalBrazeServer | LocalMailchimpServer | LocalMetaServer, na
 
 def serve_braze(options: argparse.Namespace) -> int:
     try:
-        server = LocalBrazeServer(options.host, options.port, options.api_keys, verbose=options.verbose)
+        server = LocalBrazeServer(
+            options.host,
+            options.port,
+            options.api_keys,
+            rate_limit=options.rate_limit,
+            rate_window=options.rate_window,
+            verbose=options.verbose,
+        )
     except OSError as exc:
         print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1
     print(f"Local Braze API listening on {server.base_url}")
+    print(f"Rate limit: {server.rate_limit} requests per {server.rate_window:g} s (X-RateLimit-*, 429 beyond)")
     print(f"API keys: {', '.join(options.api_keys)}" if options.api_keys else "API keys: any")
     print("Quit with CONTROL-C.", flush=True)
     return _serve(server, "Braze")

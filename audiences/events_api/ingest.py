@@ -3,7 +3,8 @@ re-evaluate the active audiences for the touched profiles. One transaction per r
 
 Set-wise, so a bulk request costs a fixed handful of queries whatever its size: receipts (1), lookup of
 every mpid and identity (2), lock of the existing profiles touched (1), new profiles (1), changed
-attributes (1), new identities (1), events (1, COPY on PostgreSQL), conflicts (0-1), then one `evaluate_profiles` call.
+attributes (1), new identities (1), events (1, COPY on PostgreSQL), conflicts (0-1), then one
+evaluation that never waits for a recompute (audiences it cannot lock are deferred: membership/deferred.py).
 New identities of profiles that stay in an audience are then published to its connections (1 query, and one
 publish per such profile: rare, as most requests bring identities already known).
 
@@ -28,7 +29,8 @@ from psycopg.types.json import Jsonb
 
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
-from audiences.membership.evaluation import evaluate_profiles
+from audiences.membership.deferred import defer_evaluations
+from audiences.membership.evaluation import evaluate_profiles_without_waiting
 from audiences.membership.ledger import publish_members_updated
 from audiences.models import (
     Audience,
@@ -296,20 +298,33 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
     result.conflicts = len(conflicts)
 
     result.profile_ids = sorted({t.profile_id for t in merged})
-    changes = evaluate_profiles(result.profile_ids, now=now, reason="events api")
-    _publish_new_identities_of_staying_members(created_identities, changes)
+    # Without waiting for a recompute (or a connect) holding an audience's lock: the audiences left out
+    # are evaluated for these profiles once it commits (audiences/membership/deferred.py).
+    evaluation = evaluate_profiles_without_waiting(result.profile_ids, now=now, reason="events api")
+    new_ids: dict[int, list[int]] = defaultdict(list)
+    for identity in created_identities:
+        new_ids[identity.profile_id].append(identity.pk)
+    _publish_new_identities_of_staying_members(new_ids, evaluation.changes, evaluation.left_out)
+    if evaluation.left_out:
+        defer_evaluations(
+            result.profile_ids,
+            audience_ids=sorted(evaluation.left_out),
+            identity_ids=new_ids,
+            reason="events api",
+            now=now,
+        )
     return result
 
 
 def _publish_new_identities_of_staying_members(
-    identities: Sequence[Identity], changes: Mapping[int, tuple[list[int], list[int]]]
+    new_ids: Mapping[int, list[int]],
+    changes: Mapping[int, tuple[list[int], list[int]]],
+    left_out: frozenset[int] = frozenset(),
 ) -> None:
     """Members who stay in an audience and got a new identity: the consumers forward it (a member who
     entered goes with all its identities already). Runs under the audience locks evaluate_profiles took,
-    like the membership changes, so a connection made meanwhile misses none."""
-    new_ids: dict[int, list[int]] = defaultdict(list)
-    for identity in identities:
-        new_ids[identity.profile_id].append(identity.pk)
+    like the membership changes, so a connection made meanwhile misses none; not to the audiences it left
+    out (their locks were held), where the deferred evaluation publishes them."""
     if not new_ids:
         return
     stayed: dict[int, list[int]] = defaultdict(list)
@@ -317,7 +332,7 @@ def _publish_new_identities_of_staying_members(
         profile_id__in=list(new_ids), audience__status=Audience.Status.ACTIVE
     ).values_list("profile_id", "audience_id")
     for profile_id, audience_id in memberships:
-        if audience_id not in changes.get(profile_id, ([], []))[0]:
+        if audience_id not in changes.get(profile_id, ([], []))[0] and audience_id not in left_out:
             stayed[profile_id].append(audience_id)
     for profile_id, audience_ids in sorted(stayed.items()):
         publish_members_updated(profile_id=profile_id, audience_ids=audience_ids, identity_ids=new_ids[profile_id])

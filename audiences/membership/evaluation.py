@@ -25,7 +25,7 @@ from django.utils import timezone
 from audiences import criteria as criteria_lang
 from audiences.criteria.facts import EventFact, ProfileFacts
 from audiences.membership.ledger import apply_membership_deltas
-from audiences.membership.locks import lock_audiences_for_evaluation
+from audiences.membership.locks import lock_audiences_for_evaluation, try_lock_audiences_for_evaluation
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
 logger = logging.getLogger(__name__)
@@ -210,18 +210,50 @@ def evaluate_profiles(
     profile_ids: Sequence[int], *, now: datetime | None = None, reason: str
 ) -> dict[int, tuple[list[int], list[int]]]:
     """Evaluate every active audience for these profiles and apply what changed (membership rows, change
-    log, and the ledger's consumers) in the caller's transaction. Returns profile id -> (entered audience ids, left
-    audience ids) for the profiles whose membership changed."""
+    log, and the ledger's consumers) in the caller's transaction. Waits for a recompute of any of them to
+    commit. Returns profile id -> (entered audience ids, left audience ids) for the profiles whose
+    membership changed."""
+    return _evaluate(profile_ids, now=now, reason=reason, wait=True).changes
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    changes: dict[int, tuple[list[int], list[int]]]  # as evaluate_profiles returns
+    left_out: frozenset[int]  # audiences not evaluated: their membership lock was held exclusively
+
+
+def evaluate_profiles_without_waiting(
+    profile_ids: Sequence[int], *, now: datetime | None = None, reason: str
+) -> Evaluation:
+    """As evaluate_profiles, but never waits for a recompute (or a connect) holding an audience's lock:
+    that audience, and those whose criteria refer to it, are left out and returned in `left_out`; the
+    caller defers them (audiences/membership/deferred.py). A recompute of one audience then costs
+    the Events API nothing on the others."""
+    return _evaluate(profile_ids, now=now, reason=reason, wait=False)
+
+
+def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, wait: bool) -> Evaluation:
     if not profile_ids:
-        return {}
+        return Evaluation({}, frozenset())
     now = now or timezone.now()
     audiences = active_audiences(now=now)
     if not audiences:
-        return {}
-    starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
+        return Evaluation({}, frozenset())
     # Before reading any membership: a recompute applying its difference meanwhile would otherwise
     # undo what this evaluation writes (audiences/membership/locks.py).
-    lock_audiences_for_evaluation(a.id for a in audiences)
+    left_out: set[int] = set()
+    if wait:
+        lock_audiences_for_evaluation(a.id for a in audiences)
+    else:
+        busy = try_lock_audiences_for_evaluation(a.id for a in audiences)
+        if busy:
+            # In dependency order: an audience referring to one left out would read a membership that is
+            # being rewritten, so it waits for the same later evaluation.
+            for audience in audiences:
+                if audience.id in busy or audience.references & left_out:
+                    left_out.add(audience.id)
+            audiences = [a for a in audiences if a.id not in left_out]
+    starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
     facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     profiles = list(facts.values())
@@ -251,4 +283,4 @@ def evaluate_profiles(
             deltas[audience.id] = (entered, left)
     # All audiences' changes written together: a few statements, not a few per audience.
     apply_membership_deltas(deltas, now=now, reason=reason)
-    return dict(changes)
+    return Evaluation(dict(changes), frozenset(left_out))

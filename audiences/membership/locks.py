@@ -5,8 +5,10 @@ Without a lock, a profile that real-time evaluation enters (and commits) in betw
 out again by the recompute's "left = stored - computed" step: its membership lost until the profile
 changes again. So a recompute holds its audience's lock exclusively, and real-time evaluation holds
 the locks of the active audiences it evaluates shared, taken before it reads any membership: the two
-wait for each other, real-time evaluations never wait for one another. SQLite serialises writers
-anyway, so these are no-ops there.
+never overlap, real-time evaluations never wait for one another. The Events API does not wait either:
+it takes the shared locks it can get (try_lock_audiences_for_evaluation), evaluates those audiences, and
+leaves the others for later (audiences/membership/deferred.py), so a recompute of one audience never
+holds up the requests that change another. SQLite serialises writers anyway, so these are no-ops there.
 """
 
 from __future__ import annotations
@@ -47,3 +49,19 @@ def lock_audiences_for_evaluation(audience_ids: Iterable[int]) -> None:
             "SELECT count(pg_advisory_xact_lock_shared(%s, k)) FROM unnest(%s::int[]) AS t(k)",
             [LOCK_NAMESPACE, keys],
         )
+
+
+def try_lock_audiences_for_evaluation(audience_ids: Iterable[int]) -> set[int]:
+    """Shared, until the end of the current transaction, without waiting: takes the locks that are free
+    (or held shared by other evaluations) and returns the audience ids whose lock is held exclusively
+    (a recompute, a connect), which it did not take. One statement whatever the number of audiences."""
+    ids = sorted(set(audience_ids))
+    if connection.vendor != "postgresql" or not ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT k FROM unnest(%s::int[]) AS t(k) WHERE NOT pg_try_advisory_xact_lock_shared(%s, k)",
+            [[_key(a) for a in ids], LOCK_NAMESPACE],
+        )
+        busy_keys = {row[0] for row in cursor.fetchall()}
+    return {a for a in ids if _key(a) in busy_keys}

@@ -25,6 +25,7 @@ from django.utils import timezone
 from audiences import criteria as criteria_lang
 from audiences.criteria.facts import ProfileFacts
 from audiences.criteria.sql import member_sql
+from audiences.membership.deferred import ring_deferred_evaluations_after_commit
 from audiences.membership.evaluation import load_facts
 from audiences.membership.ledger import apply_membership_deltas, apply_membership_table
 from audiences.membership.locks import lock_audience_for_recompute
@@ -97,6 +98,8 @@ def _recompute(
         # Serialises recomputes of one audience (the second waits, then sees the first's result) and
         # keeps real-time evaluation out while the difference is applied (audiences/membership/locks.py).
         lock_audience_for_recompute(audience_id)
+        # Requests that found the lock held deferred this audience: evaluated once this commits.
+        ring_deferred_evaluations_after_commit(only_if_waiting=True)
         # Read after the lock, so a version bumped by a recompute we waited for is seen.
         audience = Audience.objects.filter(pk=audience_id).first()
         if audience is None or (criteria_version is not None and criteria_version != audience.criteria_version):

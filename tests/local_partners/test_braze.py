@@ -132,3 +132,22 @@ def test_runnable_as_python_m_local_partners_braze():
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_the_rate_limit_is_a_command_line_setting():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local_partners", "braze", "--port", "0", "--rate-limit", "1", "--rate-window", "60"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        base_url = process.stdout.readline().rsplit(" ", 1)[1].strip()
+        first = requests.post(f"{base_url}/users/track", json={"attributes": []}, headers=AUTH, timeout=5)
+        assert first.status_code == 201 and first.headers["X-RateLimit-Limit"] == "1"
+        second = requests.post(f"{base_url}/users/track", json={"attributes": []}, headers=AUTH, timeout=5)
+        assert second.status_code == 429
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0

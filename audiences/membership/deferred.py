@@ -1,0 +1,176 @@
+"""Evaluations deferred while an audience's membership lock is held (a recompute or a connect running).
+
+The Events API never waits for a recompute (audiences/membership/locks.py): it evaluates the audiences
+whose lock it can take and leaves out those held exclusively (and those whose criteria refer to them).
+Each profile left out is written here, in the request's transaction, with the audiences it missed and
+the identities the request gave it. Once the lock is free the profile is evaluated again: every active
+audience (an evaluation is idempotent), and where it stays a member of an audience it missed, its new
+identities are published as the request would have done.
+
+The rows are the durable record; the task is the doorbell, rung when a request defers, when a holder of
+the lock commits (recompute, connect) and by forwarding's sweeper for rows left waiting. The task never
+waits for a lock either: what is still held stays deferred for the next ring.
+"""
+
+# ruff: noqa: S608 (table names from model metadata; values are parameters)
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from django.db import connection as db
+from django.db import transaction
+from django.utils import timezone
+
+from audiences.membership.evaluation import evaluate_profiles_without_waiting
+from audiences.membership.ledger import publish_members_updated
+from audiences.models import AudienceMembership, DeferredEvaluation
+from config import queueing
+
+DEFERRED_TASK = "audiences.tasks.evaluate_deferred"
+CLAIM = 500  # profiles evaluated per transaction
+
+
+def defer_evaluations(
+    profile_ids: Sequence[int],
+    *,
+    audience_ids: Sequence[int],
+    identity_ids: Mapping[int, Sequence[int]] | None = None,
+    reason: str,
+    now: datetime | None = None,
+    ring: bool = True,
+) -> None:
+    """Record, in the caller's transaction, that these profiles still need evaluating for these audiences
+    (with the identities the caller added to each); rings the task once it commits."""
+    if not profile_ids or not audience_ids:
+        return
+    now = now or timezone.now()
+    identity_ids = identity_ids or {}
+    DeferredEvaluation.objects.bulk_create(
+        [
+            DeferredEvaluation(
+                profile_id=pk,
+                audience_ids=sorted(audience_ids),
+                identity_ids=sorted(identity_ids.get(pk, ())),
+                reason=reason[:200],
+                deferred_at=now,
+            )
+            for pk in sorted(set(profile_ids))
+        ]
+    )
+    if ring:
+        ring_deferred_evaluations_after_commit()
+
+
+def ring_deferred_evaluations() -> None:
+    """Queue the task (a broker outage only delays it: the sweeper rings for rows left waiting)."""
+    queueing.send_safely(DEFERRED_TASK)
+
+
+def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False) -> None:
+    """Ring once the current transaction commits: by a request that deferred, and by the holders of an
+    audience's membership lock (`only_if_waiting`: only when deferred rows are committed by then; a request
+    committing later rings itself, and finds the lock free)."""
+
+    def ring() -> None:
+        if not only_if_waiting or DeferredEvaluation.objects.exists():
+            ring_deferred_evaluations()
+
+    transaction.on_commit(ring)
+
+
+def evaluate_deferred(*, limit: int = CLAIM) -> int:
+    """Evaluate deferred profiles, `limit` at a time, each batch in its own transaction, until none is left
+    that can be evaluated now. Returns how many rows were done. Rows taken by another run are skipped."""
+    done = 0
+    while True:
+        claimed, finished = _evaluate_batch(limit)
+        done += finished
+        if claimed < limit or not finished:
+            return done
+
+
+def _evaluate_batch(limit: int) -> tuple[int, int]:
+    """One transaction: claim and delete up to `limit` rows, evaluate their profiles without waiting, and
+    defer again (without ringing: the lock's holder rings as it commits) what is still held. Returns
+    (rows claimed, rows done)."""
+    table = DeferredEvaluation._meta.db_table
+    with transaction.atomic():
+        with db.cursor() as cursor:
+            cursor.execute(
+                f"""
+                DELETE FROM {table} WHERE id IN (
+                    SELECT id FROM {table} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+                ) RETURNING profile_id, audience_ids, identity_ids, reason
+                """,
+                [limit],
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return 0, 0
+        missed: dict[int, set[int]] = defaultdict(set)
+        new_identities: dict[int, set[int]] = defaultdict(set)
+        reasons: dict[str, list[int]] = defaultdict(list)
+        for profile_id, audience_ids, identity_ids, reason in rows:
+            missed[profile_id].update(_ints(audience_ids))
+            new_identities[profile_id].update(_ints(identity_ids))
+            reasons[reason].append(profile_id)
+        still_held: set[int] = set()
+        changes: dict[int, tuple[list[int], list[int]]] = {}
+        # One evaluation per reason, so the change log says why as the request would have.
+        for reason, profile_ids in sorted(reasons.items()):
+            evaluation = evaluate_profiles_without_waiting(sorted(set(profile_ids)), reason=reason)
+            changes.update(evaluation.changes)
+            still_held |= evaluation.left_out
+            if evaluation.left_out:
+                # Again (the profile, all of what it missed): the deferred audiences the lock's holder
+                # will ring for, and nothing lost if the batch's evaluation of the others raced it.
+                for profile_id in sorted(set(profile_ids)):
+                    defer_evaluations(
+                        [profile_id],
+                        audience_ids=sorted(missed[profile_id]),
+                        identity_ids={profile_id: sorted(new_identities[profile_id])},
+                        reason=reason,
+                        ring=False,
+                    )
+        if not still_held:
+            _publish_new_identities(missed, new_identities, changes)
+        done = 0 if still_held else len(rows)
+    return len(rows), done
+
+
+def _publish_new_identities(
+    missed: Mapping[int, set[int]],
+    new_identities: Mapping[int, set[int]],
+    changes: Mapping[int, tuple[list[int], list[int]]],
+) -> None:
+    """Where a profile stays a member of an audience it missed, send the identities its request added (a
+    member who entered goes with all its identities already), as the request does for the others."""
+    wanted = {pk: ids for pk, ids in new_identities.items() if ids}
+    if not wanted:
+        return
+    memberships = AudienceMembership.objects.filter(profile_id__in=list(wanted))
+    memberships = memberships.values_list("profile_id", "audience_id")
+    stayed: dict[int, list[int]] = defaultdict(list)
+    for profile_id, audience_id in memberships:
+        entered = changes.get(profile_id, ([], []))[0]
+        if audience_id in missed[profile_id] and audience_id not in entered:
+            stayed[profile_id].append(audience_id)
+    for profile_id, audience_ids in sorted(stayed.items()):
+        publish_members_updated(
+            profile_id=profile_id, audience_ids=sorted(audience_ids), identity_ids=sorted(wanted[profile_id])
+        )
+
+
+def _ints(value: object) -> list[int]:
+    # Raw cursors hand JSON columns over as text on some backends.
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    return [int(v) for v in value or ()]
+
+
+def deferred_evaluations_waiting(*, grace: timedelta) -> bool:
+    """Whether a deferred evaluation has waited longer than `grace` (its ring lost): the sweeper rings."""
+    return DeferredEvaluation.objects.filter(deferred_at__lt=timezone.now() - grace).exists()

@@ -1,0 +1,444 @@
+"""Real-time latency: an Events API request accepted -> the partner's request received, under a fixed load.
+
+    .venv/bin/python bench/generate.py --profiles 1000000          # once, for --recompute (about 3 min)
+    .venv/bin/python bench/realtime_latency.py --rate 1000 --seconds 20
+    .venv/bin/python bench/realtime_latency.py --rate 1000 --seconds 20 --recompute
+
+The service runs as `make run` runs it: gunicorn with config/gunicorn.py (WEB_CONCURRENCY x WEB_THREADS)
+and a Celery worker (--concurrency 2, the Procfile's), a private Redis queue, and the local Mailchimp
+server in a process of its own, recording when each member's request arrived. An open-loop load
+generator sends /v2/bulkevents requests on a fixed schedule (--rate batches/s, --batches-per-request
+batches per request, from --clients threads with keep-alive sessions): a request due is sent when due,
+whether earlier ones have answered or not (a late send is counted, never silently waited for). Every
+batch is a new user with an email who enters the audience "Realtime" (connected to the local
+Mailchimp list); the latency of a user is the arrival of its email at Mailchimp minus the moment its
+request was sent (and minus the 202, printed too). With --recompute, another audience of the
+population ("Premium", not connected) is recomputed over and over in another process while the load
+runs, its criteria flipping each time so that every recompute writes a large difference (the
+population's 30% Premium users, half of them entering or leaving).
+
+Prints p50/p95/p99/max, the achieved rate beside the rate asked for, sends that were late, the
+recomputes that ran (and how long each took), and the machine's load (uptime) before and after.
+Uses the database af_bench_<profiles> made by bench/generate.py (or BENCH_DATABASE_URL); without
+--recompute an empty one is fine (--profiles 0: af_bench_latency, created anew).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from common import ROOT, use_database
+
+MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-us6"
+LIST_ID = "realtime"
+REALTIME = {"attribute": "plan", "operator": "equals", "value": "realtime-bench"}
+# The recomputed audience flips between these: about 300,000 and 150,000 members of 1,000,000.
+PREMIUM = {"attribute": "status", "operator": "equals", "value": "Premium"}
+PREMIUM_MONTHLY = {"and": [PREMIUM, {"attribute": "plan", "operator": "equals", "value": "monthly"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {port}")
+
+
+def wait_for_members(port: int, count: int, *, timeout: float) -> None:
+    """Until the local list holds `count` members (the worker is taking work)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/3.0/lists/{LIST_ID}/members?count=1"
+    while time.monotonic() < deadline:
+        held = requests.get(url, auth=("any", MAILCHIMP_KEY), timeout=5).json().get("total_items", 0)
+        if held >= count:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the local list holds {held} members, not {count}, after {timeout:.0f} s")
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# --- the local Mailchimp, in a process of its own, recording arrivals -------------------------
+
+
+def serve_mailchimp(port: int, arrivals_file: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from local_partners.mailchimp import LocalMailchimpServer
+
+    arrivals: dict[str, float] = {}
+
+    class Recording(LocalMailchimpServer):
+        def dispatch(self, method, target, headers, raw_body):  # type: ignore[no-untyped-def]
+            at = time.time()  # before anything else: the request has arrived
+            if method == "POST" and raw_body:
+                try:
+                    for member in json.loads(raw_body).get("members", ()):
+                        arrivals.setdefault(str(member.get("email_address", "")).lower(), at)
+                except (ValueError, AttributeError):
+                    pass
+            return super().dispatch(method, target, headers, raw_body)
+
+    server = Recording(port=port, api_keys=[MAILCHIMP_KEY])
+    server.create_list(LIST_ID, "Realtime")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    server.start()
+    done.wait()
+    server.stop()
+    Path(arrivals_file).write_text(json.dumps(arrivals))
+
+
+# --- the recompute loop, in a process of its own ----------------------------------------------
+
+
+def recompute_loop(audience_id: int) -> None:
+    from django.db.models import F
+
+    from audiences.membership.recompute import recompute_audience
+    from audiences.models import Audience
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    flip = False
+    while not stop.is_set():
+        flip = not flip
+        Audience.objects.filter(pk=audience_id).update(
+            criteria=PREMIUM_MONTHLY if flip else PREMIUM, criteria_version=F("criteria_version") + 1
+        )
+        started = time.time()
+        print(json.dumps({"started": started}), flush=True)
+        result = recompute_audience(audience_id, reason="bench")
+        print(json.dumps({"started": started, "ended": time.time(), **result.as_dict()}), flush=True)
+
+
+# --- the load ---------------------------------------------------------------------------------
+
+
+def make_batch(email: str, now_ms: int) -> dict:
+    return {
+        "environment": "production",
+        "source_request_id": str(uuid.uuid4()),
+        "user_identities": {"email": email, "customer_id": email},
+        "user_attributes": {"plan": "realtime-bench", "status": "Free"},
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {"event_name": "Play", "custom_event_type": "other", "timestamp_unixtime_ms": now_ms},
+            }
+        ],
+    }
+
+
+def run_load(
+    url: str, auth: tuple[str, str], *, rate: float, seconds: float, per_request: int, clients: int, run: str
+) -> list[dict]:
+    """Open loop: request i is due at start + i / (rate / per_request), sent by whichever thread is free."""
+    import requests
+
+    interval = per_request / rate
+    total = int(seconds / interval)
+    start = time.monotonic() + 0.5
+    wall_offset = time.time() - time.monotonic()
+    counter = iter(range(total))
+    lock = threading.Lock()
+    records: list[dict] = []
+
+    def client() -> None:
+        session = requests.Session()
+        session.auth = auth
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            due = start + index * interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            emails = [f"rt-{run}-{index}-{k}@bench.example" for k in range(per_request)]
+            body = json.dumps([make_batch(e, int(time.time() * 1000)) for e in emails])
+            sent = time.monotonic()
+            try:
+                status = session.post(url, data=body, headers={"Content-Type": "application/json"}).status_code
+            except requests.RequestException:
+                status = 0
+            answered = time.monotonic()
+            records.append(
+                {
+                    "due": due + wall_offset,
+                    "sent": sent + wall_offset,
+                    "answered": answered + wall_offset,
+                    "status": status,
+                    "emails": emails,
+                }
+            )
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def setup_audiences(*, recompute: bool) -> tuple[int | None, tuple[str, str]]:
+    """A fresh "Realtime" audience connected to the local list, and (with recompute) "Premium" over the
+    population. Earlier runs' connections, outputs and audiences are removed first (a scratch database)."""
+    from audiences.inputs import input_create
+    from audiences.membership.recompute import recompute_audience
+    from audiences.models import Audience, AudienceMembership, DeferredEvaluation, Input, MembershipChange
+    from audiences.services import audience_create
+    from connections.models import Connection
+    from forwarding.lifecycle import connection_create
+    from forwarding.models import DeliveryAttempt, PendingChange
+    from outputs.services import output_create
+
+    for model in (PendingChange, DeliveryAttempt, DeferredEvaluation):
+        model.objects.all().delete()
+    Connection.objects.all().delete()
+    from outputs.models import Output
+
+    Output.objects.all().delete()
+    MembershipChange.objects.all().delete()
+    AudienceMembership.objects.all().delete()
+    Audience.objects.all().delete()
+    Input.objects.all().delete()
+    # Earlier runs' users: the new "Realtime" audience would take them in and backfill them to the list.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        earlier = "SELECT id FROM audiences_profile WHERE attributes ->> 'plan' = 'realtime-bench'"
+        for table in ("audiences_event", "audiences_identity", "audiences_identityconflict"):
+            column = "chosen_profile_id" if table == "audiences_identityconflict" else "profile_id"
+            cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({earlier})")
+        cursor.execute(f"DELETE FROM audiences_profile WHERE id IN ({earlier})")
+    realtime = audience_create(name="Realtime", criteria=REALTIME, status="active")
+    output = output_create(
+        name="Local Mailchimp",
+        partner_key="mailchimp",
+        settings={"api_key": MAILCHIMP_KEY, "email_type": "html", "double_opt_in": False},
+    )
+    connection_create(audience=realtime, output=output, settings={"list_id": LIST_ID})
+    premium_id = None
+    if recompute:
+        premium = audience_create(name="Premium", criteria=PREMIUM, status="active")
+        recompute_audience(premium.pk)  # its first calculation, before the load
+        premium_id = premium.pk
+    source, secret = input_create(name="bench")
+    return premium_id, (source.key, secret)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Events API -> partner latency under a fixed load")
+    parser.add_argument("--rate", type=float, default=1000, help="batches per second asked for")
+    parser.add_argument("--batches-per-request", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=32, help="sending threads (keep-alive sessions)")
+    parser.add_argument("--recompute", action="store_true", help="recompute another audience meanwhile")
+    parser.add_argument("--profiles", type=int, default=1_000_000, help="the generated population (--recompute)")
+    parser.add_argument("--drain-seconds", type=float, default=60, help="the longest wait for the last arrivals")
+    parser.add_argument("--serve-mailchimp", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--recompute-loop", type=int, metavar="AUDIENCE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_mailchimp:
+        serve_mailchimp(int(args.serve_mailchimp[0]), args.serve_mailchimp[1])
+        return
+
+    name = f"af_bench_{args.profiles}" if args.recompute else "af_bench_latency"
+    mailchimp_port, web_port = free_port(), free_port()
+    os.environ["PARTNER_API_BASE_URLS"] = json.dumps({"mailchimp": f"http://127.0.0.1:{mailchimp_port}/3.0"})
+    queue = os.environ.setdefault("CELERY_QUEUE", f"bench-latency-{os.getpid()}")  # private queues
+    if args.recompute_loop:
+        use_database(name, fresh=False)
+        recompute_loop(args.recompute_loop)
+        return
+    url = use_database(name, fresh=not args.recompute and not os.environ.get("BENCH_DATABASE_URL"))
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CELERY_QUEUE": queue,
+        "WEB_BIND": f"127.0.0.1:{web_port}",
+        "WEB_ACCESS_LOG": "/dev/null",
+        # The load, not the per-input limit (bench/ratelimit.py measures what the limits cost).
+        "EVENTS_API_RATE_LIMIT": "0",
+    }
+    run = uuid.uuid4().hex[:8]
+    handle, arrivals_file = tempfile.mkstemp(prefix="realtime-latency-", suffix=".json")
+    os.close(handle)
+    processes: list[subprocess.Popen] = []
+    # The web's and the worker's logs (a failed request or task is looked for there).
+    log = open(Path(tempfile.gettempdir()) / f"realtime-latency-{run}.log", "w")
+    python = str(ROOT / ".venv/bin/python")
+    try:
+        mailchimp = subprocess.Popen(
+            [python, __file__, "--serve-mailchimp", str(mailchimp_port), arrivals_file], cwd=ROOT, env=env
+        )
+        processes.append(mailchimp)
+        wait_for_port(mailchimp_port, mailchimp, "the local Mailchimp")
+        premium_id, auth = setup_audiences(recompute=args.recompute)
+        web = subprocess.Popen(
+            [str(ROOT / ".venv/bin/gunicorn"), "-c", "config/gunicorn.py", "config.wsgi"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        processes.append(web)
+        worker = subprocess.Popen(
+            [str(ROOT / ".venv/bin/celery"), "-A", "config", "worker", "--loglevel=WARNING", "--concurrency=2"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        processes.append(worker)
+        wait_for_port(web_port, web, "gunicorn")
+        events_url = f"http://127.0.0.1:{web_port}/v2/bulkevents"
+        # Warm-up: until a user sent now reaches the list, the worker is not taking work yet.
+        warm = run_load(events_url, auth, rate=20, seconds=1, per_request=1, clients=2, run=f"{run}w")
+        wait_for_members(mailchimp_port, len(warm), timeout=60)
+        load_before = uptime()
+        loop = None
+        if premium_id is not None:
+            loop = subprocess.Popen(
+                [python, __file__, "--recompute-loop", str(premium_id), "--profiles", str(args.profiles)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            processes.append(loop)
+            assert loop.stdout is not None
+            json.loads(loop.stdout.readline())  # the first recompute has started
+        records = run_load(
+            events_url,
+            auth,
+            rate=args.rate,
+            seconds=args.seconds,
+            per_request=args.batches_per_request,
+            clients=args.clients,
+            run=run,
+        )
+        load_after = uptime()
+        recomputes: list[dict] = []
+        if loop is not None:
+            loop.send_signal(signal.SIGTERM)
+            out, _ = loop.communicate(timeout=600)
+            recomputes = [json.loads(line) for line in out.splitlines() if line.strip()]
+            recomputes = [r for r in recomputes if "ended" in r]
+        # The last users' deliveries: until the list holds them all (or the drain time passes).
+        expected = len(warm) + sum(len(r["emails"]) for r in records if r["status"] == 202)
+        try:
+            wait_for_members(mailchimp_port, expected, timeout=args.drain_seconds)
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)  # and counted below as users that never arrived
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        import redis
+
+        from config.queues import queue_names
+
+        redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).delete(*queue_names(queue))
+
+    arrivals = json.loads(Path(arrivals_file).read_text())
+    os.unlink(arrivals_file)
+    from_sent: list[float] = []
+    from_accepted: list[float] = []
+    missing = 0
+    for record in records:
+        if record["status"] != 202:
+            continue
+        for email in record["emails"]:
+            at = arrivals.get(email)
+            if at is None:
+                missing += 1
+                continue
+            from_sent.append((at - record["sent"]) * 1000)
+            from_accepted.append((at - record["answered"]) * 1000)
+    accepted = [r for r in records if r["status"] == 202]
+    first_sent = min(r["sent"] for r in records)
+    last_answered = max(r["answered"] for r in records)
+    late = [r["sent"] - r["due"] for r in records]
+
+    def summary(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        return {q: round(percentile(values, f), 1) for q, f in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))} | {
+            "max": round(max(values), 1)
+        }
+
+    print(
+        json.dumps(
+            {
+                "rate_asked_batches_per_second": args.rate,
+                "achieved_batches_per_second": round(
+                    len(accepted) * args.batches_per_request / (last_answered - first_sent), 1
+                ),
+                "batches_per_request": args.batches_per_request,
+                "requests": len(records),
+                "failed_requests": len(records) - len(accepted),
+                "sends_late_by_over_10ms": sum(1 for x in late if x > 0.010),
+                "send_lateness_ms": summary([x * 1000 for x in late]),
+                "request_duration_ms": summary([(r["answered"] - r["sent"]) * 1000 for r in records]),
+                "users_measured": len(from_sent),
+                "users_never_arrived": missing,
+                "latency_ms_request_sent_to_partner": summary(from_sent),
+                "latency_ms_202_to_partner": summary(from_accepted),
+                "recomputes_during_load": [
+                    {"seconds": r["seconds"], "entered": r["entered"], "left": r["left"], "size": r["size"]}
+                    for r in recomputes
+                ],
+                "uptime_before": load_before,
+                "uptime_after": load_after,
+                "service_log": log.name,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

@@ -1,0 +1,176 @@
+"""The Events API never waits for a recompute: an audience whose membership lock is held (a recompute
+mid-write, a connect) is left out of the request's evaluation and evaluated once the lock is free
+(audiences/membership/deferred.py). Real concurrent transactions on PostgreSQL: the advisory locks are its."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test import Client
+from django.utils import timezone
+
+from audiences import services as audience_services
+from audiences.inputs import input_create
+from audiences.membership.deferred import DEFERRED_TASK, evaluate_deferred
+from audiences.membership.recompute import recompute_audience
+from audiences.models import AudienceMembership, DeferredEvaluation, Identity, MembershipChange, Profile
+from forwarding import sweeper
+from forwarding.models import PendingChange
+from tests import factories
+from tests.conftest import service_missing
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PREMIUM = {"attribute": "status", "operator": "equals", "value": "Premium"}
+PARIS = {"attribute": "favourite_city", "operator": "equals", "value": "Paris"}
+
+
+@pytest.fixture(autouse=True)
+def postgresql_only():
+    if connection.vendor != "postgresql":
+        service_missing("the advisory locks are PostgreSQL's (SQLite serialises writers)")
+
+
+def emails(audience) -> set[str]:
+    ids = AudienceMembership.objects.filter(audience=audience).values_list("profile_id", flat=True)
+    return set(Identity.objects.filter(profile_id__in=ids, type="email").values_list("value", flat=True))
+
+
+def written(email: str, **attributes) -> Profile:
+    """A profile written directly (no evaluation): only the recompute moves it."""
+    profile = Profile.objects.create(attributes=attributes)
+    Identity.objects.create(profile=profile, type="email", value=email)
+    return profile
+
+
+def in_another_transaction(function, timeout: float = 10) -> list:
+    """function() in another thread (its own connection); [its result], or [] if it did not finish."""
+    results: list = []
+
+    def run() -> None:
+        try:
+            results.append(function())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return results
+
+
+def post_in_another_transaction(batch: dict, auth: dict, timeout: float = 10) -> list:
+    """POST /v2/events from another thread (its own connection and transaction); [status] if the request
+    finished within `timeout`, [] if it is still waiting."""
+    return in_another_transaction(
+        lambda: Client().post("/v2/events", batch, content_type="application/json", **auth).status_code, timeout
+    )
+
+
+@pytest.fixture
+def auth() -> dict:
+    instance, secret = input_create("backend")
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{instance.key}:{secret}".encode()).decode()}
+
+
+def test_an_event_is_evaluated_while_another_audiences_recompute_is_mid_write(auth, rings):
+    premium = audience_services.audience_create(name="Premium", criteria=PREMIUM, status="active")
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    written("old@x.com", favourite_city="Paris")
+    batch = {
+        "environment": "production",
+        "user_identities": {"email": "ana@x.com"},
+        "user_attributes": {"status": "Premium", "favourite_city": "Paris"},
+    }
+
+    with transaction.atomic():
+        # The recompute of Parisians has written its difference and not committed: it holds the lock.
+        assert recompute_audience(parisians.pk).entered == 1
+        answers = post_in_another_transaction(batch, auth)
+        assert answers == [202], "the Events API request waited for another audience's recompute"
+        # Committed while the recompute is still open: Premium evaluated, Parisians left for later.
+        assert emails(premium) == {"ana@x.com"}
+        deferred = list(DeferredEvaluation.objects.values_list("profile__identities__value", "audience_ids"))
+        assert deferred == [("ana@x.com", [parisians.pk])]
+    assert emails(parisians) == {"old@x.com"}  # the recompute's snapshot did not hold ana
+
+    # Rung by the request (on its commit) and by the recompute (on its own).
+    assert sum(name == DEFERRED_TASK for name, _, _ in rings) == 2
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"old@x.com", "ana@x.com"}
+    assert not DeferredEvaluation.objects.exists()
+    reasons = set(MembershipChange.objects.filter(audience=parisians).values_list("reason", flat=True))
+    assert reasons == {"recomputed", "events api"}
+
+
+def test_a_deferred_evaluation_waits_while_the_lock_is_held_and_sends_a_stayers_new_identity(auth, rings):
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    bea = written("bea@x.com", favourite_city="Paris")
+    Identity.objects.create(profile=bea, type="customer", value="c-bea")
+    recompute_audience(parisians.pk)
+    connection_ = factories.connect(parisians, factories.mailchimp_output())
+    PendingChange.objects.all().delete()
+    # Bea, a member who stays, gains a second email.
+    batch = {
+        "environment": "production",
+        "user_identities": {"customer_id": "c-bea", "email": "bea.work@x.com"},
+        "user_attributes": {"favourite_city": "Paris"},
+    }
+
+    def queued() -> set[tuple[str, str]]:
+        return set(PendingChange.objects.filter(connection=connection_).values_list("value", "action"))
+
+    with transaction.atomic():
+        recompute_audience(parisians.pk)  # holds the lock, changes nothing
+        assert post_in_another_transaction(batch, auth) == [202]
+        assert DeferredEvaluation.objects.count() == 1
+        assert queued() == set()  # not published to a connection whose audience is being rewritten
+        # Still held (a worker's own connection, not the recompute's): nothing evaluated, nothing lost.
+        assert in_another_transaction(evaluate_deferred) == [0]
+        assert DeferredEvaluation.objects.count() == 1
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"bea@x.com", "bea.work@x.com"}
+    assert not DeferredEvaluation.objects.exists()
+    # The identity the request added reaches the connection, as it would have without the recompute.
+    assert queued() == {("bea.work@x.com", "add")}
+
+
+def test_the_sweeper_rings_for_deferred_evaluations_left_waiting(rings):
+    """A lost ring (broker down when the request or the recompute committed) delays, never loses."""
+    bea = written("bea@x.com", favourite_city="Paris")
+    row = DeferredEvaluation.objects.create(
+        profile=bea, audience_ids=[1], reason="events api", deferred_at=timezone.now()
+    )
+    assert sweeper.sweep()["deferred_evaluations"] == 0  # fresh: its own ring is on the way
+    DeferredEvaluation.objects.filter(pk=row.pk).update(deferred_at=timezone.now() - timedelta(minutes=1))
+    assert sweeper.sweep()["deferred_evaluations"] == 1
+    assert [name for name, _, _ in rings] == [DEFERRED_TASK]
+
+
+def test_an_audience_referring_to_one_being_recomputed_is_deferred_with_it(auth, rings):
+    """It would read a membership the recompute is rewriting: evaluated with it, after the recompute."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    fans = audience_services.audience_create(
+        name="Parisian fans", criteria={"audience": parisians.pk, "operator": "member"}, status="active"
+    )
+    premium = audience_services.audience_create(name="Premium", criteria=PREMIUM, status="active")
+    batch = {
+        "environment": "production",
+        "user_identities": {"email": "ana@x.com"},
+        "user_attributes": {"status": "Premium", "favourite_city": "Paris"},
+    }
+
+    with transaction.atomic():
+        recompute_audience(parisians.pk)
+        assert post_in_another_transaction(batch, auth) == [202]
+        assert emails(premium) == {"ana@x.com"}
+        assert emails(fans) == set()
+        assert list(DeferredEvaluation.objects.values_list("audience_ids", flat=True)) == [
+            sorted([parisians.pk, fans.pk])
+        ]
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == emails(fans) == {"ana@x.com"}
