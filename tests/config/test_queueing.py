@@ -30,6 +30,8 @@ def test_an_unreachable_broker_is_logged_not_raised(caplog, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # A Celery app of its own pointed at it (the shared tasks register with every app).
+    # Celery's CELERY_BROKER_URL environment variable would win over the broker given here.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     unreachable = Celery("unreachable", broker=f"redis://127.0.0.1:{port}/0", set_as_current=False)
     unreachable.conf.task_publish_retry_policy = {"max_retries": 0}
     monkeypatch.setattr(queueing, "app", unreachable)
