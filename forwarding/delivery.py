@@ -20,21 +20,19 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 
 from django.conf import settings
-from django.db import connection as db
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
-from connections.selectors import held_identities
 from connections.status import delivers
-from forwarding import recovery
+from forwarding import batches, recovery
 from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
+from forwarding.batches import Claimed
 from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.metrics import record_delivery_attempt
@@ -46,6 +44,13 @@ from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
+
+ADD, REMOVE = PendingChange.Action.ADD.value, PendingChange.Action.REMOVE.value
+ADDED, REMOVED, REJECTED = (
+    ConnectionMember.State.ADDED.value,
+    ConnectionMember.State.REMOVED.value,
+    ConnectionMember.State.REJECTED.value,
+)
 
 
 @dataclass
@@ -118,6 +123,10 @@ def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryRepo
 
 def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
     partner = None
+    # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
+    # change while it was sent, a change committed late with a lower id, a retry now due) are found by one
+    # more pass from the start; the drain ends when a pass from the start finds nothing.
+    after = 0
     while True:
         if shutdown_requested():
             report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
@@ -131,13 +140,15 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
             return
         # One partner (and so one keep-alive HTTP session) for the whole drain.
         partner = partner or connection.output.partner()
-        batch = list(
-            PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).order_by(
-                "id"
-            )[: recovery.batch_size(connection, partner.batch_limit)]
-        )
+        # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
+        size = recovery.batch_size(connection, partner.batch_limit)
+        batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
         if not batch:
-            return
+            if after == 0:
+                return
+            after = 0
+            continue
+        after = batch[-1].id
         report.batches += 1
         if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
             return
@@ -148,37 +159,33 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
 def _send_batch(
     connection: Connection,
     partner,
-    batch: list[PendingChange],
+    batch: list[Claimed],
     report: DeliveryReport,
     task_id: str = "",
     *,
     lease: Lease | None = None,
 ) -> bool:
-    """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
-    held = held_identities(connection.pk, {(p.identity_type, p.value) for p in batch})
-    skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
-    to_send = [p for p in batch if p not in skipped]
-    attributes = dict(
-        Profile.objects.filter(pk__in={p.profile_id for p in to_send if p.profile_id}).values_list("pk", "attributes")
-    )
-    changes = {
-        p.pk: MemberChange(
+    """Send one claimed batch and record it. Returns False when delivery must stop (fault or backoff)."""
+    # A removal is skipped only for an identity the partner cannot hold: never sent, removed or refused.
+    skipped = [p for p in batch if p.action == REMOVE and p.held is None]
+    to_send = [p for p in batch if p.action == ADD or p.held is not None]
+    changes = [
+        MemberChange(
             identity_type=p.identity_type,
             value=p.value,
             action=Action(p.action),
-            attributes=attributes.get(p.profile_id, {}) if p.action == PendingChange.Action.ADD else {},
+            attributes=p.attributes if p.action == ADD else {},
             profile_id=p.profile_id,
         )
         for p in to_send
-    }
+    ]
     started = time.monotonic()
     results: list[MemberResult] = []
     error: PartnerError | None = None
     if to_send:
-        _write_ahead(connection.pk, [p for p in to_send if p.action == PendingChange.Action.ADD])
         try:
             # Grouped per identity or per profile, as the partner's pattern wants (forwarding/partner_calls.py).
-            results = apply_changes(partner, connection, list(changes.values()))
+            results = apply_changes(partner, connection, changes)
         except PartnerError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later
@@ -194,102 +201,58 @@ def _send_batch(
         return False
     if error is not None:
         return _record_failure(connection, batch, error, call, report)
-    _record_results(connection, batch, changes, results, skipped, held, call, report)
+    _record_results(connection, to_send, results, skipped, call, report)
     return True
 
 
-WRITE_AHEAD_SQL = """
-INSERT INTO {table} (connection_id, identity_type, value, state, reason, updated_at)
-VALUES (%s, %s, %s, %s, '', %s)
-ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = excluded.state, updated_at = excluded.updated_at
-WHERE {table}.state <> %s
-"""
-
-
-def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
-    """Commit, before the call, that the partner may hold these identities from now on. A member
-    it holds already stays "added": an update's unknown outcome leaves it held either way."""
-    if not adds:
-        return
-    now = timezone.now()
-    maybe, added = ConnectionMember.State.MAYBE_HELD, ConnectionMember.State.ADDED
-    with transaction.atomic(), db.cursor() as cursor:
-        cursor.executemany(
-            WRITE_AHEAD_SQL.format(table=ConnectionMember._meta.db_table),
-            [(connection_id, p.identity_type, p.value, maybe, now, added) for p in adds],
-        )
-
-
-def _record_results(connection, batch, changes, results, skipped, held, call: PartnerCall, report) -> None:
+def _record_results(
+    connection: Connection,
+    sent: list[Claimed],
+    results: list[MemberResult],
+    skipped: list[Claimed],
+    call: PartnerCall,
+    report: DeliveryReport,
+) -> None:
     now = timezone.now()
     by_key = {(r.change.identity_type, r.change.value): r for r in results}
-    done: list[PendingChange] = list(skipped)
-    retry: list[tuple[PendingChange, str]] = []
-    members: list[ConnectionMember] = []
+    settled = [(p.id, p.version) for p in skipped]
+    acknowledged: list[datetime] = []  # when each change the partner answered entered the outbox
+    retry: list[tuple[int, float, str]] = []
+    members: list[tuple[str, str, str, str]] = []
     delivered = rejected = 0
-    for pending in batch:
-        if pending in skipped:
-            continue
-        result = by_key.get((pending.identity_type, pending.value))
+    for pending in sent:
+        result = by_key.get(pending.key)
         if result is None or result.outcome is Outcome.RETRY:
-            retry.append((pending, result.reason if result else "the partner gave no answer for this member"))
+            reason = result.reason if result else "the partner gave no answer for this member"
+            retry.append((pending.id, backoff_seconds(pending.attempts + 1), reason[:2000]))
             continue
-        done.append(pending)
+        settled.append((pending.id, pending.version))
+        acknowledged.append(pending.created_at)
         if result.outcome is Outcome.DELIVERED:
             delivered += 1
-            state = ConnectionMember.State.ADDED if pending.action == "add" else ConnectionMember.State.REMOVED
+            state = ADDED if pending.action == ADD else REMOVED
         else:
             rejected += 1
             # A refused update of a member the partner holds (or may hold, from an add whose answer
             # never came) leaves it as it was there, so its removal must still be sent later.
-            held_before = held.get((pending.identity_type, pending.value))
-            if pending.action == PendingChange.Action.ADD and held_before:
-                state = held_before
-            else:
-                state = ConnectionMember.State.REJECTED
-        members.append(
-            ConnectionMember(
-                connection_id=connection.pk,
-                identity_type=pending.identity_type,
-                value=pending.value,
-                state=state,
-                reason=result.reason,
-                updated_at=now,
-            )
+            state = pending.held if pending.action == ADD and pending.held else REJECTED
+        members.append((pending.identity_type, pending.value, state, result.reason))
+    batches.record(
+        batches.BatchRecord(
+            connection_id=connection.pk,
+            now=now,
+            members=members,
+            settled=settled,
+            retried=retry,
+            sent=len(sent),
+            delivered=delivered,
+            rejected=rejected,
+            duration_ms=call.duration_ms,
+            http_status=call.http_status,
+            task_id=call.task_id,
         )
-    with transaction.atomic():
-        if members:
-            ConnectionMember.objects.bulk_create(
-                members,
-                update_conflicts=True,
-                unique_fields=["connection", "identity_type", "value"],
-                update_fields=["state", "reason", "updated_at"],
-            )
-        _delete_if_unchanged(done)
-        delays = []
-        for pending, reason in retry:
-            delays.append(backoff_seconds(pending.attempts + 1))
-            PendingChange.objects.filter(pk=pending.pk).update(
-                attempts=F("attempts") + 1,
-                next_attempt_at=now + timedelta(seconds=delays[-1]),
-                last_error=reason[:2000],
-            )
-        Connection.objects.filter(pk=connection.pk).update(last_delivered_at=now)
-        if changes:
-            DeliveryAttempt.objects.create(
-                connection_id=connection.pk,
-                at=now,
-                duration_ms=call.duration_ms,
-                http_status=call.http_status,
-                task_id=call.task_id,
-                sent=len(changes),
-                delivered=delivered,
-                rejected=rejected,
-                retried=len(retry),
-                result=DeliveryAttempt.Result.OK if not (rejected or retry) else DeliveryAttempt.Result.PARTIAL,
-            )
-    if changes:
+    )
+    if sent:
         record_delivery_attempt(
             partner=connection.output.partner_key,
             result="partial" if rejected or retry else "ok",
@@ -297,7 +260,7 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
             delivered=delivered,
             rejected=rejected,
             retried=len(retry),
-            planned_at=[p.created_at for p in done if p not in skipped],
+            planned_at=acknowledged,
             acknowledged_at=now,
         )
     report.delivered += delivered
@@ -305,27 +268,18 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
     report.retried += len(retry)
     report.skipped += len(skipped)
     if retry:
-        _ring_later(connection.pk, min(delays))
+        _ring_later(connection.pk, min(delay for _, delay, _ in retry))
 
 
-def _delete_if_unchanged(done: list[PendingChange]) -> None:
-    """Delete delivered pending changes, except those a newer word replaced while we sent."""
-    if not done:
-        return
-    sent_versions = {p.pk: p.version for p in done}
-    # Locked, so a newer word cannot slip in between reading the versions and deleting.
-    current = PendingChange.objects.select_for_update().filter(pk__in=sent_versions).values_list("pk", "version")
-    unchanged = [pk for pk, version in current if sent_versions[pk] == version]
-    PendingChange.objects.filter(pk__in=unchanged).delete()
-
-
-def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, report: DeliveryReport) -> bool:
+def _record_failure(
+    connection, batch: list[Claimed], error: PartnerError, call: PartnerCall, report: DeliveryReport
+) -> bool:
     now = timezone.now()
     result = recovery.attempt_result(error)
     with transaction.atomic():
         # The work stays due: the connection as a whole waits (a transient error, see
         # forwarding/recovery.py), or Resume sends it again once someone fixed the cause.
-        PendingChange.objects.filter(pk__in=[p.pk for p in batch]).update(
+        PendingChange.objects.filter(pk__in=[p.id for p in batch]).update(
             attempts=F("attempts") + 1, last_error=error.message[:2000]
         )
         DeliveryAttempt.objects.create(
