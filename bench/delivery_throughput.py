@@ -87,7 +87,7 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
     (seconds, identities delivered)."""
     import psycopg
 
-    from forwarding.batches import CLAIM_AND_WRITE_AHEAD_SQL, RECORD_SQL
+    from forwarding.batches import CLAIM_AND_WRITE_AHEAD_SQL, ORDERED_SCAN_ONLY_SQL, RECORD_SQL
 
     url = urlsplit(base_url)
     path = f"{url.path}/lists/floor"
@@ -106,7 +106,9 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
         while True:
             now = datetime.now(UTC)
             claim = {"connection": connection_id, "after": after, "now": now, "size": BATCH}
-            rows = db.execute(CLAIM_AND_WRITE_AHEAD_SQL, claim).fetchall()
+            with db.transaction():
+                db.execute(ORDERED_SCAN_ONLY_SQL)
+                rows = db.execute(CLAIM_AND_WRITE_AHEAD_SQL, claim).fetchall()
             if not rows:
                 break  # every change was answered: no second pass needed
             after = rows[-1][0]

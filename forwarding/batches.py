@@ -29,6 +29,7 @@ from django.utils.dateparse import parse_datetime
 
 from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
+from connections.selectors import MAY_BE_HELD
 from forwarding.models import DeliveryAttempt, PendingChange
 
 PENDING = PendingChange._meta.db_table
@@ -40,17 +41,17 @@ ATTEMPT = DeliveryAttempt._meta.db_table
 ADDED, MAYBE_HELD = ConnectionMember.State.ADDED.value, ConnectionMember.State.MAYBE_HELD.value
 
 # The next due changes after a claimed id, in id order, with each add's attributes and the state of each
-# identity at the partner when it holds or may hold it (NULL: it cannot). The batch is picked first and the
-# two lookups run per row through unique indexes (scalar subqueries), so the plan does not depend on table
-# statistics: with stale ones a join was planned as a nested loop over every member of the connection
-# (42 s a batch at 50,000). The index (connection, id) serves the keyset: a scan starts after the batch
+# identity at the partner (NULL: never sent). The batch is picked first and the two lookups run per row
+# through unique indexes (scalar subqueries whose conditions are exactly those indexes' columns): with stale
+# statistics a join was planned as a nested loop over every member of the connection (42 s a batch at
+# 50,000). Statistics still matter to pick the unique index among those leading with the connection: see
+# refresh_statistics(). The index (connection, id) serves the keyset: a scan starts after the batch
 # just sent, not over the dead rows of every batch sent before it.
 CLAIM_SQL = f"""
 SELECT c.id, c.identity_type, c.value, c.action, c.profile_id, c.version, c.attempts, c.created_at,
        CASE WHEN c.action = 'add' THEN (SELECT pr.attributes FROM {PROFILE} pr WHERE pr.id = c.profile_id) END,
        (SELECT m.state FROM {MEMBER} m
-        WHERE m.connection_id = %(connection)s AND m.identity_type = c.identity_type AND m.value = c.value
-          AND m.state IN ('{ADDED}', '{MAYBE_HELD}'))
+        WHERE m.connection_id = %(connection)s AND m.identity_type = c.identity_type AND m.value = c.value)
 FROM (
     SELECT p.id, p.identity_type, p.value, p.action, p.profile_id, p.version, p.attempts, p.created_at
     FROM {PENDING} p
@@ -162,12 +163,40 @@ def _postgres() -> bool:
     return db.vendor == "postgresql"
 
 
+# A table's statistics are refreshed once it changed by more than this many rows plus a quarter of its size
+# since they were taken (autovacuum's own check waits up to a minute, and asks for 10%).
+STALE_ROWS = 2000
+
+STALE_TABLES_SQL = f"""
+SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.relname IN ('{PENDING}', '{MEMBER}') AND s.n_mod_since_analyze > {STALE_ROWS} + greatest(c.reltuples, 0) / 4
+"""
+
+
+def refresh_statistics() -> list[str]:
+    """ANALYZE the outbox and the members table when they changed much since their statistics were taken.
+    A connect fills the outbox by the million and delivery fills the members table by the batch, while the
+    statistics still say "empty": the claim's member lookup was then planned on the narrowest index leading
+    with the connection, scanning every member of it for each row (1.2 s a batch at 20,000). Called every
+    few batches while a connection drains; a look at pg_stat_user_tables when nothing is stale. Returns the
+    tables analysed."""
+    if not _postgres():
+        return []
+    with db.cursor() as cursor:
+        cursor.execute(STALE_TABLES_SQL)
+        stale = [name for (name,) in cursor.fetchall()]
+        for name in stale:
+            cursor.execute(f"ANALYZE {db.ops.quote_name(name)}")
+    return stale
+
+
 def _claimed(row: Sequence) -> Claimed:
-    pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes, held = row
+    pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes, state = row
     if isinstance(attributes, str | bytes):  # SQLite, and psycopg where Django leaves jsonb undecoded
         attributes = json.loads(attributes)
     if isinstance(created_at, str):
         created_at = parse_datetime(created_at)
+    held = state if state in MAY_BE_HELD else None
     return Claimed(pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes or {}, held)
 
 

@@ -89,6 +89,13 @@ def has_due_work(connection_id: int) -> bool:
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
 ACCOUNT_FULL = "the partner account's deliveries are at their cap"
+# Batches between two looks at whether the outbox's and the members' statistics are stale, once a drain is
+# long (before, at batches 0, 1, 2, 4, 8, ...: staleness is relative to a table's size, which grows fast).
+STATISTICS_EVERY = 64
+
+
+def _statistics_due(batches_sent: int) -> bool:
+    return batches_sent % STATISTICS_EVERY == 0 or (batches_sent & (batches_sent - 1)) == 0
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -140,6 +147,8 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
             return
         # One partner (and so one keep-alive HTTP session) for the whole drain.
         partner = partner or connection.output.partner()
+        if _statistics_due(report.batches):
+            batches.refresh_statistics()  # a long drain grows the members table from "empty"
         # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
         size = recovery.batch_size(connection, partner.batch_limit)
         batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
