@@ -87,7 +87,13 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
     (seconds, identities delivered)."""
     import psycopg
 
-    from forwarding.batches import CLAIM_AND_WRITE_AHEAD_SQL, ORDERED_SCAN_ONLY_SQL, RECORD_SQL
+    from forwarding.batches import (
+        CLAIM_AND_WRITE_AHEAD_SQL,
+        ORDERED_SCAN_ONLY_SQL,
+        RECORD_SQL,
+        STALE_TABLES_SQL,
+        statistics_due,
+    )
 
     url = urlsplit(base_url)
     path = f"{url.path}/lists/floor"
@@ -102,8 +108,12 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
         partner.connect()
         partner.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         started = time.perf_counter()
-        after = 0
+        after = batches = 0
         while True:
+            if statistics_due(batches):  # as delivery does: ANALYZE what grew from "empty"
+                for (table,) in db.execute(STALE_TABLES_SQL).fetchall():
+                    db.execute(f"ANALYZE {table}")
+            batches += 1
             now = datetime.now(UTC)
             claim = {"connection": connection_id, "after": after, "now": now, "size": BATCH}
             with db.transaction():

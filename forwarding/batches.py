@@ -173,6 +173,15 @@ WHERE s.relname IN ('{PENDING}', '{MEMBER}') AND s.n_mod_since_analyze > {STALE_
 """
 
 
+# Batches between two looks at whether the outbox's and the members' statistics are stale, once a drain is
+# long (before, at batches 0, 1, 2, 4, 8, ...: staleness is relative to a table's size, which grows fast).
+STATISTICS_EVERY = 64
+
+
+def statistics_due(batches_sent: int) -> bool:
+    return batches_sent % STATISTICS_EVERY == 0 or (batches_sent & (batches_sent - 1)) == 0
+
+
 def refresh_statistics() -> list[str]:
     """ANALYZE the outbox and the members table when they changed much since their statistics were taken.
     A connect fills the outbox by the million and delivery fills the members table by the batch, while the

@@ -89,13 +89,6 @@ def has_due_work(connection_id: int) -> bool:
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
 ACCOUNT_FULL = "the partner account's deliveries are at their cap"
-# Batches between two looks at whether the outbox's and the members' statistics are stale, once a drain is
-# long (before, at batches 0, 1, 2, 4, 8, ...: staleness is relative to a table's size, which grows fast).
-STATISTICS_EVERY = 64
-
-
-def _statistics_due(batches_sent: int) -> bool:
-    return batches_sent % STATISTICS_EVERY == 0 or (batches_sent & (batches_sent - 1)) == 0
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -131,8 +124,8 @@ def deliver_connection(*, connection_id: int, task_id: str = "") -> DeliveryRepo
 def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
     partner = None
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
-    # change while it was sent, a change committed late with a lower id, a retry now due) are found by one
-    # more pass from the start; the drain ends when a pass from the start finds nothing.
+    # change while it was sent, a change committed late with a lower id, a retry now due) are found by the
+    # next drain, from the start: deliver_connection drains again while due work is left.
     after = 0
     while True:
         if shutdown_requested():
@@ -147,16 +140,13 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
             return
         # One partner (and so one keep-alive HTTP session) for the whole drain.
         partner = partner or connection.output.partner()
-        if _statistics_due(report.batches):
+        if batches.statistics_due(report.batches):
             batches.refresh_statistics()  # a long drain grows the members table from "empty"
         # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
         size = recovery.batch_size(connection, partner.batch_limit)
         batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
         if not batch:
-            if after == 0:
-                return
-            after = 0
-            continue
+            return
         after = batch[-1].id
         report.batches += 1
         if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
