@@ -68,6 +68,11 @@ class ConnectionMember(models.Model):
     value = models.CharField(max_length=255)
     state = models.CharField(max_length=10, choices=State.choices)
     reason = models.TextField(blank=True)
+    # What the partner holds of an "added" member: the fingerprint of the add it acknowledged (its identity and
+    # attributes, forwarding.partner_calls.change_fingerprint). Blank while unknown: never acknowledged, or an
+    # update sent and not answered. An add identical to the one the partner acknowledged is not sent again (a
+    # member who left and re-entered before its removal went out).
+    fingerprint = models.CharField(max_length=32, blank=True, default="")
     updated_at = models.DateTimeField()
 
     class Meta:

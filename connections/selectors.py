@@ -23,6 +23,18 @@ def held_identities(connection_id: int, identities: set[tuple[str, str]]) -> dic
     return {(t, v): state for t, v, state in rows if (t, v) in identities}
 
 
+def acknowledged_fingerprints(connection_id: int, identities: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Those of these identities the partner holds as we last added them, with the fingerprint of that add."""
+    rows = (
+        ConnectionMember.objects.filter(
+            connection_id=connection_id, value__in={v for _, v in identities}, state=ConnectionMember.State.ADDED
+        )
+        .exclude(fingerprint="")
+        .values_list("identity_type", "value", "fingerprint")
+    )
+    return {(t, v): fingerprint for t, v, fingerprint in rows if (t, v) in identities}
+
+
 def member_counts(connection: Connection) -> dict[str, int]:
     """{"delivered": identities the partner holds from us, "rejected": identities it refused for good}."""
     return ConnectionMember.objects.filter(connection=connection).aggregate(

@@ -49,9 +49,13 @@ ADDED, MAYBE_HELD = ConnectionMember.State.ADDED.value, ConnectionMember.State.M
 # just sent, not over the dead rows of every batch sent before it.
 CLAIM_SQL = f"""
 SELECT c.id, c.identity_type, c.value, c.action, c.profile_id, c.version, c.attempts, c.created_at,
-       CASE WHEN c.action = 'add' THEN (SELECT pr.attributes FROM {PROFILE} pr WHERE pr.id = c.profile_id) END,
+       CASE WHEN c.action = 'add' THEN (SELECT pr.attributes FROM {PROFILE} pr WHERE pr.id = c.profile_id) END
+           AS attributes,
        (SELECT m.state FROM {MEMBER} m
+        WHERE m.connection_id = %(connection)s AND m.identity_type = c.identity_type AND m.value = c.value) AS state,
+       (SELECT m.fingerprint FROM {MEMBER} m
         WHERE m.connection_id = %(connection)s AND m.identity_type = c.identity_type AND m.value = c.value)
+           AS fingerprint
 FROM (
     SELECT p.id, p.identity_type, p.value, p.action, p.profile_id, p.version, p.attempts, p.created_at
     FROM {PENDING} p
@@ -74,34 +78,39 @@ ORDERED_SCAN_ONLY_SQL = (
     "set_config('jit', 'off', true)"
 )
 
-# A member the partner holds already stays "added": an update's unknown outcome leaves it held either way.
+# A member the partner holds already stays "added": an update's unknown outcome leaves it held either way,
+# but what it holds is unknown until the answer is recorded (fingerprint blank).
 WRITE_AHEAD_CONFLICT = f"""
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = excluded.state, updated_at = excluded.updated_at
-WHERE {MEMBER}.state <> '{ADDED}'
+SET state = CASE WHEN {MEMBER}.state = '{ADDED}' THEN {MEMBER}.state ELSE excluded.state END,
+    fingerprint = '', updated_at = excluded.updated_at
 """
 
 # PostgreSQL: the claim and the write-ahead of its adds in one statement (the claim reads the states from
-# before the write).
+# before the write), but for the adds of members acknowledged with a fingerprint.
 CLAIM_AND_WRITE_AHEAD_SQL = f"""
 WITH claimed AS MATERIALIZED ({CLAIM_SQL}),
 ahead AS (
-    INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, updated_at)
-    SELECT %(connection)s, identity_type, value, '{MAYBE_HELD}', '', %(now)s FROM claimed WHERE action = 'add'
+    INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, fingerprint, updated_at)
+    SELECT %(connection)s, c.identity_type, c.value, '{MAYBE_HELD}', '', '', %(now)s FROM claimed c
+    -- An add the partner acknowledged with a fingerprint may be skipped (the same content): written ahead by
+    -- write_ahead_adds() once delivery knows it is sent.
+    WHERE c.action = 'add' AND NOT (c.state IS NOT DISTINCT FROM '{ADDED}' AND c.fingerprint <> '')
     {WRITE_AHEAD_CONFLICT}
 )
 SELECT * FROM claimed ORDER BY id
 """
 
 WRITE_AHEAD_SQL = f"""
-INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, updated_at)
-VALUES (%s, %s, %s, '{MAYBE_HELD}', '', %s)
+INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, fingerprint, updated_at)
+VALUES (%s, %s, %s, '{MAYBE_HELD}', '', '', %s)
 {WRITE_AHEAD_CONFLICT}
 """
 
 MEMBER_UPSERT_CONFLICT = """
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at
+SET state = excluded.state, reason = excluded.reason, fingerprint = excluded.fingerprint,
+    updated_at = excluded.updated_at
 """
 
 ATTEMPT_COLUMNS = (
@@ -112,10 +121,11 @@ ATTEMPT_COLUMNS = (
 # PostgreSQL: a batch's whole record in one statement (each part touches its own rows).
 RECORD_SQL = f"""
 WITH members AS (
-    INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, updated_at)
-    SELECT %(connection)s, r.identity_type, r.value, r.state, r.reason, %(now)s
-    FROM unnest(%(m_type)s::text[], %(m_value)s::text[], %(m_state)s::text[], %(m_reason)s::text[])
-         AS r(identity_type, value, state, reason)
+    INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, fingerprint, updated_at)
+    SELECT %(connection)s, r.identity_type, r.value, r.state, r.reason, r.fingerprint, %(now)s
+    FROM unnest(%(m_type)s::text[], %(m_value)s::text[], %(m_state)s::text[], %(m_reason)s::text[],
+                %(m_fingerprint)s::text[])
+         AS r(identity_type, value, state, reason, fingerprint)
     {MEMBER_UPSERT_CONFLICT}
 ),
 settled AS (
@@ -153,6 +163,7 @@ class Claimed:
     created_at: datetime
     attributes: dict  # the profile's attributes for an add ({} for a remove)
     held: str | None  # the member's state when the partner holds or may hold it, else None
+    acknowledged: str  # the fingerprint of the add the partner acknowledged and holds ("" if none)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -200,13 +211,26 @@ def refresh_statistics() -> list[str]:
 
 
 def _claimed(row: Sequence) -> Claimed:
-    pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes, state = row
+    pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes, state, fingerprint = row
     if isinstance(attributes, str | bytes):  # SQLite, and psycopg where Django leaves jsonb undecoded
         attributes = json.loads(attributes)
     if isinstance(created_at, str):
         created_at = parse_datetime(created_at)
     held = state if state in MAY_BE_HELD else None
-    return Claimed(pk, identity_type, value, action, profile_id, version, attempts, created_at, attributes or {}, held)
+    acknowledged = (fingerprint or "") if state == ADDED else ""
+    return Claimed(
+        pk,
+        identity_type,
+        value,
+        action,
+        profile_id,
+        version,
+        attempts,
+        created_at,
+        attributes or {},
+        held,
+        acknowledged,
+    )
 
 
 def claim(connection_id: int, size: int, now: datetime, *, after: int = 0, write_ahead: bool) -> list[Claimed]:
@@ -228,11 +252,17 @@ def claim(connection_id: int, size: int, now: datetime, *, after: int = 0, write
         cursor.execute(CLAIM_SQL, parameters)
         batch = [_claimed(row) for row in cursor.fetchall()]
         if write_ahead:
-            adds = [(connection_id, p.identity_type, p.value, now) for p in batch if p.action == "add"]
-            if adds:
-                with transaction.atomic():
-                    cursor.executemany(WRITE_AHEAD_SQL, adds)
+            write_ahead_adds(connection_id, [p for p in batch if p.action == "add" and not p.acknowledged], now)
         return batch
+
+
+def write_ahead_adds(connection_id: int, adds: list[Claimed], now: datetime) -> None:
+    """Commit, before the call, that the partner may hold these identities from now on (claim() does it for
+    every add but those of members acknowledged with a fingerprint, which delivery may skip)."""
+    if not adds:
+        return
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.executemany(WRITE_AHEAD_SQL, [(connection_id, p.identity_type, p.value, now) for p in adds])
 
 
 @dataclass
@@ -241,7 +271,8 @@ class BatchRecord:
 
     connection_id: int
     now: datetime
-    members: list[tuple[str, str, str, str]]  # (identity type, value, state, reason) as the partner answered
+    # (identity type, value, state, reason, fingerprint of the add acknowledged or "") as the partner answered
+    members: list[tuple[str, str, str, str, str]]
     settled: list[tuple[int, int]]  # (pending change id, version sent): delete unless a newer word came
     retried: list[tuple[int, float, str]]  # (pending change id, delay in seconds, reason)
     sent: int
@@ -267,9 +298,9 @@ def record(batch: BatchRecord) -> None:
     with transaction.atomic(), db.cursor() as cursor:
         if batch.members:
             cursor.executemany(
-                f"INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, updated_at) "
-                f"VALUES (%s, %s, %s, %s, %s, %s) {MEMBER_UPSERT_CONFLICT}",
-                [(batch.connection_id, t, v, state, reason, batch.now) for t, v, state, reason in batch.members],
+                f"INSERT INTO {MEMBER} (connection_id, identity_type, value, state, reason, fingerprint, updated_at) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s) {MEMBER_UPSERT_CONFLICT}",
+                [(batch.connection_id, *member, batch.now) for member in batch.members],
             )
         if batch.settled:
             cursor.executemany(f"DELETE FROM {PENDING} WHERE id = %s AND version = %s", batch.settled)
@@ -300,7 +331,7 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 
 def _record_parameters(batch: BatchRecord) -> dict:
-    types, values, states, reasons = _columns(batch.members, 4)
+    types, values, states, reasons, fingerprints = _columns(batch.members, 5)
     settled_ids, settled_versions = _columns(batch.settled, 2)
     retried_ids, delays, retry_reasons = _columns(batch.retried, 3)
     return {
@@ -310,6 +341,7 @@ def _record_parameters(batch: BatchRecord) -> dict:
         "m_value": values,
         "m_state": states,
         "m_reason": reasons,
+        "m_fingerprint": fingerprints,
         "d_id": settled_ids,
         "d_version": settled_versions,
         "r_id": retried_ids,

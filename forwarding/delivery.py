@@ -8,7 +8,8 @@ deleted, unless a newer word arrived meanwhile (the version guard).
 Write-ahead: before a batch goes out, its adds are committed as "maybe held" (ConnectionMember), so an
 add whose answer never comes (a read timeout, a worker killed mid-call, the database lost after the
 call) still counts as possibly held, and the member's removal is sent later. A removal is skipped only
-for an identity the partner cannot hold: never sent, removed, or refused.
+for an identity the partner cannot hold: never sent, removed, or refused. An add is skipped only when the
+partner acknowledged the very same add (ConnectionMember.fingerprint), and nothing was sent since.
 
 A whole call failing backs the connection off as a whole, and probes (forwarding/recovery.py). A
 worker told to shut down finishes the batch in hand and leaves (forwarding/shutdown.py).
@@ -37,7 +38,7 @@ from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
-from forwarding.partner_calls import apply_changes
+from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
@@ -59,7 +60,7 @@ class DeliveryReport:
     delivered: int = 0
     rejected: int = 0
     retried: int = 0
-    skipped: int = 0  # removals of identities the partner never held: nothing to send
+    skipped: int = 0  # removals of identities the partner never held, adds it holds as they are: nothing to send
     stopped: str = ""  # why delivery stopped early, if it did
     errors: list[str] = field(default_factory=list)
 
@@ -165,19 +166,28 @@ def _send_batch(
     lease: Lease | None = None,
 ) -> bool:
     """Send one claimed batch and record it. Returns False when delivery must stop (fault or backoff)."""
-    # A removal is skipped only for an identity the partner cannot hold: never sent, removed or refused.
-    skipped = [p for p in batch if p.action == REMOVE and p.held is None]
-    to_send = [p for p in batch if p.action == ADD or p.held is not None]
-    changes = [
-        MemberChange(
+    skipped: list[Claimed] = []
+    to_send: list[Claimed] = []
+    changes: list[MemberChange] = []
+    for p in batch:
+        change = MemberChange(
             identity_type=p.identity_type,
             value=p.value,
             action=Action(p.action),
             attributes=p.attributes if p.action == ADD else {},
             profile_id=p.profile_id,
         )
-        for p in to_send
-    ]
+        # A removal is skipped only for an identity the partner cannot hold: never sent, removed or refused;
+        # an add only when the partner acknowledged the very same add (a member who left and re-entered
+        # before the removal went out: the outbox kept only the last word).
+        if (p.action == REMOVE and p.held is None) or (p.acknowledged and p.acknowledged == change_fingerprint(change)):
+            skipped.append(p)
+        else:
+            to_send.append(p)
+            changes.append(change)
+    # The claim wrote ahead every add but those it could not tell from a skipped one: the updates of members
+    # acknowledged with a fingerprint (blank from now until their answer is recorded).
+    batches.write_ahead_adds(connection.pk, [p for p in to_send if p.acknowledged], timezone.now())
     started = time.monotonic()
     results: list[MemberResult] = []
     error: PartnerError | None = None
@@ -200,13 +210,14 @@ def _send_batch(
         return False
     if error is not None:
         return _record_failure(connection, batch, error, call, report)
-    _record_results(connection, to_send, results, skipped, call, report)
+    _record_results(connection, to_send, changes, results, skipped, call, report)
     return True
 
 
 def _record_results(
     connection: Connection,
     sent: list[Claimed],
+    changes: list[MemberChange],
     results: list[MemberResult],
     skipped: list[Claimed],
     call: PartnerCall,
@@ -214,10 +225,11 @@ def _record_results(
 ) -> None:
     now = timezone.now()
     by_key = {(r.change.identity_type, r.change.value): r for r in results}
+    sent_changes = {(c.identity_type, c.value): c for c in changes}
     settled = [(p.id, p.version) for p in skipped]
     acknowledged: list[datetime] = []  # when each change the partner answered entered the outbox
     retry: list[tuple[int, float, str]] = []
-    members: list[tuple[str, str, str, str]] = []
+    members: list[tuple[str, str, str, str, str]] = []
     delivered = rejected = 0
     for pending in sent:
         result = by_key.get(pending.key)
@@ -227,15 +239,18 @@ def _record_results(
             continue
         settled.append((pending.id, pending.version))
         acknowledged.append(pending.created_at)
+        fingerprint = ""  # a removal, or a refused update: the partner keeps what it held, no longer known
         if result.outcome is Outcome.DELIVERED:
             delivered += 1
             state = ADDED if pending.action == ADD else REMOVED
+            if pending.action == ADD:
+                fingerprint = change_fingerprint(sent_changes[pending.key])
         else:
             rejected += 1
             # A refused update of a member the partner holds (or may hold, from an add whose answer
             # never came) leaves it as it was there, so its removal must still be sent later.
             state = pending.held if pending.action == ADD and pending.held else REJECTED
-        members.append((pending.identity_type, pending.value, state, result.reason))
+        members.append((pending.identity_type, pending.value, state, result.reason, fingerprint))
     batches.record(
         batches.BatchRecord(
             connection_id=connection.pk,

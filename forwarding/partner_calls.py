@@ -5,6 +5,8 @@ connection's end all go through here, so no caller branches on a partner."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 from audiences.models import Audience, Identity
@@ -23,6 +25,13 @@ from outputs.partners.base import (
 def audience_ref(audience: Audience) -> AudienceRef:
     """The audience as partners are told it (outputs/ knows nothing of audiences' models)."""
     return AudienceRef(id=audience.pk, name=audience.name, external_name=audience.partner_name)
+
+
+def change_fingerprint(change: MemberChange) -> str:
+    """What an add puts at the partner, as 32 hex digits: the identity and the attributes sent with it. Two adds
+    with one fingerprint leave the partner in the same state, so the second need not be sent."""
+    content = json.dumps([change.identity_type, change.value, change.attributes], sort_keys=True, default=str)
+    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
 
 
 def apply_changes(partner: Partner, connection: Connection, changes: Sequence[MemberChange]) -> list[MemberResult]:

@@ -77,7 +77,6 @@ class Duplicates:
     allowed: int = 0  # replays of a request whose outcome the client could not have recorded
     unallowed: int = 0
     examples: list[str] = field(default_factory=list)  # members written twice for no reason
-    unallowed_emails: list[str] = field(default_factory=list)  # every one of them, in order
 
 
 @dataclass
@@ -250,7 +249,6 @@ class FaultyMailchimp:
                         found.allowed += 1
                     else:
                         found.unallowed += 1
-                        found.unallowed_emails.append(email)
                         if len(found.examples) < 5:
                             found.examples.append(email)
             return found

@@ -215,3 +215,59 @@ def test_the_attempt_list_shows_them_in_the_admin_and_the_api(partner, connectio
         "task_id": "task-3",
     }
     assert answer["duration_ms"] >= 0
+
+
+def reenter(email: str, **attributes) -> None:
+    profiles.profile_upsert(
+        identities=[{"type": "email", "value": email}],
+        attributes={"status": "Premium", "favourite_city": "Paris", **attributes},
+    )
+
+
+def test_a_member_who_left_and_reentered_before_the_removal_went_out_is_not_added_again(partner, connection):
+    """Issue 6: the outbox keeps the last word, so leave-then-re-enter leaves an add the partner holds already,
+    with the same content. It is not sent again (the fault suite counted it as a duplicate write)."""
+    factories.parisian("back@x.com")
+    assert deliver_connection(connection_id=connection.pk).delivered == 1
+    leave("back@x.com")
+    reenter("back@x.com")
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert (report.delivered, report.skipped) == (0, 1)
+    assert len(partner.writes(LIST_ID, "back@x.com")) == 1
+    assert status_at_partner(partner, "back@x.com") == "subscribed"
+    assert not PendingChange.objects.exists()
+
+
+def test_a_reentering_member_whose_attributes_changed_is_added_again_with_them(partner, connection):
+    factories.parisian("back@x.com")
+    deliver_connection(connection_id=connection.pk)
+    leave("back@x.com")
+    reenter("back@x.com", first_name="Ann")
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert (report.delivered, report.skipped) == (1, 0)
+    assert len(partner.writes(LIST_ID, "back@x.com")) == 2
+
+
+def test_after_an_update_whose_answer_never_came_the_same_add_is_sent_again(partner, connection, settings):
+    """The partner may hold either version once an update went unanswered: an add is then never skipped,
+    even one identical to what it acknowledged before."""
+    factories.parisian("back@x.com", first_name="Bob")
+    deliver_connection(connection_id=connection.pk)
+    leave("back@x.com")
+    reenter("back@x.com", first_name="Ann")
+    settings.FORWARDING = {**settings.FORWARDING, "HTTP_TIMEOUT": (2.0, 0.3)}
+    partner.slow(1.0)
+    assert deliver_connection(connection_id=connection.pk).errors  # applied, answer lost
+    partner.heal()
+    leave("back@x.com")
+    reenter("back@x.com", first_name="Bob")  # the content first acknowledged
+    due_now()
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert (report.delivered, report.skipped) == (1, 0)
+    assert len(partner.writes(LIST_ID, "back@x.com")) == 3
