@@ -19,6 +19,7 @@ backfill each, timed as "backfill"). Needs PostgreSQL: a scratch database `af_be
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -82,6 +83,12 @@ def bare_http(base_url: str, members: int) -> float:
     return time.perf_counter() - started
 
 
+def fingerprint(identity_type: str, value: str, attributes: dict) -> str:
+    """The fingerprint of an acknowledged add, as forwarding.partner_calls.change_fingerprint writes it."""
+    content = json.dumps([identity_type, value, attributes], sort_keys=True, default=str)
+    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+
+
 def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tuple[float, int]:
     """Drain one connection's outbox with the same statements and the same requests, by hand. Returns
     (seconds, identities delivered)."""
@@ -111,7 +118,7 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
         after = batches = 0
         while True:
             if statistics_due(batches):  # as delivery does: ANALYZE what grew from "empty"
-                for (table,) in db.execute(STALE_TABLES_SQL).fetchall():
+                for (table,) in db.execute(STALE_TABLES_SQL, {"written": 2 * BATCH * batches}).fetchall():
                     db.execute(f"ANALYZE {table}")
             batches += 1
             now = datetime.now(UTC)
@@ -131,12 +138,15 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
                     "status": "subscribed",
                     "merge_fields": {name.upper(): v for name, v in (attributes or {}).items()},
                 }
-                for _, _, value, _, _, _, _, _, attributes, _ in rows
+                for _, _, value, _, _, _, _, _, attributes, _, _ in rows
             ]
             partner.request("POST", path, json.dumps({"members": body, "update_existing": True}), headers)
             answer = partner.getresponse()
             refused = {e["email_address"] for e in json.loads(answer.read())["errors"]}
-            members = [(t, v, "rejected" if v in refused else "added", "") for _, t, v, *_ in rows]
+            members = [
+                (t, v, "rejected", "", "") if v in refused else (t, v, "added", "", fingerprint(t, v, attributes))
+                for _, t, v, _, _, _, _, _, attributes, _, _ in rows
+            ]
             delivered += len(rows) - len(refused)
             columns = [list(c) for c in zip(*members, strict=True)]
             db.execute(
@@ -148,6 +158,7 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
                     "m_value": columns[1],
                     "m_state": columns[2],
                     "m_reason": columns[3],
+                    "m_fingerprint": columns[4],
                     "d_id": [r[0] for r in rows],
                     "d_version": [r[5] for r in rows],
                     "r_id": [],

@@ -174,13 +174,17 @@ def _postgres() -> bool:
     return db.vendor == "postgresql"
 
 
-# A table's statistics are refreshed once it changed by more than this many rows plus a quarter of its size
-# since they were taken (autovacuum's own check waits up to a minute, and asks for 10%).
+# A table's statistics are refreshed once it changed by more than this many rows plus a sixteenth of its size
+# since they were taken (autovacuum's own check waits up to a minute, and asks for 10%). Small, because what
+# matters is one connection's share of the table: a new connection's members are unknown to statistics
+# taken before it, whatever the table's size.
 STALE_ROWS = 2000
 
 STALE_TABLES_SQL = f"""
 SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-WHERE s.relname IN ('{PENDING}', '{MEMBER}') AND s.n_mod_since_analyze > {STALE_ROWS} + greatest(c.reltuples, 0) / 4
+WHERE s.relname IN ('{PENDING}', '{MEMBER}')
+  AND greatest(s.n_mod_since_analyze, CASE WHEN s.relname = '{MEMBER}' THEN %(written)s ELSE 0 END)
+      > {STALE_ROWS} + greatest(c.reltuples, 0) / 16
 """
 
 
@@ -193,17 +197,18 @@ def statistics_due(batches_sent: int) -> bool:
     return batches_sent % STATISTICS_EVERY == 0 or (batches_sent & (batches_sent - 1)) == 0
 
 
-def refresh_statistics() -> list[str]:
+def refresh_statistics(written: int = 0) -> list[str]:
     """ANALYZE the outbox and the members table when they changed much since their statistics were taken.
     A connect fills the outbox by the million and delivery fills the members table by the batch, while the
     statistics still say "empty": the claim's member lookup was then planned on the narrowest index leading
     with the connection, scanning every member of it for each row (1.2 s a batch at 20,000). Called every
-    few batches while a connection drains; a look at pg_stat_user_tables when nothing is stale. Returns the
-    tables analysed."""
+    few batches while a connection drains; a look at pg_stat_user_tables when nothing is stale. `written`:
+    the member rows this drain wrote since its last refresh (the statistics' own count lags by up to
+    seconds). Returns the tables analysed."""
     if not _postgres():
         return []
     with db.cursor() as cursor:
-        cursor.execute(STALE_TABLES_SQL)
+        cursor.execute(STALE_TABLES_SQL, {"written": written})
         stale = [name for (name,) in cursor.fetchall()]
         for name in stale:
             cursor.execute(f"ANALYZE {db.ops.quote_name(name)}")

@@ -46,6 +46,7 @@ from outputs.partners.http import AuthError, PartnerError, PermanentError, Trans
 
 logger = logging.getLogger(__name__)
 
+MEMBER_TABLE = ConnectionMember._meta.db_table
 ADD, REMOVE = PendingChange.Action.ADD.value, PendingChange.Action.REMOVE.value
 ADDED, REMOVED, REJECTED = (
     ConnectionMember.State.ADDED.value,
@@ -127,7 +128,7 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
     # change while it was sent, a change committed late with a lower id, a retry now due) are found by the
     # next drain, from the start: deliver_connection drains again while due work is left.
-    after = 0
+    after = written = 0
     while True:
         if shutdown_requested():
             report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
@@ -142,13 +143,16 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
         # One partner (and so one keep-alive HTTP session) for the whole drain.
         partner = partner or connection.output.partner()
         if batches.statistics_due(report.batches):
-            batches.refresh_statistics()  # a long drain grows the members table from "empty"
+            # A long drain grows the members table, from "empty" for a new connection.
+            if MEMBER_TABLE in batches.refresh_statistics(written):
+                written = 0
         # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
         size = recovery.batch_size(connection, partner.batch_limit)
         batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
         if not batch:
             return
         after = batch[-1].id
+        written += 2 * len(batch)  # each member written ahead, then its answer
         report.batches += 1
         if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
             return
