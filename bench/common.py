@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -97,3 +99,32 @@ def insert_email_members(audience_id: int, n: int) -> None:
             f"SELECT %s, id, now() FROM {Profile._meta.db_table}",
             [audience_id],
         )
+
+
+@contextmanager
+def local_mailchimp(api_key: str, lists: list[str]) -> Iterator[str]:
+    """The local Mailchimp server in a process of its own (as a partner is: its work is not the delivering
+    process's), with these lists and without keeping every request it receives. Yields its base URL."""
+    command = [sys.executable, "-m", "local_partners", "mailchimp", "--port", "0", "--api-key", api_key]
+    command += ["--no-record-requests", *(f"--list={name}" for name in lists)]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in server.stdout:  # "Local Mailchimp API listening on http://127.0.0.1:PORT/3.0"
+            if "listening on" in line:
+                base_url = line.rsplit(" ", 1)[1].strip()
+                break
+        else:
+            raise RuntimeError("the local Mailchimp server did not start")
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def list_member_count(base_url: str, api_key: str, list_id: str) -> int:
+    """The list's subscribed members, as the partner counts them (stats.member_count)."""
+    import requests
+
+    answer = requests.get(f"{base_url}/lists/{list_id}", auth=("bench", api_key), timeout=30)
+    answer.raise_for_status()
+    return answer.json()["stats"]["member_count"]

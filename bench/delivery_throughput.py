@@ -1,12 +1,17 @@
-"""Delivery throughput: identities per second from the outbox to a Mailchimp list.
+"""Delivery throughput: identities per second from the outbox to a Mailchimp list, beside two floors.
 
-Measures, in one run against the local Mailchimp server:
-  floor   - the bare HTTP work: the same members POSTed in 500-member batches with one
-            keep-alive requests.Session (no database at all);
-  service - connect an audience of N members (set-based backfill of the outbox) and
-            deliver_connection() until the outbox is empty (claim, send, record outcomes).
-and prints both and their ratio. Needs PostgreSQL (DATABASE_URL, default a scratch database
-`audience_forwarding_bench` on 127.0.0.1, dropped and recreated).
+One run against the local Mailchimp server, running in a process of its own (TCP_NODELAY, one keep-alive
+connection per client), measures:
+  bare HTTP - the same members POSTed in 500-member batches with one keep-alive requests.Session, no
+              database at all;
+  floor     - the hand-written floor: the same claim, HTTP and record of the same batches, in raw SQL
+              (psycopg, no Django, the claim with its write-ahead and the record each one statement) and
+              raw HTTP (http.client, the body built and the answer's errors read by hand);
+  service   - deliver_connection(): lease and heartbeat, claim, write-ahead, the partner class's call,
+              every outcome recorded, metrics.
+The floor and the service each drain the outbox of their own connection of the same audience (one set-wise
+backfill each, timed as "backfill"). Needs PostgreSQL: a scratch database `af_bench_delivery` on 127.0.0.1
+(dropped and recreated), or BENCH_DATABASE_URL (its forwarding tables are emptied first).
 
     .venv/bin/python bench/delivery_throughput.py --members 50000
 """
@@ -14,105 +19,214 @@ and prints both and their ratio. Needs PostgreSQL (DATABASE_URL, default a scrat
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
+import json
 import os
+import socket
 import time
+from base64 import b64encode
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
-import common  # noqa: F401  (the repository on sys.path, settings and keys for the run)
+from common import list_member_count, local_mailchimp, peak_rss_mb, use_database
 
-BENCH_DB = "audience_forwarding_bench"
+KEY = "0123456789abcdef0123456789abcdef-us6"
+BATCH = 500
 
 
-def prepare_database() -> None:
-    if os.environ.get("DATABASE_URL"):
-        return
+def populate(members: int):
+    """An active audience of `members` profiles, each with an email, inserted set-wise."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from audiences.models import Audience, AudienceMembership, Identity, Profile
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE audiences_profile, audiences_audience, outputs_output, connections_connection, "
+            "forwarding_pendingchange, forwarding_deliveryattempt, connections_connectionmember CASCADE"
+        )
+        cursor.execute(
+            f"INSERT INTO {Profile._meta.db_table} (mpid, attributes, created_at, updated_at) "
+            "SELECT g::bigint * 7919 + 12345, jsonb_build_object('n', g), now(), now() FROM generate_series(1, %s) g",
+            [members],
+        )
+        cursor.execute(
+            f"INSERT INTO {Identity._meta.db_table} (profile_id, type, value, created_at) "
+            f"SELECT id, 'email', 'user' || id || '@example.com', now() FROM {Profile._meta.db_table}"
+        )
+        audience = Audience.objects.create(name="Bench", status="active", criteria={"and": []})
+        cursor.execute(
+            f"INSERT INTO {AudienceMembership._meta.db_table} (audience_id, profile_id, entered_at) "
+            f"SELECT %s, id, now() FROM {Profile._meta.db_table}",
+            [audience.pk],
+        )
+        cursor.execute("ANALYZE")
+    return audience
+
+
+def bare_http(base_url: str, members: int) -> float:
+    """The same POSTs, nothing around them."""
+    import requests
+
+    session = requests.Session()
+    session.auth = ("bench", KEY)
+    started = time.perf_counter()
+    for start in range(1, members + 1, BATCH):
+        body = [
+            {"email_address": f"user{i}@example.com", "status": "subscribed", "email_type": "html"}
+            for i in range(start, min(members + 1, start + BATCH))
+        ]
+        session.post(f"{base_url}/lists/bare", json={"members": body, "update_existing": True}).raise_for_status()
+    return time.perf_counter() - started
+
+
+def fingerprint(identity_type: str, value: str, attributes: dict) -> str:
+    """The fingerprint of an acknowledged add, as forwarding.partner_calls.change_fingerprint writes it."""
+    content = json.dumps([identity_type, value, attributes], sort_keys=True, default=str)
+    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+
+
+def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tuple[float, int]:
+    """Drain one connection's outbox with the same statements and the same requests, by hand. Returns
+    (seconds, identities delivered)."""
     import psycopg
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}"
+    from forwarding.batches import (
+        CLAIM_AND_WRITE_AHEAD_SQL,
+        ORDERED_SCAN_ONLY_SQL,
+        RECORD_SQL,
+        STALE_TABLES_SQL,
+        statistics_due,
+    )
+
+    url = urlsplit(base_url)
+    path = f"{url.path}/lists/floor"
+    headers = {
+        "Authorization": "Basic " + b64encode(f"bench:{KEY}".encode()).decode(),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    delivered = 0
+    with psycopg.connect(database_url.replace("postgres://", "postgresql://"), autocommit=True) as db:
+        partner = http.client.HTTPConnection(url.hostname, url.port)
+        partner.connect()
+        partner.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.perf_counter()
+        after = batches = 0
+        while True:
+            if statistics_due(batches):  # as delivery does: ANALYZE what grew from "empty"
+                for (table,) in db.execute(STALE_TABLES_SQL, {"written": 2 * BATCH * batches}).fetchall():
+                    db.execute(f"ANALYZE {table}")
+            batches += 1
+            now = datetime.now(UTC)
+            claim = {"connection": connection_id, "after": after, "now": now, "size": BATCH}
+            with db.transaction():
+                db.execute(ORDERED_SCAN_ONLY_SQL)
+                rows = db.execute(CLAIM_AND_WRITE_AHEAD_SQL, claim).fetchall()
+            if not rows:
+                break  # every change was answered: no second pass needed
+            after = rows[-1][0]
+            sent = time.perf_counter()
+            body = [
+                {
+                    "email_address": value,
+                    "email_type": "html",
+                    "status_if_new": "subscribed",
+                    "status": "subscribed",
+                    "merge_fields": {name.upper(): v for name, v in (attributes or {}).items()},
+                }
+                for _, _, value, _, _, _, _, _, attributes, _, _ in rows
+            ]
+            partner.request("POST", path, json.dumps({"members": body, "update_existing": True}), headers)
+            answer = partner.getresponse()
+            refused = {e["email_address"] for e in json.loads(answer.read())["errors"]}
+            members = [
+                (t, v, "rejected", "", "") if v in refused else (t, v, "added", "", fingerprint(t, v, attributes))
+                for _, t, v, _, _, _, _, _, attributes, _, _ in rows
+            ]
+            delivered += len(rows) - len(refused)
+            columns = [list(c) for c in zip(*members, strict=True)]
+            db.execute(
+                RECORD_SQL,
+                {
+                    "connection": connection_id,
+                    "now": now,
+                    "m_type": columns[0],
+                    "m_value": columns[1],
+                    "m_state": columns[2],
+                    "m_reason": columns[3],
+                    "m_fingerprint": columns[4],
+                    "d_id": [r[0] for r in rows],
+                    "d_version": [r[5] for r in rows],
+                    "r_id": [],
+                    "r_delay": [],
+                    "r_reason": [],
+                    "sent": len(rows),
+                    "delivered": len(rows) - len(refused),
+                    "rejected": len(refused),
+                    "retried": 0,
+                    "result": "ok" if not refused else "partial",
+                    "duration_ms": int((time.perf_counter() - sent) * 1000),
+                    "http_status": answer.status,
+                    "task_id": "",
+                },
+            )
+        seconds = time.perf_counter() - started
+        partner.close()
+    return seconds, delivered
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=50_000)
     args = parser.parse_args()
-    prepare_database()
-
-    import django
-
-    django.setup()
-    import requests
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connection
-
-    from audiences.models import Audience, AudienceMembership, Identity, Profile
-    from forwarding.delivery import deliver_connection
-    from local_partners.mailchimp import LocalMailchimpServer
-
-    call_command("migrate", verbosity=0)
-    key = "0123456789abcdef0123456789abcdef-us6"
     n = args.members
-    server = LocalMailchimpServer(api_keys=[key]).start()
-    settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
+    database_url = use_database("af_bench_delivery", fresh=not os.environ.get("BENCH_DATABASE_URL"))
+
+    from django.conf import settings
+
     import forwarding.doorbell
-
-    forwarding.doorbell.send_safely = lambda *a, **k: None  # this bench delivers in-process
-
-    # Floor: the same HTTP work with nothing around it.
-    server.create_list("floor")
-    session = requests.Session()
-    session.auth = ("bench", key)
-    started = time.perf_counter()
-    for start in range(0, n, 500):
-        members = [
-            {"email_address": f"user{i}@example.com", "status": "subscribed", "email_type": "html"}
-            for i in range(start, min(n, start + 500))
-        ]
-        session.post(
-            f"{server.base_url}/lists/floor", json={"members": members, "update_existing": True}
-        ).raise_for_status()
-    floor = time.perf_counter() - started
-
-    # Data: N members with an email, inserted set-wise.
-    audience = Audience.objects.create(name="Bench", status="active", criteria={"and": []})
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {Profile._meta.db_table} (mpid, attributes, created_at, updated_at) "
-            "SELECT g::bigint * 7919 + 12345, jsonb_build_object('n', g), now(), now() FROM generate_series(1, %s) g",
-            [n],
-        )
-        cursor.execute(
-            f"INSERT INTO {Identity._meta.db_table} (profile_id, type, value, created_at) "
-            f"SELECT id, 'email', 'user' || (id - 1) || '@example.com', now() FROM {Profile._meta.db_table}"
-        )
-        cursor.execute(
-            f"INSERT INTO {AudienceMembership._meta.db_table} (audience_id, profile_id, entered_at) "
-            f"SELECT %s, id, now() FROM {Profile._meta.db_table}",
-            [audience.pk],
-        )
+    from forwarding.delivery import deliver_connection
+    from forwarding.lifecycle import connection_create
     from outputs.services import output_create
 
-    output = output_create(name="Bench", partner_key="mailchimp", settings={"api_key": key, "double_opt_in": False})
-    server.create_list("bench")
-    from forwarding.lifecycle import connection_create
+    forwarding.doorbell.send_safely = lambda *a, **k: None  # this bench delivers in-process
+    audience = populate(n)
+    with local_mailchimp(KEY, ["bare", "floor", "service"]) as base_url:
+        settings.PARTNER_API_BASE_URLS = {"mailchimp": base_url}
+        outputs = [
+            output_create(name=name, partner_key="mailchimp", settings={"api_key": KEY, "double_opt_in": False})
+            for name in ("Floor", "Service")
+        ]
+        started = time.perf_counter()
+        floor_connection = connection_create(audience=audience, output=outputs[0], settings={"list_id": "floor"})
+        backfill = time.perf_counter() - started
+        service_connection = connection_create(audience=audience, output=outputs[1], settings={"list_id": "service"})
 
-    started = time.perf_counter()
-    conn = connection_create(audience=audience, output=output, settings={"list_id": "bench"})
-    backfill = time.perf_counter() - started
-    started = time.perf_counter()
-    report = deliver_connection(connection_id=conn.pk)
-    service = time.perf_counter() - started
-    server.stop()
-    assert report.delivered == n, report
-    assert len(server.members("bench")) == n
-
-    print(f"members                 {n}")
-    print(f"floor (bare HTTP)       {floor:8.2f} s   {n / floor:10.0f} identities/s")
-    print(f"backfill (connect)      {backfill:8.2f} s   {n / backfill:10.0f} identities/s")
+        print(f"members                 {n}   (load average before: {load()})")
+        bare = bare_http(base_url, n)
+        print(f"bare HTTP               {bare:8.2f} s   {n / bare:10.0f} identities/s")
+        floor, delivered = handmade_floor(database_url, base_url, floor_connection.pk)
+        assert delivered == n, delivered
+        print(f"floor (raw SQL + HTTP)  {floor:8.2f} s   {n / floor:10.0f} identities/s")
+        started = time.perf_counter()
+        report = deliver_connection(connection_id=service_connection.pk)
+        service = time.perf_counter() - started
+        assert report.delivered == n, report
+        for list_id in ("bare", "floor", "service"):
+            assert list_member_count(base_url, KEY, list_id) == n, list_id
     print(f"delivery (service)      {service:8.2f} s   {n / service:10.0f} identities/s")
-    print(f"ratio delivery / floor  {service / floor:8.2f}x")
+    print(f"backfill (connect)      {backfill:8.2f} s   {n / backfill:10.0f} identities/s")
+    print(f"service / floor         {floor / service:8.2f}   (of the hand-written floor's throughput)")
+    print(f"service / bare HTTP     {bare / service:8.2f}")
+    print(f"peak RSS                {peak_rss_mb():8.1f} MiB   (load average after: {load()})")
 
 
 if __name__ == "__main__":

@@ -22,21 +22,19 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 
 from django.conf import settings
-from django.db import connection as db
 from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from audiences.models import Profile
 from connections.models import Connection, ConnectionMember
-from connections.selectors import acknowledged_fingerprints, held_identities
 from connections.status import delivers
-from forwarding import recovery
+from forwarding import batches, recovery
 from forwarding.accounts import AccountSlot
 from forwarding.backoff import backoff_seconds
+from forwarding.batches import Claimed
 from forwarding.doorbell import ring
 from forwarding.leases import Lease, acquire_lease, hold_lease, release_lease
 from forwarding.metrics import record_delivery_attempt
@@ -48,6 +46,14 @@ from outputs.partners.base import Action, Capability, MemberChange, MemberResult
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
+
+MEMBER_TABLE = ConnectionMember._meta.db_table
+ADD, REMOVE = PendingChange.Action.ADD.value, PendingChange.Action.REMOVE.value
+ADDED, REMOVED, REJECTED = (
+    ConnectionMember.State.ADDED.value,
+    ConnectionMember.State.REMOVED.value,
+    ConnectionMember.State.REJECTED.value,
+)
 
 
 @dataclass
@@ -125,6 +131,10 @@ def deliver_connection(
 
 def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
     partner = None
+    # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
+    # change while it was sent, a change committed late with a lower id, a retry now due) are found by the
+    # next drain, from the start: deliver_connection drains again while due work is left.
+    after = written = 0
     while True:
         if shutdown_requested():
             report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
@@ -142,13 +152,17 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
             partner = connection.output.partner()
             if partner.has(Capability.BULK):
                 partner.begin_upload(_due_per_action(connection_id))
-        batch = list(
-            PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now()).order_by(
-                "id"
-            )[: recovery.batch_size(connection, partner.batch_limit)]
-        )
+        if batches.statistics_due(report.batches):
+            # A long drain grows the members table, from "empty" for a new connection.
+            if MEMBER_TABLE in batches.refresh_statistics(written):
+                written = 0
+        # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
+        size = recovery.batch_size(connection, partner.batch_limit)
+        batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
         if not batch:
             return
+        after = batch[-1].id
+        written += 2 * len(batch)  # each member written ahead, then its answer
         report.batches += 1
         if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
             return
@@ -168,48 +182,42 @@ def _due_per_action(connection_id: int) -> dict[Action, int]:
 def _send_batch(
     connection: Connection,
     partner,
-    batch: list[PendingChange],
+    batch: list[Claimed],
     report: DeliveryReport,
     task_id: str = "",
     *,
     lease: Lease | None = None,
 ) -> bool:
-    """Send one batch and record it. Returns False when delivery must stop (fault or backoff)."""
-    identities = {(p.identity_type, p.value) for p in batch}
-    held = held_identities(connection.pk, identities)
-    skipped = [p for p in batch if p.action == PendingChange.Action.REMOVE and (p.identity_type, p.value) not in held]
-    attributes = dict(
-        Profile.objects.filter(
-            pk__in={p.profile_id for p in batch if p.profile_id and p.action == PendingChange.Action.ADD}
-        ).values_list("pk", "attributes")
-    )
-    changes = {
-        p.pk: MemberChange(
+    """Send one claimed batch and record it. Returns False when delivery must stop (fault or backoff)."""
+    skipped: list[Claimed] = []
+    to_send: list[Claimed] = []
+    changes: list[MemberChange] = []
+    for p in batch:
+        change = MemberChange(
             identity_type=p.identity_type,
             value=p.value,
             action=Action(p.action),
-            attributes=attributes.get(p.profile_id, {}) if p.action == PendingChange.Action.ADD else {},
+            attributes=p.attributes if p.action == ADD else {},
             profile_id=p.profile_id,
         )
-        for p in batch
-        if p not in skipped
-    }
-    # An add the partner acknowledged already, with the same content: a member who left and re-entered before
-    # the removal went out (the outbox kept only the last word). Nothing to send.
-    acknowledged = acknowledged_fingerprints(connection.pk, identities)
-    for p in batch:
-        if p.pk in changes and acknowledged.get((p.identity_type, p.value)) == change_fingerprint(changes[p.pk]):
+        # A removal is skipped only for an identity the partner cannot hold: never sent, removed or refused;
+        # an add only when the partner acknowledged the very same add (a member who left and re-entered
+        # before the removal went out: the outbox kept only the last word).
+        if (p.action == REMOVE and p.held is None) or (p.acknowledged and p.acknowledged == change_fingerprint(change)):
             skipped.append(p)
-            del changes[p.pk]
-    to_send = [p for p in batch if p.pk in changes]
+        else:
+            to_send.append(p)
+            changes.append(change)
+    # The claim wrote ahead every add but those it could not tell from a skipped one: the updates of members
+    # acknowledged with a fingerprint (blank from now until their answer is recorded).
+    batches.write_ahead_adds(connection.pk, [p for p in to_send if p.acknowledged], timezone.now())
     started = time.monotonic()
     results: list[MemberResult] = []
     error: PartnerError | None = None
     if to_send:
-        _write_ahead(connection.pk, [p for p in to_send if p.action == PendingChange.Action.ADD])
         try:
             # Grouped per identity or per profile, as the partner's pattern wants (forwarding/partner_calls.py).
-            results = apply_changes(partner, connection, list(changes.values()))
+            results = apply_changes(partner, connection, changes)
         except PartnerError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later
@@ -225,106 +233,63 @@ def _send_batch(
         return False
     if error is not None:
         return _record_failure(connection, batch, error, call, report)
-    _record_results(connection, batch, changes, results, skipped, held, call, report)
+    _record_results(connection, to_send, changes, results, skipped, call, report)
     return True
 
 
-WRITE_AHEAD_SQL = """
-INSERT INTO {table} (connection_id, identity_type, value, state, reason, fingerprint, updated_at)
-VALUES (%s, %s, %s, %s, '', '', %s)
-ON CONFLICT (connection_id, identity_type, value) DO UPDATE
-SET state = CASE WHEN {table}.state = %s THEN {table}.state ELSE excluded.state END,
-    fingerprint = '', updated_at = excluded.updated_at
-"""
-
-
-def _write_ahead(connection_id: int, adds: list[PendingChange]) -> None:
-    """Commit, before the call, that the partner may hold these identities from now on. A member
-    it holds already stays "added": an update's unknown outcome leaves it held either way, but what it
-    holds is unknown until the answer is recorded (fingerprint blank)."""
-    if not adds:
-        return
-    now = timezone.now()
-    maybe, added = ConnectionMember.State.MAYBE_HELD, ConnectionMember.State.ADDED
-    with transaction.atomic(), db.cursor() as cursor:
-        cursor.executemany(
-            WRITE_AHEAD_SQL.format(table=ConnectionMember._meta.db_table),
-            [(connection_id, p.identity_type, p.value, maybe, now, added) for p in adds],
-        )
-
-
-def _record_results(connection, batch, changes, results, skipped, held, call: PartnerCall, report) -> None:
+def _record_results(
+    connection: Connection,
+    sent: list[Claimed],
+    changes: list[MemberChange],
+    results: list[MemberResult],
+    skipped: list[Claimed],
+    call: PartnerCall,
+    report: DeliveryReport,
+) -> None:
     now = timezone.now()
     by_key = {(r.change.identity_type, r.change.value): r for r in results}
-    done: list[PendingChange] = list(skipped)
-    retry: list[tuple[PendingChange, str]] = []
-    members: list[ConnectionMember] = []
+    sent_changes = {(c.identity_type, c.value): c for c in changes}
+    settled = [(p.id, p.version) for p in skipped]
+    acknowledged: list[datetime] = []  # when each change the partner answered entered the outbox
+    retry: list[tuple[int, float, str]] = []
+    members: list[tuple[str, str, str, str, str]] = []
     delivered = rejected = 0
-    for pending in batch:
-        if pending in skipped:
-            continue
-        result = by_key.get((pending.identity_type, pending.value))
+    for pending in sent:
+        result = by_key.get(pending.key)
         if result is None or result.outcome is Outcome.RETRY:
-            retry.append((pending, result.reason if result else "the partner gave no answer for this member"))
+            reason = result.reason if result else "the partner gave no answer for this member"
+            retry.append((pending.id, backoff_seconds(pending.attempts + 1), reason[:2000]))
             continue
-        done.append(pending)
+        settled.append((pending.id, pending.version))
+        acknowledged.append(pending.created_at)
+        fingerprint = ""  # a removal, or a refused update: the partner keeps what it held, no longer known
         if result.outcome is Outcome.DELIVERED:
             delivered += 1
-            state = ConnectionMember.State.ADDED if pending.action == "add" else ConnectionMember.State.REMOVED
-            fingerprint = change_fingerprint(changes[pending.pk]) if pending.action == "add" else ""
+            state = ADDED if pending.action == ADD else REMOVED
+            if pending.action == ADD:
+                fingerprint = change_fingerprint(sent_changes[pending.key])
         else:
             rejected += 1
-            fingerprint = ""  # a refused update: the partner keeps what it held, which we no longer know
             # A refused update of a member the partner holds (or may hold, from an add whose answer
             # never came) leaves it as it was there, so its removal must still be sent later.
-            held_before = held.get((pending.identity_type, pending.value))
-            if pending.action == PendingChange.Action.ADD and held_before:
-                state = held_before
-            else:
-                state = ConnectionMember.State.REJECTED
-        members.append(
-            ConnectionMember(
-                connection_id=connection.pk,
-                identity_type=pending.identity_type,
-                value=pending.value,
-                state=state,
-                reason=result.reason,
-                fingerprint=fingerprint,
-                updated_at=now,
-            )
+            state = pending.held if pending.action == ADD and pending.held else REJECTED
+        members.append((pending.identity_type, pending.value, state, result.reason, fingerprint))
+    batches.record(
+        batches.BatchRecord(
+            connection_id=connection.pk,
+            now=now,
+            members=members,
+            settled=settled,
+            retried=retry,
+            sent=len(sent),
+            delivered=delivered,
+            rejected=rejected,
+            duration_ms=call.duration_ms,
+            http_status=call.http_status,
+            task_id=call.task_id,
         )
-    with transaction.atomic():
-        if members:
-            ConnectionMember.objects.bulk_create(
-                members,
-                update_conflicts=True,
-                unique_fields=["connection", "identity_type", "value"],
-                update_fields=["state", "reason", "fingerprint", "updated_at"],
-            )
-        _delete_if_unchanged(done)
-        delays = []
-        for pending, reason in retry:
-            delays.append(backoff_seconds(pending.attempts + 1))
-            PendingChange.objects.filter(pk=pending.pk).update(
-                attempts=F("attempts") + 1,
-                next_attempt_at=now + timedelta(seconds=delays[-1]),
-                last_error=reason[:2000],
-            )
-        Connection.objects.filter(pk=connection.pk).update(last_delivered_at=now)
-        if changes:
-            DeliveryAttempt.objects.create(
-                connection_id=connection.pk,
-                at=now,
-                duration_ms=call.duration_ms,
-                http_status=call.http_status,
-                task_id=call.task_id,
-                sent=len(changes),
-                delivered=delivered,
-                rejected=rejected,
-                retried=len(retry),
-                result=DeliveryAttempt.Result.OK if not (rejected or retry) else DeliveryAttempt.Result.PARTIAL,
-            )
-    if changes:
+    )
+    if sent:
         record_delivery_attempt(
             partner=connection.output.partner_key,
             result="partial" if rejected or retry else "ok",
@@ -332,7 +297,7 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
             delivered=delivered,
             rejected=rejected,
             retried=len(retry),
-            planned_at=[p.created_at for p in done if p not in skipped],
+            planned_at=acknowledged,
             acknowledged_at=now,
         )
     report.delivered += delivered
@@ -340,27 +305,18 @@ def _record_results(connection, batch, changes, results, skipped, held, call: Pa
     report.retried += len(retry)
     report.skipped += len(skipped)
     if retry:
-        _ring_later(connection.pk, min(delays))
+        _ring_later(connection.pk, min(delay for _, delay, _ in retry))
 
 
-def _delete_if_unchanged(done: list[PendingChange]) -> None:
-    """Delete delivered pending changes, except those a newer word replaced while we sent."""
-    if not done:
-        return
-    sent_versions = {p.pk: p.version for p in done}
-    # Locked, so a newer word cannot slip in between reading the versions and deleting.
-    current = PendingChange.objects.select_for_update().filter(pk__in=sent_versions).values_list("pk", "version")
-    unchanged = [pk for pk, version in current if sent_versions[pk] == version]
-    PendingChange.objects.filter(pk__in=unchanged).delete()
-
-
-def _record_failure(connection, batch, error: PartnerError, call: PartnerCall, report: DeliveryReport) -> bool:
+def _record_failure(
+    connection, batch: list[Claimed], error: PartnerError, call: PartnerCall, report: DeliveryReport
+) -> bool:
     now = timezone.now()
     result = recovery.attempt_result(error)
     with transaction.atomic():
         # The work stays due: the connection as a whole waits (a transient error, see
         # forwarding/recovery.py), or Resume sends it again once someone fixed the cause.
-        PendingChange.objects.filter(pk__in=[p.pk for p in batch]).update(
+        PendingChange.objects.filter(pk__in=[p.id for p in batch]).update(
             attempts=F("attempts") + 1, last_error=error.message[:2000]
         )
         DeliveryAttempt.objects.create(

@@ -35,7 +35,11 @@ class PendingChange(models.Model):
                 fields=["connection", "identity_type", "value"], name="pending_change_identity_unique"
             )
         ]
-        indexes = [models.Index(fields=["connection", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["connection", "next_attempt_at"]),
+            # Delivery's claim: due changes in id order after the last one claimed (forwarding/batches.py).
+            models.Index(fields=["connection", "id"], name="pending_change_claim"),
+        ]
 
 
 class DeliveryAttempt(models.Model):

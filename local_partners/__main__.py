@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Create an audience with this id and optional name at start (repeatable).",
     )
     mailchimp.add_argument("--verbose", action="store_true", help="Log every request.")
+    mailchimp.add_argument(
+        "--no-record-requests",
+        action="store_false",
+        dest="record_requests",
+        help="Keep no copy of the requests received (benchmarks sending millions of members).",
+    )
     braze = partners.add_parser("braze", help="a local, in-memory Braze REST API (POST /users/track)")
     braze.add_argument("--host", default="127.0.0.1", help="Interface to bind (default 127.0.0.1).")
     braze.add_argument("--port", type=int, default=8026, help="Port to listen on (0 = any free port).")
@@ -151,7 +157,13 @@ def serve_meta(options: argparse.Namespace) -> int:
 
 def serve_mailchimp(options: argparse.Namespace) -> int:
     try:
-        server = LocalMailchimpServer(options.host, options.port, options.api_keys, verbose=options.verbose)
+        server = LocalMailchimpServer(
+            options.host,
+            options.port,
+            options.api_keys,
+            verbose=options.verbose,
+            record_requests=options.record_requests,
+        )
     except OSError as exc:
         print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1

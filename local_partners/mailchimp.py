@@ -272,6 +272,7 @@ class LocalMailchimpServer:
         api_keys: Iterable[str] | None = None,
         *,
         verbose: bool = False,
+        record_requests: bool = True,
     ) -> None:
         # One lock for all state: requests are served on many threads.
         self._lock = threading.RLock()
@@ -283,6 +284,8 @@ class LocalMailchimpServer:
         self._serving = False
         self._thread: threading.Thread | None = None
         self.verbose = verbose
+        # Tests read back what was sent (requests()); a benchmark sending millions of members turns it off.
+        self.record_requests = record_requests
         # Addresses answered with the "looks fake or invalid" per-member error.
         self.reject_emails: set[str] = set()
         self._routes = self._build_routes()
@@ -487,7 +490,8 @@ class LocalMailchimpServer:
         split = urlsplit(target)
         body, body_is_json = _parse_json(raw_body)
         with self._lock:
-            self._requests.append(RecordedRequest(method, target, body))
+            if self.record_requests:
+                self._requests.append(RecordedRequest(method, target, body))
             fault = self._faults.popleft() if self._faults and _is_api_path(split.path) else None
 
         if not _is_api_path(split.path):

@@ -8,6 +8,7 @@ Run with -s to see the figures.
 
 from __future__ import annotations
 
+import socket
 import time
 import tracemalloc
 
@@ -119,6 +120,21 @@ def test_a_well_behaved_answer_is_unaffected(bounds):
         for _ in range(20):
             assert client.json(client.request("GET", "/lists/abc"))["id"] == "abc"
         assert server.connection_count == 1
+
+
+def test_the_kept_alive_connection_sends_without_waiting_for_acks(bounds):
+    """TCP_NODELAY on the client's socket: with Nagle's algorithm on, a request written in two parts (head,
+    then body) waits for the partner's delayed ACK, about 40 ms a call (11,000 identities/s instead of
+    30,000+ against the local Mailchimp)."""
+    with LocalMailchimpServer(api_keys=["k-us6"]) as server:
+        server.create_list("abc", "List")
+        client = PartnerClient(server.base_url)
+        client.session.auth = ("any", "k-us6")
+        client.request("GET", "/lists/abc")
+        pools = client.session.get_adapter(server.base_url).poolmanager.pools
+        kept = [c for key in pools.keys() for c in pools[key].pool.queue if c is not None and c.sock]
+        assert len(kept) == 1  # the idle kept-alive connection, back in its pool
+        assert kept[0].sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 # --- settings that go into URLs -------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Delivery's set-wise batches (forwarding/batches.py) against the local Mailchimp: a drain of several
+batches claims each after the last one sent, and the next drain, from the start, sends what a newer word
+left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import forwarding.delivery
+from audiences import profiles
+from connections.models import ConnectionMember
+from forwarding.delivery import deliver_connection
+from forwarding.models import PendingChange
+from local_partners.mailchimp import LocalMailchimpServer
+from outputs.partners.mailchimp import Mailchimp
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+LIST_ID = "list1"
+
+
+@pytest.fixture
+def partner(settings, rings) -> Iterator[LocalMailchimpServer]:
+    server = LocalMailchimpServer(api_keys=[factories.MAILCHIMP_KEY])
+    server.create_list(LIST_ID, "Potential Parisians")
+    server.start()
+    settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(Mailchimp, "batch_limit", 2)
+
+
+def sent_batches(partner: LocalMailchimpServer) -> list[list[tuple[str, str]]]:
+    """Each batch POSTed to the list: (email, status) of its members."""
+    return [
+        [(m["email_address"], m["status"]) for m in r.body["members"]]
+        for r in partner.requests
+        if r.method == "POST" and r.path.endswith(f"/lists/{LIST_ID}")
+    ]
+
+
+def test_a_drain_of_several_batches_sends_each_change_once_in_the_order_planned(partner, small_batches):
+    emails = [f"p{i}@x.com" for i in range(5)]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert report.delivered == 5 and report.batches == 3
+    assert [email for batch in sent_batches(partner) for email, _ in batch] == emails
+    assert not PendingChange.objects.exists()
+    assert set(ConnectionMember.objects.values_list("state", flat=True)) == {ConnectionMember.State.ADDED}
+
+
+def test_a_newer_word_written_while_its_batch_is_sent_goes_out_in_the_same_drain(partner, small_batches, monkeypatch):
+    """The member leaves while its add is on the wire: the version guard keeps the removal, which the keyset
+    has passed; the next drain, from the start, sends it before deliver_connection returns."""
+    for email in ("a@x.com", "b@x.com", "c@x.com"):
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    apply_changes = forwarding.delivery.apply_changes
+    calls = []
+
+    def leaving_mid_send(partner_, connection_, changes):
+        if not calls:  # the first batch (a@, b@) is being sent: a@ leaves meanwhile
+            profiles.profile_upsert(identities=[{"type": "email", "value": "a@x.com"}], attributes={"status": "Free"})
+        calls.append([c.value for c in changes])
+        return apply_changes(partner_, connection_, changes)
+
+    monkeypatch.setattr(forwarding.delivery, "apply_changes", leaving_mid_send)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert calls == [["a@x.com", "b@x.com"], ["c@x.com"], ["a@x.com"]]
+    assert sent_batches(partner)[-1] == [("a@x.com", "unsubscribed")]
+    assert report.delivered == 4
+    assert not PendingChange.objects.exists()
+    assert ConnectionMember.objects.get(value="a@x.com").state == ConnectionMember.State.REMOVED
