@@ -41,7 +41,7 @@ def sent_batches(partner: LocalMailchimpServer) -> list[list[tuple[str, str]]]:
     return [
         [(m["email_address"], m["status"]) for m in r.body["members"]]
         for r in partner.requests
-        if r.method == "POST" and r.path.endswith(f"/lists/{LIST_ID}")
+        if r.method == "POST" and r.path.split("?")[0].endswith(f"/lists/{LIST_ID}")
     ]
 
 
