@@ -12,8 +12,10 @@ Celery worker (the Procfile's --concurrency 2) delivers them to the local Braze 
 Prints the requests received, the most attribute objects in one (Braze's cap: 75), the 429s answered,
 the most requests accepted in one of the server's windows and the most received in any sliding window
 (both against the limit), the time from the worker's start to the last change delivered, and whether
-every user holds exactly its audiences. Uses a scratch database `af_bench_braze` (created anew) unless
-BENCH_DATABASE_URL is set.
+every user holds exactly its audiences. The account's request budget (outputs/partners/budget.py) is declared
+as the server's limit (PARTNER_REQUEST_RATES) unless --declared-rate braze leaves Braze's own 3,000 per 3 s
+(then only the X-RateLimit-* answers shared between connections keep it). Uses a scratch database
+`af_bench_braze` (created anew) unless BENCH_DATABASE_URL is set.
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ def main() -> None:
     parser.add_argument("--audiences", type=int, default=10)
     parser.add_argument("--rate-limit", type=int, default=50, help="requests per window at the local Braze")
     parser.add_argument("--rate-window", type=float, default=1.0, help="seconds")
+    parser.add_argument(
+        "--declared-rate",
+        choices=("server", "braze"),
+        default="server",
+        help="the request rate the account's budget keeps to: the server's limit, or Braze's own declaration",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="the longest wait for every change")
     parser.add_argument("--serve-braze", nargs=4, metavar=("PORT", "LIMIT", "WINDOW", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,6 +138,10 @@ def main() -> None:
         return
 
     port = free_port()
+    if args.declared_rate == "server":
+        os.environ["PARTNER_REQUEST_RATES"] = json.dumps({"braze": f"{args.rate_limit}/{args.rate_window:g}"})
+    # This run's budget counters start empty (the Redis is shared with other runs).
+    os.environ["RATE_LIMIT_KEY_PREFIX"] = f"bench-braze-{os.getpid()}:"
     os.environ["PARTNER_API_BASE_URLS"] = json.dumps({"braze": f"http://127.0.0.1:{port}"})
     # This process queues the deliveries (as the recomputes commit): onto the worker's private queues.
     queue = os.environ["CELERY_QUEUE"] = f"bench-braze-{os.getpid()}"
@@ -230,6 +242,7 @@ def main() -> None:
                 "max_objects_per_request": max((o for _, _, o in requests_), default=0),
                 "answers_429": sum(1 for _, status, _ in requests_ if status == 429),
                 "rate_limit": f"{args.rate_limit} per {args.rate_window:g} s",
+                "declared_rate": os.environ.get("PARTNER_REQUEST_RATES", "Braze's own (3000/3)"),
                 "max_accepted_in_one_server_window": most_in_window,
                 "max_received_in_any_sliding_window": sliding,
                 "seconds_worker_start_to_last_delivered": round(finished - started, 1),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,6 +104,12 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 # Partner key -> base URL, to point a partner at a local or staging server.
 # "{dc}" in a Mailchimp URL is replaced with the data center of the API key.
 PARTNER_API_BASE_URLS = env_json("PARTNER_API_BASE_URLS", {})
+# Partner key -> its request rate limit per account as "requests/seconds" (e.g. {"braze": "2500/3"}), for
+# a plan other than the one the partner declares (outputs/partners/budget.py).
+PARTNER_REQUEST_RATES = env_json("PARTNER_REQUEST_RATES", {})
+for _partner, _rate in PARTNER_REQUEST_RATES.items():
+    if not re.fullmatch(r"[1-9]\d*/\d+(\.\d+)?", str(_rate)) or float(str(_rate).partition("/")[2]) <= 0:
+        raise ImproperlyConfigured(f"PARTNER_REQUEST_RATES[{_partner!r}]: {_rate!r} is not requests/seconds (3000/3)")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -8,12 +8,12 @@
   sorted set of holders scored by expiry, renewed with the lease): a killed worker's slot expires
   with its lease. A delivery finding the account full leaves, and its connection is rung again
   shortly. Redis unreachable: the cap is not enforced (the partner's own 429s still are).
+* **Request budget**: a partner declaring a request rate (Braze: 3,000 per 3 s) has its requests
+  counted per account in Redis, before each one goes out (outputs/partners/budget.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from functools import cache
@@ -22,6 +22,7 @@ import redis
 from django.conf import settings
 
 from outputs.models import Output
+from outputs.partners import budget
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ return 0
 
 def account_key(output: Output) -> str:
     """The partner account an output uses: its partner and credentials (its secret settings), hashed."""
-    secret_names = output.partner_class.secret_setting_names()
-    secrets = {k: v for k, v in output.configuration().items() if k in secret_names}
-    text = json.dumps([output.partner_key, secrets], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return budget.account_key(output.partner_key, output.configuration(), output.partner_class.secret_setting_names())
 
 
 def outputs_of_account(output: Output) -> list[int]:

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from outputs.partners.budget import RequestBudget, RequestRate, account_key, configured_rates
+
 
 class SettingKind(enum.StrEnum):
     STRING = "string"
@@ -282,6 +284,9 @@ class Partner:
     # The configuration setting asking for the clean-up of what a connection delivered when it ends (or when
     # its target is edited), named in what the admin says of such an edit.
     cleanup_setting: ClassVar[str | None] = None
+    # The partner's request rate limit per account (outputs/partners/budget.py), None when it has none to
+    # keep to; PARTNER_REQUEST_RATES overrides it (another plan).
+    request_rate: ClassVar[RequestRate | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -331,6 +336,16 @@ class Partner:
         takes it (may depend on the configuration, e.g. which type Braze reads as the email). Types not named
         are taken as stored (audiences.identities normalised them on the way in)."""
         return {}
+
+    def account_key(self) -> str:
+        """The partner account this configuration uses: its partner and credentials (secret settings), hashed."""
+        return account_key(self.key, self.configuration, self.secret_setting_names())
+
+    def request_budget(self) -> RequestBudget | None:
+        """The account's shared request budget, which its client takes a token from before each request; None
+        when the partner declares no request rate."""
+        rate = configured_rates().get(self.key, self.request_rate)
+        return None if rate is None else RequestBudget(self.account_key(), rate)
 
     def base_url(self) -> str:
         """The API root, overridable per partner with PARTNER_API_BASE_URLS."""

@@ -39,6 +39,7 @@ from outputs.partners.base import (
     SettingKind,
     group_by_profile,
 )
+from outputs.partners.budget import RequestRate
 from outputs.partners.http import PartnerClient, PermanentError, TransientError
 
 # Braze answers 400 for the whole request above this many attribute objects.
@@ -86,7 +87,8 @@ def instance_url(instance: str, custom_endpoint: str) -> str:
 
 class BrazeClient(PartnerClient):
     """Bearer key; remembers the X-RateLimit-* headers of the last answer and, once the window is used up,
-    refuses to send before its reset (a TransientError carrying the wait, as a 429's Retry-After would)."""
+    refuses to send before its reset (a TransientError carrying the wait, as a 429's Retry-After would), and
+    holds the account's shared budget until then, so its other connections wait too."""
 
     def __init__(self, base_url: str, api_key: str, *, session: requests.Session | None = None):
         super().__init__(base_url, session=session)
@@ -121,6 +123,8 @@ class BrazeClient(PartnerClient):
             self.exhausted_until = None
             return
         self.exhausted_until = reset_at if exhausted else None
+        if exhausted and self.budget is not None:
+            self.budget.hold_until(reset_at)
 
     def error_message(self, response: requests.Response) -> str:
         try:
@@ -157,6 +161,7 @@ class Braze(Partner):
         "audience ids, a boolean per audience, or both."
     )
     capabilities = frozenset({Capability.ATTRIBUTE, Capability.REALTIME})
+    request_rate = RequestRate(requests=3000, per_seconds=3)  # per REST API key (some plans differ)
     # Every type the identity settings can name; a user's other accepted identities ride with its object.
     accepted_identity_types = frozenset({*ID_TYPES, *EMAIL_TYPES})
     configuration_settings = (
@@ -248,7 +253,9 @@ class Braze(Partner):
 
     @cached_property
     def _client(self) -> BrazeClient:
-        return BrazeClient(self.base_url(), self.configuration["api_key"])
+        client = BrazeClient(self.base_url(), self.configuration["api_key"])
+        client.budget = self.request_budget()
+        return client
 
     def client(self) -> BrazeClient:
         """One client (one keep-alive session, one view of the rate limit) per partner instance."""

@@ -12,6 +12,9 @@ A partner can misbehave in ways a read timeout does not catch. Every call here i
   is unreadable), every write we send a partner is an idempotent upsert, so sending it again
   is safe, and a cause that persists for FORWARDING_OUTAGE_FAULT_MINUTES faults the connection
   with the message, which names the setting to raise.
+* **Request budget**: a partner declaring a request rate limit has a token taken from its account's
+  budget before every request (`budget`, outputs/partners/budget.py), so several connections on one
+  account together stay under the limit.
 * **URLs**: a value that goes into a path (a setting such as Mailchimp's list id, a member id)
   goes through url_segment(), so it stays one segment whatever it holds.
 """
@@ -22,7 +25,7 @@ import email.utils
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
@@ -249,6 +252,14 @@ class _DeadlineAdapter(HTTPAdapter):
 # --- the client -----------------------------------------------------------------------------
 
 
+class RequestGate(Protocol):
+    """What a request passes before it goes out (outputs/partners/budget.py's RequestBudget)."""
+
+    def take(self, what: str) -> None: ...
+
+    def hold_until(self, until: float) -> None: ...
+
+
 class PartnerClient:
     """Base for partner API clients. Subclasses describe errors with `error_message`."""
 
@@ -260,6 +271,9 @@ class PartnerClient:
         self.session.mount("https://", adapter)
         self.timeout = settings.FORWARDING["HTTP_TIMEOUT"]
         self.last_status: int | None = None  # the status of the last answer (delivery attempts record it)
+        # The partner account's request budget: a token is taken before every request (raises a
+        # TransientError, as a 429, when none frees soon).
+        self.budget: RequestGate | None = None
 
     def auth_headers(self) -> dict[str, str]:
         return {}
@@ -270,6 +284,8 @@ class PartnerClient:
         what = f"{method} {path}"
         seconds = partner_call_deadline()
         connect_timeout, read_timeout = self.timeout
+        if self.budget is not None:
+            self.budget.take(what)
         with _CallDeadline(seconds) as deadline:
             try:
                 response = self.session.request(
