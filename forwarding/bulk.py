@@ -380,11 +380,14 @@ def upload_connection(*, connection_id: int, trigger: str = Trigger.TIME, task_i
 # An add of an identity the partner is known to hold (its add was answered) changes nothing there: a member
 # removed then re-added between two uploads. Not for "maybe held" (the answer never came) nor "rejected".
 DROP_HELD_ADDS_SQL = """
-DELETE FROM {pending} p USING {member} m
-WHERE p.connection_id = %s AND p.action = 'add' AND p.next_attempt_at <= %s
-  AND m.connection_id = p.connection_id AND m.identity_type = p.identity_type AND m.value = p.value
-  AND m.state = 'added'
-"""
+DELETE FROM {pending}
+WHERE connection_id = %s AND action = 'add' AND next_attempt_at <= %s
+  AND EXISTS (
+    SELECT 1 FROM {member} m
+    WHERE m.connection_id = {pending}.connection_id AND m.identity_type = {pending}.identity_type
+      AND m.value = {pending}.value AND m.state = 'added'
+  )
+"""  # EXISTS rather than PostgreSQL's DELETE ... USING: `make run` uses SQLite
 
 
 def drop_held_adds(connection_id: int) -> int:
