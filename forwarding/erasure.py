@@ -61,7 +61,8 @@ def erasures_finish() -> dict[str, int]:
         rows = list(ErasureRemoval.objects.filter(~Exists(_pending_for_row())).order_by("pk")[:5000])
         # A member added since (the same identity on a new profile, who joined again) is new data: kept, and
         # not forgotten at the partner.
-        rejoined = {row.pk for row in rows if _member_state(row) not in (None, *NOT_HELD)}
+        members = _members(rows)
+        rejoined = {pk for pk, member in members.items() if member.state not in NOT_HELD}
         owed, refused_forgets = _forget_at_partners([row for row in rows if row.pk not in rejoined])
         return _settle([row.pk for row in rows if row.pk not in owed], rejoined, refused_forgets)
 
@@ -74,14 +75,18 @@ def _pending_for_row() -> Exists:
     )
 
 
-def _member_state(row: ErasureRemoval) -> str | None:
-    return (
-        ConnectionMember.objects.filter(
-            connection_id=row.connection_id, identity_type=row.identity_type, value=row.value
-        )
-        .values_list("state", flat=True)
-        .first()
+def _members(rows: list[ErasureRemoval]) -> dict[int, ConnectionMember]:
+    """The connection's record of each owed row's identity, by row id, in one query."""
+    keys = {(row.connection_id, row.identity_type, row.value): row.pk for row in rows}
+    members = ConnectionMember.objects.filter(
+        connection_id__in={c for c, _, _ in keys}, value__in={v for _, _, v in keys}
     )
+    found = {}
+    for member in members:
+        row_id = keys.get((member.connection_id, member.identity_type, member.value))
+        if row_id is not None:
+            found[row_id] = member
+    return found
 
 
 def _settle(row_ids: list[int], rejoined: set[int], refused_forgets: set[int]) -> dict[str, int]:
@@ -96,10 +101,10 @@ def _settle(row_ids: list[int], rejoined: set[int], refused_forgets: set[int]) -
             .select_related("erasure")
             .order_by("pk")
         )
+        members = _members(rows)  # read again under the rows' locks: a delivery may have recorded since
+        forgotten: list[int] = []
         for row in rows:
-            member = ConnectionMember.objects.filter(
-                connection_id=row.connection_id, identity_type=row.identity_type, value=row.value
-            ).first()
+            member = members.get(row.pk)
             if row.pk in refused_forgets or (
                 member is not None
                 and member.state == ConnectionMember.State.REJECTED
@@ -107,8 +112,9 @@ def _settle(row_ids: list[int], rejoined: set[int], refused_forgets: set[int]) -
             ):
                 refused_by_erasure[row.erasure_id] = refused_by_erasure.get(row.erasure_id, 0) + 1
             if member is not None and row.pk not in rejoined:
-                member.delete()
+                forgotten.append(member.pk)
             delivered += 1
+        ConnectionMember.objects.filter(pk__in=forgotten).delete()
         ErasureRemoval.objects.filter(pk__in=[row.pk for row in rows]).delete()
         for erasure_id in {row.erasure_id for row in rows} | set(
             ProfileErasure.objects.filter(status=ProfileErasure.Status.REMOVING).values_list("pk", flat=True)
