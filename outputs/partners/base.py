@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -36,6 +36,10 @@ class Setting:
     # A connection setting naming the partner-side audience (Mailchimp's list id): editing it moves the
     # connection to another target, which is backfilled, and the old one cleaned up where the partner says so.
     target: bool = False
+    # A text setting's own rule: given the trimmed value (not empty), returns it, normalised if need be, or
+    # raises ValidationError (the message without the field name), e.g. Mailchimp's key ends with its data
+    # center. Rules across settings go in the partner's clean_configuration.
+    check: Callable[[str], str] | None = None
 
     @property
     def is_secret(self) -> bool:
@@ -94,7 +98,7 @@ class Setting:
         if self.kind is SettingKind.CHOICE and value not in {c for c, _ in self.choices}:
             allowed = ", ".join(c for c, _ in self.choices)
             raise ValidationError(f"'{value}' is not one of: {allowed}.", code="invalid_choice")
-        return value
+        return self.check(value) if self.check is not None else value
 
 
 def clean_settings(schema: Sequence[Setting], values: Mapping[str, Any]) -> dict:

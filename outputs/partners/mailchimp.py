@@ -67,6 +67,11 @@ def data_center(api_key: str) -> str:
     return match["dc"]
 
 
+def checked_api_key(api_key: str) -> str:
+    data_center(api_key)
+    return api_key
+
+
 def merge_tag(attribute: str) -> str | None:
     """Merge field tag for a user attribute: upper case letters, digits and _, at most 10 characters."""
     reserved = RESERVED_MERGE_TAGS.get(attribute.lower())
@@ -186,6 +191,7 @@ class Mailchimp(Partner):
             "API Key",
             SettingKind.SECRET,
             help_text="From Account > Extras > API keys; ends with -us6 or similar.",
+            check=checked_api_key,
         ),
         Setting(
             "email_type",
@@ -237,23 +243,6 @@ class Mailchimp(Partner):
 
     def identity_checks(self) -> Mapping[str, IdentityCheck]:
         return {"email": EMAIL_CHECK}
-
-    @classmethod
-    def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
-        errors: dict[str, list[str]] = {}
-        try:
-            cleaned = super().clean_configuration(values)
-        except ValidationError as exc:
-            errors, cleaned = exc.message_dict, {}
-        api_key = cleaned.get("api_key", values.get("api_key"))
-        if isinstance(api_key, str) and api_key and "api_key" not in errors:
-            try:
-                data_center(api_key)
-            except ValidationError as exc:
-                errors["api_key"] = exc.messages
-        if errors:
-            raise ValidationError(errors)
-        return cleaned
 
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:

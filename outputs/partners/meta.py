@@ -68,6 +68,23 @@ THROTTLE_DEFAULT_WAIT_SECONDS = 60.0
 AD_ACCOUNT_RE = re.compile(r"(?:act_)?(?P<id>[0-9]{1,30})")
 AUDIENCE_ID_RE = re.compile(r"[0-9]{1,30}")
 COUNTRY_CODE_RE = re.compile(r"[1-9][0-9]{0,2}")
+
+
+def ad_account_number(account: str) -> str:
+    """The ad account's number, without Meta's act_ prefix."""
+    match = AD_ACCOUNT_RE.fullmatch(account)
+    if not match:
+        raise ValidationError("An ad account id is digits, e.g. 1234567890 or act_1234567890.")
+    return match["id"]
+
+
+def country_calling_code(country: str) -> str:
+    country = country.lstrip("+")
+    if not COUNTRY_CODE_RE.fullmatch(country):
+        raise ValidationError("A country calling code: 1 to 3 digits, e.g. 33 or 1.")
+    return country
+
+
 WHITESPACE_RE = re.compile(r"\s")
 
 
@@ -229,7 +246,12 @@ class Meta(Partner):
             help_text="A system user's access token with the ads_management permission on the ad account.",
             max_length=1000,
         ),
-        Setting("ad_account_id", "Ad Account ID", help_text="The ad account's number (act_ prefix optional)."),
+        Setting(
+            "ad_account_id",
+            "Ad Account ID",
+            help_text="The ad account's number (act_ prefix optional).",
+            check=ad_account_number,
+        ),
         Setting(
             "customer_file_source",
             "Customer File Source",
@@ -253,6 +275,7 @@ class Meta(Partner):
             help_text="Digits, e.g. 33: put in place of the leading 0 of national numbers (Meta needs the "
             "country code). Empty: such numbers are not sent.",
             max_length=3,
+            check=country_calling_code,
         ),
     )
     connection_settings = (
@@ -282,32 +305,6 @@ class Meta(Partner):
         super().__init__(configuration)
         self._due: dict[Action, int] = {}
         self._sessions: dict[Action, _Session] = {}
-
-    @classmethod
-    def clean_configuration(cls, values: Mapping[str, Any]) -> dict:
-        errors: dict[str, list[str]] = {}
-        try:
-            cleaned = super().clean_configuration(values)
-        except ValidationError as exc:
-            errors, cleaned = exc.message_dict, {}
-        account = cleaned.get("ad_account_id", values.get("ad_account_id"))
-        if isinstance(account, str) and account and "ad_account_id" not in errors:
-            account = account.strip()
-            match = AD_ACCOUNT_RE.fullmatch(account)
-            if match:
-                cleaned["ad_account_id"] = match["id"]
-            else:
-                errors["ad_account_id"] = ["An ad account id is digits, e.g. 1234567890 or act_1234567890."]
-        country = cleaned.get("default_phone_country_code", values.get("default_phone_country_code"))
-        if isinstance(country, str) and country and "default_phone_country_code" not in errors:
-            country = country.strip().lstrip("+")
-            if COUNTRY_CODE_RE.fullmatch(country):
-                cleaned["default_phone_country_code"] = country
-            else:
-                errors["default_phone_country_code"] = ["A country calling code: 1 to 3 digits, e.g. 33 or 1."]
-        if errors:
-            raise ValidationError(errors)
-        return cleaned
 
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:
