@@ -604,7 +604,7 @@ class LocalMailchimpServer:
             except _MemberError as exc:
                 errors.append(exc.batch_entry(raw_email))
                 continue
-            (created if is_new else updated).append(copy.deepcopy(member))
+            (created if is_new else updated).append(_json_copy(member))
         return _Response(
             200,
             {
@@ -628,7 +628,7 @@ class LocalMailchimpServer:
         if status is not None and status not in (*MEMBER_STATUSES, ARCHIVED):
             raise _invalid_resource("status", f"Value must be one of: {', '.join((*MEMBER_STATUSES, ARCHIVED))}.")
         matching = [m for m in lst.members.values() if (m["status"] == status if status else m["status"] != ARCHIVED)]
-        page = [copy.deepcopy(m) for m in matching[offset : offset + count]]
+        page = [_json_copy(m) for m in matching[offset : offset + count]]
         data = {"members": page, "list_id": lst.id, "total_items": len(matching), "_links": []}
         return _Response(200, _only_fields(data, query.get("fields")))
 
@@ -894,6 +894,16 @@ MERGE_TEXT_MAX = 255
 ADDRESS_PARTS = ("addr1", "city", "state", "zip")
 MERGE_INVALID = "Your merge fields were invalid."
 SCHEMA_MISMATCH = "Data did not match any of the schemas described in anyOf."
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of a JSON value (dicts, lists and scalars) that later writes to the stored member cannot change.
+    copy.deepcopy's memo and dispatch cost 80% of a 500-member batch call; a member holds only JSON."""
+    if type(value) is dict:
+        return {key: _json_copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_json_copy(item) for item in value]
+    return value
 
 
 def _only_fields(data: dict[str, Any], fields: str | None) -> dict[str, Any]:
