@@ -125,7 +125,8 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
             claim = {"connection": connection_id, "after": after, "now": now, "size": BATCH}
             with db.transaction():
                 db.execute(ORDERED_SCAN_ONLY_SQL)
-                rows = db.execute(CLAIM_AND_WRITE_AHEAD_SQL, claim).fetchall()
+                (document,) = db.execute(CLAIM_AND_WRITE_AHEAD_SQL, claim).fetchone()
+            rows = json.loads(document)  # the batch as one JSON document, as the service reads it
             if not rows:
                 break  # every change was answered: no second pass needed
             after = rows[-1][0]
@@ -148,26 +149,18 @@ def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tupl
                 for _, t, v, _, _, _, _, _, attributes, _, _ in rows
             ]
             delivered += len(rows) - len(refused)
-            columns = [list(c) for c in zip(*members, strict=True)]
             db.execute(
                 RECORD_SQL,
                 {
                     "connection": connection_id,
                     "now": now,
-                    "m_type": columns[0],
-                    "m_value": columns[1],
-                    "m_state": columns[2],
-                    "m_reason": columns[3],
-                    "m_fingerprint": columns[4],
-                    "d_id": [r[0] for r in rows],
-                    "d_version": [r[5] for r in rows],
-                    "r_id": [],
-                    "r_delay": [],
-                    "r_reason": [],
+                    "members": json.dumps(members),
+                    "settled": json.dumps([(r[0], r[5]) for r in rows]),
+                    "retried": "[]",
                     "sent": len(rows),
                     "delivered": len(rows) - len(refused),
                     "rejected": len(refused),
-                    "retried": 0,
+                    "retried_count": 0,
                     "result": "ok" if not refused else "partial",
                     "duration_ms": int((time.perf_counter() - sent) * 1000),
                     "http_status": answer.status,
