@@ -39,6 +39,8 @@ CONNECTION = Connection._meta.db_table
 ATTEMPT = DeliveryAttempt._meta.db_table
 
 ADDED, MAYBE_HELD = ConnectionMember.State.ADDED.value, ConnectionMember.State.MAYBE_HELD.value
+# States a claim's write-ahead turns into "maybe held" and release_unsent() restores (the partner holds none).
+RESTORABLE = (ConnectionMember.State.REMOVED.value, ConnectionMember.State.REJECTED.value)
 
 # The next due changes after a claimed id, in id order, with each add's attributes and the state of each
 # identity at the partner (NULL: never sent). The batch is picked first and the two lookups run per row
@@ -188,6 +190,7 @@ class Claimed:
     attributes: dict  # the profile's attributes for an add ({} for a remove)
     held: str | None  # the member's state when the partner holds or may hold it, else None
     acknowledged: str  # the fingerprint of the add the partner acknowledged and holds ("" if none)
+    prior_state: str | None = None  # the member's state before the claim (None: no record)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -261,6 +264,7 @@ def _claimed(row: Sequence) -> Claimed:
         attributes or {},
         held,
         acknowledged,
+        state,
     )
 
 
@@ -295,6 +299,26 @@ def write_ahead_adds(connection_id: int, adds: list[Claimed], now: datetime) -> 
         return
     with transaction.atomic(), db.cursor() as cursor:
         cursor.executemany(WRITE_AHEAD_SQL, [(connection_id, p.identity_type, p.value, now) for p in adds])
+
+
+def release_unsent(connection_id: int, batch: list[Claimed]) -> None:
+    """Undo the write-ahead of a batch claimed but never sent (the drain stopped before its call): the adds
+    it marked "maybe held" go back to the state they had, so that a member who leaves before the next drain
+    is not sent a removal for an add that never went out. Only the lease holder writes a connection's
+    members, so a "maybe held" mark found here is the claim's own."""
+    written_ahead = [p for p in batch if p.action == "add" and p.prior_state in (None, *RESTORABLE)]
+    if not written_ahead:
+        return
+    match = f"connection_id = %s AND identity_type = %s AND value = %s AND state = '{MAYBE_HELD}'"
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.executemany(
+            f"DELETE FROM {MEMBER} WHERE {match}",
+            [(connection_id, p.identity_type, p.value) for p in written_ahead if p.prior_state is None],
+        )
+        cursor.executemany(
+            f"UPDATE {MEMBER} SET state = %s WHERE {match}",
+            [(p.prior_state, connection_id, p.identity_type, p.value) for p in written_ahead if p.prior_state],
+        )
 
 
 @dataclass

@@ -11,6 +11,9 @@ call) still counts as possibly held, and the member's removal is sent later. A r
 for an identity the partner cannot hold: never sent, removed, or refused. An add is skipped only when the
 partner acknowledged the very same add (ConnectionMember.fingerprint), and nothing was sent since.
 
+Pipelined: while the partner answers a batch (in the drain's caller thread), the next one is claimed;
+the calls stay one at a time and in order, and each batch is recorded before the next call goes out.
+
 A whole call failing backs the connection off as a whole, and probes (forwarding/recovery.py). A
 worker told to shut down finishes the batch in hand and leaves (forwarding/shutdown.py).
 """
@@ -21,10 +24,12 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.db import connections as db_connections
 from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -130,6 +135,38 @@ def deliver_connection(
 
 
 def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
+    # One partner call in flight at a time, in this thread: while the partner works on a batch, the drain
+    # claims the next one (the database's share of a batch and the partner's overlap instead of adding up).
+    # The calls themselves stay strictly one after the other, in claim order.
+    # A batch claimed ahead and not sent when the drain stops has its write-ahead undone (release_unsent).
+    ahead = ClaimedAhead()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partner-call-{connection_id}") as caller:
+            _drain_batches(connection_id, report, lease, task_id, caller, ahead)
+    finally:
+        # Not once the lease is lost: another worker may have claimed the same changes, its marks now.
+        if ahead.batch and not lease.lost.is_set():
+            try:
+                batches.release_unsent(connection_id, ahead.batch)
+            except Exception:  # the database went away: the marks stay, as after a crash (removals sent)
+                logger.exception("could not undo the write-ahead of an unsent batch of connection %s", connection_id)
+
+
+@dataclass
+class ClaimedAhead:
+    """The next batch, claimed while the last one was sent (None: none claimed ahead)."""
+
+    batch: list[Claimed] | None = None
+
+
+def _drain_batches(
+    connection_id: int,
+    report: DeliveryReport,
+    lease: Lease,
+    task_id: str,
+    caller: ThreadPoolExecutor,
+    ahead: ClaimedAhead,
+) -> None:
     partner = None
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
     # change while it was sent, a change committed late with a lower id, a retry now due) are found by the
@@ -158,16 +195,25 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
                 written = 0
         # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
         size = recovery.batch_size(connection, partner.batch_limit)
-        batch = batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
+        batch = ahead.batch if ahead.batch is not None else _claim(connection_id, size, after)
+        ahead.batch = None
         if not batch:
             return
         after = batch[-1].id
         written += 2 * len(batch)  # each member written ahead, then its answer
         report.batches += 1
-        if not _send_batch(connection, partner, batch, report, task_id, lease=lease):
+        prepared = _prepare_batch(connection, batch)
+        call = caller.submit(_call_partner, partner, connection, prepared.changes, task_id)
+        if len(batch) == size and not connection.failures and not shutdown_requested():
+            ahead.batch = _claim(connection_id, size, after)  # not while probing: one small batch at a time
+        if not _finish_batch(connection, partner, prepared, call.result(), report, lease):
             return
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
+
+
+def _claim(connection_id: int, size: int, after: int) -> list[Claimed]:
+    return batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
 
 
 def _due_per_action(connection_id: int) -> dict[Action, int]:
@@ -179,16 +225,24 @@ def _due_per_action(connection_id: int) -> dict[Action, int]:
     return {Action(action): n for action, n in rows}
 
 
-def _send_batch(
-    connection: Connection,
-    partner,
-    batch: list[Claimed],
-    report: DeliveryReport,
-    task_id: str = "",
-    *,
-    lease: Lease | None = None,
-) -> bool:
-    """Send one claimed batch and record it. Returns False when delivery must stop (fault or backoff)."""
+@dataclass
+class PreparedBatch:
+    """A claimed batch split into what goes to the partner and what needs no call."""
+
+    batch: list[Claimed]
+    to_send: list[Claimed]
+    changes: list[MemberChange]  # one per change in to_send, in its order
+    skipped: list[Claimed]
+
+
+@dataclass
+class CallOutcome:
+    results: list[MemberResult]
+    error: PartnerError | None
+    call: PartnerCall
+
+
+def _prepare_batch(connection: Connection, batch: list[Claimed]) -> PreparedBatch:
     skipped: list[Claimed] = []
     to_send: list[Claimed] = []
     changes: list[MemberChange] = []
@@ -211,10 +265,15 @@ def _send_batch(
     # The claim wrote ahead every add but those it could not tell from a skipped one: the updates of members
     # acknowledged with a fingerprint (blank from now until their answer is recorded).
     batches.write_ahead_adds(connection.pk, [p for p in to_send if p.acknowledged], timezone.now())
+    return PreparedBatch(batch, to_send, changes, skipped)
+
+
+def _call_partner(partner, connection: Connection, changes: list[MemberChange], task_id: str) -> CallOutcome:
+    """The partner call of one batch (in the drain's caller thread: no database work here)."""
     started = time.monotonic()
     results: list[MemberResult] = []
     error: PartnerError | None = None
-    if to_send:
+    if changes:
         try:
             # Grouped per identity or per profile, as the partner's pattern wants (forwarding/partner_calls.py).
             results = apply_changes(partner, connection, changes)
@@ -223,17 +282,33 @@ def _send_batch(
         except Exception as exc:  # a bug or an unexpected answer: keep the work, retry later
             logger.exception("delivery to connection %s failed unexpectedly", connection.pk)
             error = TransientError(f"unexpected error: {exc.__class__.__name__}: {exc}")
+        finally:
+            db_connections.close_all()  # this thread's own, should a partner ever have opened one
     call = PartnerCall(
         duration_ms=int((time.monotonic() - started) * 1000),
-        http_status=error.status if error is not None else (partner.last_http_status() if to_send else None),
+        http_status=error.status if error is not None else (partner.last_http_status() if changes else None),
         task_id=task_id,
     )
+    return CallOutcome(results, error, call)
+
+
+def _finish_batch(
+    connection: Connection,
+    partner,
+    prepared: PreparedBatch,
+    outcome: CallOutcome,
+    report: DeliveryReport,
+    lease: Lease | None,
+) -> bool:
+    """Record one batch's outcome. Returns False when delivery must stop (fault or backoff)."""
     if lease is not None and lease.lost.is_set():
         report.stopped = LEASE_LOST  # another worker may hold it now: record nothing
         return False
-    if error is not None:
-        return _record_failure(connection, batch, error, call, report)
-    _record_results(connection, to_send, changes, results, skipped, call, report)
+    if outcome.error is not None:
+        return _record_failure(connection, prepared.batch, outcome.error, outcome.call, report)
+    _record_results(
+        connection, prepared.to_send, prepared.changes, outcome.results, prepared.skipped, outcome.call, report
+    )
     return True
 
 

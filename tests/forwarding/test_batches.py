@@ -59,9 +59,11 @@ def test_a_drain_of_several_batches_sends_each_change_once_in_the_order_planned(
     assert set(ConnectionMember.objects.values_list("state", flat=True)) == {ConnectionMember.State.ADDED}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_newer_word_written_while_its_batch_is_sent_goes_out_in_the_same_drain(partner, small_batches, monkeypatch):
     """The member leaves while its add is on the wire: the version guard keeps the removal, which the keyset
-    has passed; the next drain, from the start, sends it before deliver_connection returns."""
+    has passed; the next drain, from the start, sends it before deliver_connection returns. (Committed data:
+    the call runs in the drain's caller thread, whose connection must see the profile to change it.)"""
     for email in ("a@x.com", "b@x.com", "c@x.com"):
         factories.parisian(email)
     connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)

@@ -102,6 +102,7 @@ def test_last_word_wins_and_removing_an_undelivered_member_sends_nothing(setup):
     assert not PendingChange.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)  # the answer plans in the call's thread: committed data
 @responses.activate
 def test_a_newer_word_arriving_during_delivery_is_kept(setup):
     audience, output = setup
