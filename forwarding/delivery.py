@@ -26,7 +26,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import F
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionMember
@@ -42,7 +42,7 @@ from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
 from outputs.models import Output
-from outputs.partners.base import Action, Capability, MemberChange, MemberResult, Outcome
+from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -146,12 +146,9 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
         if connection.throttled_until and connection.throttled_until > timezone.now():
             report.stopped = "throttled"  # e.g. a 429 to another connection of the partner account
             return
-        # One partner (and so one keep-alive HTTP session) for the whole drain; for a bulk partner the drain
-        # is one upload, announced with what is due (Partner.begin_upload: e.g. Meta's upload session).
+        # One partner (and so one keep-alive HTTP session) for the whole drain.
         if partner is None:
             partner = connection.output.partner()
-            if partner.has(Capability.BULK):
-                partner.begin_upload(_due_per_action(connection_id))
         if batches.statistics_due(report.batches):
             # A long drain grows the members table, from "empty" for a new connection.
             if MEMBER_TABLE in batches.refresh_statistics(written):
@@ -168,15 +165,6 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
             return
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
-
-
-def _due_per_action(connection_id: int) -> dict[Action, int]:
-    rows = (
-        PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now())
-        .values_list("action")
-        .annotate(n=Count("id"))
-    )
-    return {Action(action): n for action, n in rows}
 
 
 def _send_batch(

@@ -409,11 +409,6 @@ class Partner:
         removing one by one. The default keeps the audience: False. May raise PartnerError (retried later)."""
         return False
 
-    def begin_upload(self, due: Mapping[Action, int]) -> None:
-        """BULK: an upload starts (one drain of the connection's outbox by this instance, forwarding/delivery.py),
-        with this many changes due per action; the batches of the upload follow as apply_batch() calls. Partners
-        whose API groups an upload's requests (Meta's session) start one here. The default does nothing."""
-
     def last_http_status(self) -> int | None:
         """The HTTP status of the partner's last answer to this instance, if it made a call (recorded on
         each delivery attempt)."""
