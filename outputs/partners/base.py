@@ -426,6 +426,11 @@ class Partner:
         identity it keeps as out of it (Mailchimp's unsubscribed)."""
         raise NotImplementedError
 
+    def listed_members_total(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
+        """LISTS_MEMBERS: how many entries list_members() is about to read (a reconcile's progress: x of N),
+        None when the partner cannot say beforehand. May raise PartnerError."""
+        return None
+
     # REPORTS_COUNT: what the partner's count counts, when it is not simply every member we added (shown beside
     # the count in the identity funnel).
     audience_count_note: ClassVar[str] = ""
