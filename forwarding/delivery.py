@@ -43,7 +43,7 @@ from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
 from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
-from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
+from outputs.partners.http import AuthError, BudgetRefused, PartnerError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def has_due_work(connection_id: int) -> bool:
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
 ACCOUNT_FULL = "the partner account's deliveries are at their cap"
+BUDGET_USED_UP = "the partner account's request budget is used up"
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -299,6 +300,11 @@ def _record_results(
 def _record_failure(
     connection, batch: list[Claimed], error: PartnerError, call: PartnerCall, report: DeliveryReport
 ) -> bool:
+    if isinstance(error, BudgetRefused):
+        # We chose not to call: no attempt to record, no failure of the partner to count (recovery.call_deferred).
+        report.stopped = BUDGET_USED_UP
+        _ring_later(connection.pk, recovery.call_deferred(connection, error))
+        return False
     now = timezone.now()
     result = recovery.attempt_result(error)
     with transaction.atomic():
