@@ -14,16 +14,18 @@ the oldest change waiting, or M changes waiting, whichever comes first), and is 
   most transactions the count of the outbox);
 * a person: upload_now() (the admin's "Upload now", POST /api/v1/connections/{id}/upload-now/).
 
-upload_connection() sends the coalesced outbox (less the adds of identities the partner holds already: a
-member removed then re-added between two uploads sends nothing) through the same path as real-time delivery
-(forwarding/delivery.py: the connection's lease, batches of the partner's request size, write-ahead, every
-outcome recorded, transient errors backed off), and records the upload (forwarding.models.Upload) when it
-holds the lease. A worker killed mid-upload loses nothing: its lease expires, the rows it had not recorded
-are still in the outbox (its adds written ahead as "maybe held"), and the next upload sends only those.
+upload_connection() sends the coalesced outbox (less the adds identical to what the partner holds already: a
+member removed then re-added between two uploads, its attributes unchanged, sends nothing) through the same
+path as real-time delivery (forwarding/delivery.py: the connection's lease, batches of the partner's request
+size, write-ahead, every outcome recorded, transient errors backed off), and records the upload
+(forwarding.models.Upload) when it holds the lease. A worker killed mid-upload loses nothing: its lease
+expires, the rows it had not recorded are still in the outbox (its adds written ahead as "maybe held"), and
+the next upload sends only those.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -41,6 +43,7 @@ from django.db import transaction
 from django.db.models import Count, Min, OuterRef, Subquery, Sum
 from django.utils import timezone
 
+from audiences.models import Profile
 from config import queueing
 from config.api_errors import ConflictError
 from connections.models import Connection, ConnectionMember
@@ -49,7 +52,8 @@ from connections.validation import clean_upload_criteria
 from forwarding.delivery import DeliveryReport, deliver_connection
 from forwarding.leases import Lease, free_of_lease, not_throttled
 from forwarding.models import DeliveryAttempt, PendingChange, Upload
-from outputs.partners.base import Capability, UploadCriteria
+from forwarding.partner_calls import change_fingerprint
+from outputs.partners.base import Action, Capability, MemberChange, UploadCriteria
 from outputs.partners.registry import partner_keys_with
 
 logger = logging.getLogger(__name__)
@@ -377,28 +381,64 @@ def upload_connection(*, connection_id: int, trigger: str = Trigger.TIME, task_i
     return report
 
 
-# An add of an identity the partner is known to hold (its add was answered) changes nothing there: a member
-# removed then re-added between two uploads. Not for "maybe held" (the answer never came) nor "rejected".
-DROP_HELD_ADDS_SQL = """
-DELETE FROM {pending}
-WHERE connection_id = %s AND action = 'add' AND next_attempt_at <= %s
-  AND EXISTS (
-    SELECT 1 FROM {member} m
-    WHERE m.connection_id = {pending}.connection_id AND m.identity_type = {pending}.identity_type
-      AND m.value = {pending}.value AND m.state = 'added'
-  )
-"""  # EXISTS rather than PostgreSQL's DELETE ... USING: `make run` uses SQLite
+# The due adds of identities the partner is known to hold as we last added them (their add was answered, with
+# the fingerprint of what it put there): candidates to drop, in id order from `after`. Not "maybe held" (the
+# answer never came), "rejected", nor a member found at the partner by a reconcile (held, content unknown:
+# fingerprint blank). Each add's attributes are read as delivery reads them, from its profile.
+HELD_ADDS_SQL = """
+SELECT p.id, p.version, p.identity_type, p.value, pr.attributes, m.fingerprint
+FROM {pending} p
+JOIN {member} m
+  ON m.connection_id = p.connection_id AND m.identity_type = p.identity_type AND m.value = p.value
+LEFT JOIN {profile} pr ON pr.id = p.profile_id
+WHERE p.connection_id = %s AND p.action = 'add' AND p.next_attempt_at <= %s AND p.id > %s
+  AND m.state = 'added' AND m.fingerprint <> ''
+ORDER BY p.id
+LIMIT %s
+"""
+# The version guard: a newer word planned meanwhile (a remove, or an add read from other attributes) is kept.
+DROP_HELD_ADD_SQL = "DELETE FROM {pending} WHERE id = %s AND version = %s AND action = 'add'"
+HELD_ADDS_CHUNK = 5000
 
 
 def drop_held_adds(connection_id: int) -> int:
-    """The upload sends the difference with what the partner holds: the due adds of identities it holds
-    already are dropped, set-wise. Run under the connection's lease (no delivery of it meanwhile); a newer
-    word planned meanwhile is a remove, which the row lock makes this statement see and keep. Returns how
-    many were dropped."""
-    sql = DROP_HELD_ADDS_SQL.format(pending=PendingChange._meta.db_table, member=ConnectionMember._meta.db_table)
+    """The upload sends the difference with what the partner holds: a due add identical to the one the partner
+    acknowledged (same identity, same attributes: ConnectionMember.fingerprint, forwarding.partner_calls.
+    change_fingerprint) changes nothing there, and is dropped (a member removed then re-added between two
+    uploads). An add whose attributes changed since is sent. The fingerprint is computed in Python (as
+    delivery computes it), the candidates read and dropped in chunks with portable SQL (SQLite for `make
+    run`, PostgreSQL), memory flat. Run under the connection's lease (no delivery of it meanwhile). Returns
+    how many were dropped."""
+    tables = {
+        "pending": PendingChange._meta.db_table,
+        "member": ConnectionMember._meta.db_table,
+        "profile": Profile._meta.db_table,
+    }
+    select, delete = HELD_ADDS_SQL.format(**tables), DROP_HELD_ADD_SQL.format(**tables)
+    now = db.ops.adapt_datetimefield_value(timezone.now())
+    dropped = after = 0
     with db.cursor() as cursor:
-        cursor.execute(sql, [connection_id, timezone.now()])
-        return cursor.rowcount
+        while True:
+            cursor.execute(select, [connection_id, now, after, HELD_ADDS_CHUNK])
+            rows = cursor.fetchall()
+            if not rows:
+                return dropped
+            after = rows[-1][0]
+            same = [
+                (pk, version)
+                for pk, version, identity_type, value, attributes, fingerprint in rows
+                if fingerprint == _add_fingerprint(identity_type, value, attributes)
+            ]
+            if same:
+                cursor.executemany(delete, same)  # psycopg pipelines it; rowcount sums the rows deleted
+                dropped += cursor.rowcount
+
+
+def _add_fingerprint(identity_type: str, value: str, attributes: Any) -> str:
+    """The fingerprint of the add delivery would send (forwarding/delivery.py builds the same MemberChange)."""
+    if isinstance(attributes, str | bytes):  # SQLite, and psycopg where Django leaves jsonb undecoded
+        attributes = json.loads(attributes)
+    return change_fingerprint(MemberChange(identity_type, value, Action.ADD, attributes=attributes or {}))
 
 
 def _outcome(report: DeliveryReport) -> tuple[str, str]:

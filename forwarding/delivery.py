@@ -31,7 +31,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import connections as db_connections
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import F
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionMember
@@ -47,8 +47,8 @@ from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
 from outputs.models import Output
-from outputs.partners.base import Action, Capability, MemberChange, MemberResult, Outcome
-from outputs.partners.http import AuthError, PartnerError, PermanentError, TransientError
+from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
+from outputs.partners.http import AuthError, BudgetRefused, PartnerError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def has_due_work(connection_id: int) -> bool:
 SHUTTING_DOWN = "the worker is shutting down"
 LEASE_LOST = "the lease was lost"
 ACCOUNT_FULL = "the partner account's deliveries are at their cap"
+BUDGET_USED_UP = "the partner account's request budget is used up"
 
 
 # --- delivery --------------------------------------------------------------------------------
@@ -183,12 +184,9 @@ def _drain_batches(
         if connection.throttled_until and connection.throttled_until > timezone.now():
             report.stopped = "throttled"  # e.g. a 429 to another connection of the partner account
             return
-        # One partner (and so one keep-alive HTTP session) for the whole drain; for a bulk partner the drain
-        # is one upload, announced with what is due (Partner.begin_upload: e.g. Meta's upload session).
+        # One partner (and so one keep-alive HTTP session) for the whole drain.
         if partner is None:
             partner = connection.output.partner()
-            if partner.has(Capability.BULK):
-                partner.begin_upload(_due_per_action(connection_id))
         if batches.statistics_due(report.batches):
             # A long drain grows the members table, from "empty" for a new connection.
             if MEMBER_TABLE in batches.refresh_statistics(written):
@@ -214,15 +212,6 @@ def _drain_batches(
 
 def _claim(connection_id: int, size: int, after: int) -> list[Claimed]:
     return batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
-
-
-def _due_per_action(connection_id: int) -> dict[Action, int]:
-    rows = (
-        PendingChange.objects.filter(connection_id=connection_id, next_attempt_at__lte=timezone.now())
-        .values_list("action")
-        .annotate(n=Count("id"))
-    )
-    return {Action(action): n for action, n in rows}
 
 
 @dataclass
@@ -386,6 +375,11 @@ def _record_results(
 def _record_failure(
     connection, batch: list[Claimed], error: PartnerError, call: PartnerCall, report: DeliveryReport
 ) -> bool:
+    if isinstance(error, BudgetRefused):
+        # We chose not to call: no attempt to record, no failure of the partner to count (recovery.call_deferred).
+        report.stopped = BUDGET_USED_UP
+        _ring_later(connection.pk, recovery.call_deferred(connection, error))
+        return False
     now = timezone.now()
     result = recovery.attempt_result(error)
     with transaction.atomic():

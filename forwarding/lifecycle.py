@@ -36,7 +36,7 @@ from forwarding.partner_calls import audience_ref, held_removals
 from forwarding.preview import connection_settings_test
 from outputs.models import Output
 from outputs.partners.base import Capability, Partner
-from outputs.partners.http import PartnerError
+from outputs.partners.http import BudgetRefused, PartnerError
 
 logger = logging.getLogger(__name__)
 END_BATCH = 500
@@ -265,6 +265,14 @@ def remove_held_in_batches(
 
 def _cleanup_failed(connection: Connection, sent: int, error: PartnerError, duration_ms: int, task_id: str) -> str:
     now = timezone.now()
+    if isinstance(error, BudgetRefused):
+        # Not called (our own request budget): no attempt, no failure; the clean-up waits for a token.
+        delay = recovery.call_deferred(connection, error)
+        Connection.objects.filter(pk=connection.pk).update(
+            status_reason=f"Deleting: waiting {delay:.0f} s for the partner account's request budget."
+        )
+        ring_end(connection.pk, countdown=delay)
+        return f"waiting {delay:.0f} s for the request budget"
     record_cleanup_failure(connection, sent, error, duration_ms, task_id)
     failures = connection.failures + 1
     delay = backoff_seconds(failures, getattr(error, "retry_after", None))

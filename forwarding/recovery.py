@@ -10,7 +10,8 @@ failures and the whole backlog goes out at once, in full batches. Recovery after
 takes at most one probe interval, not the per-row backoff of every change.
 
 A 429's Retry-After holds back the whole connection, and every connection whose output uses the
-same partner account (the same credentials): a partner's rate limit is per account.
+same partner account (the same credentials): a partner's rate limit is per account. A call our own request
+budget refused (BudgetRefused: we chose not to call) holds them back the same way, and is no failure.
 
 A long outage faults the connection (FORWARDING_OUTAGE_FAULT_MINUTES of continuous failure, 30 by
 default), so that operators see it; an outage fault is probed every FORWARDING_FAULTED_PROBE_SECONDS
@@ -39,7 +40,7 @@ from forwarding.doorbell import ring_after_commit
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import audience_ref
 from outputs.models import Output
-from outputs.partners.http import AuthError, PartnerError, TransientError
+from outputs.partners.http import AuthError, BudgetRefused, PartnerError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,15 @@ def call_failed(connection: Connection, error: TransientError) -> float:
     if error.retry_after:
         throttle_account(connection.output, until)
     return delay
+
+
+def call_deferred(connection: Connection, error: BudgetRefused) -> float:
+    """Our own request budget refused the call (outputs/partners/budget.py): the partner was not called. The
+    connection, and every other of the account whose budget it is, waits until a token frees; its run of
+    failures, and so its probes, outage timer, fault and alerts, are left as they are. Returns the wait."""
+    wait = max(error.retry_after or 0.0, 0.0)
+    throttle_account(connection.output, timezone.now() + timedelta(seconds=wait))
+    return wait
 
 
 def throttle_account(output: Output, until: datetime) -> int:

@@ -4,8 +4,11 @@ Resync trusts our records: it plans only the difference between what the partner
 members' accepted identities) and what ConnectionMember says it holds. Reconcile trusts the partner: where
 it can list its members (Capability.LISTS_MEMBERS), a task reads them back and repairs drift made at the partner
 by hand (members missing there are added again, non-members subscribed there removed, ConnectionMember
-corrected). Both are set-based SQL under the audience's membership lock (as connection_create takes it), so a
-membership change is either seen by them or planned after them, never lost between.
+corrected). A partner-side list may be shared with other tools: reconcile removes only what this connection is
+responsible for (identities it holds or held: ConnectionMember, RetiredMember of its current target), and
+reports the others as "not ours", untouched. Both are set-based SQL under the audience's membership lock
+(as connection_create takes it), so a membership change is either seen by them or planned after them, never
+lost between.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection as db
 from django.db import transaction
 from django.db.models import Q
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from audiences.membership.locks import lock_audience_membership
@@ -29,7 +33,7 @@ from connections.selectors import MAY_BE_HELD
 from forwarding import planner
 from forwarding.delivery import attempt_error
 from forwarding.doorbell import JOB_TASKS, ring_job, ring_job_after_commit
-from forwarding.models import UNFINISHED_JOBS, ConnectionJob, PendingChange
+from forwarding.models import UNFINISHED_JOBS, ConnectionJob, PendingChange, RetiredMember
 from forwarding.partner_calls import audience_ref
 from outputs.partners.base import Action, Capability, MemberChange
 from outputs.partners.http import PartnerError
@@ -179,20 +183,37 @@ CREATE TEMPORARY TABLE {seen} (identity_type varchar(40) NOT NULL, value varchar
 """
 SEEN_INSERT = "INSERT INTO {seen} (identity_type, value, held) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 # What the partner holds, as read: a member absent or unsubscribed there is added again (unless it refused it for
-# good: it would refuse it again), a non-member subscribed there is removed.
-SEEN_HELD = "SELECT identity_type, value FROM {seen} WHERE held AND identity_type = ANY(%(types)s)"
+# good: it would refuse it again), a non-member subscribed there is removed if it is ours.
+SEEN_HELD = "SELECT p.identity_type, p.value FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s)"
 NOT_TO_ADD = SEEN_HELD + " UNION ALL " + RECORDED.replace("{states}", "rejected")
+# An identity seen at the partner (p) this connection is responsible for there: one our records say it holds or
+# held (an add it refused made it hold nothing of ours), or one the current target held for it before an edit
+# moved the connection away and back (RetiredMember of the clean-up jobs with the current target's settings).
+# Anything else on a shared list was put there by someone else.
+OURS = """(
+    EXISTS (SELECT 1 FROM {member} cm WHERE cm.connection_id = %(connection)s AND cm.identity_type = p.identity_type
+            AND cm.value = p.value AND cm.state <> 'rejected')
+    OR EXISTS (SELECT 1 FROM {retired} r WHERE r.job_id = ANY(%(retired_jobs)s)
+               AND r.identity_type = p.identity_type AND r.value = p.value)
+)"""
+SHOULD_HOLD_SEEN = "EXISTS (SELECT 1 FROM ({should}) s WHERE s.identity_type = p.identity_type AND s.value = p.value)"
+SEEN_HELD_OURS = SEEN_HELD + " AND " + OURS
+NOT_OURS = """
+SELECT count(*) FROM {seen} p
+WHERE p.held AND p.identity_type = ANY(%(types)s) AND NOT {ours} AND NOT {should_seen}
+""".replace("{ours}", OURS).replace("{should_seen}", SHOULD_HOLD_SEEN)
 # Our records, as the partner answered: held there → added; not held there → removed. Only rows not written
 # since the reading began: a delivery recorded meanwhile knows better than the page read before it. What the
-# partner holds of a member found there is unknown (fingerprint blank): the next add of it is sent.
+# partner holds of a member found there is unknown (fingerprint blank): the next add of it is sent. An identity
+# found there that is neither ours nor a member's gets no record: it is not ours to remove, now or at the end.
 RECONCILE_HELD = """
 INSERT INTO {member} (connection_id, identity_type, value, state, reason, updated_at)
 SELECT %(connection)s, p.identity_type, p.value, 'added', 'Found at the partner by a reconcile.', %(now)s
-FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s)
+FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s) AND ({should_seen} OR {ours})
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
 SET state = 'added', reason = excluded.reason, fingerprint = '', updated_at = excluded.updated_at
 WHERE {member}.state <> 'added' AND {member}.updated_at < %(started)s
-"""
+""".replace("{ours}", OURS).replace("{should_seen}", SHOULD_HOLD_SEEN)
 RECONCILE_NOT_HELD = """
 UPDATE {member} cm SET state = 'removed', reason = 'Not held at the partner, found by a reconcile.',
        fingerprint = '', updated_at = %(now)s
@@ -217,7 +238,7 @@ def reconcile_run(*, job_id: int, task_id: str = "") -> dict[str, object]:
     job = ConnectionJob.objects.select_related("connection__output", "connection__audience").get(pk=job_id)
     connection = job.connection
     seen = f"reconcile_seen_{job.pk}"
-    tables = _tables(seen=seen)
+    tables = _tables(seen=seen, retired=RetiredMember._meta.db_table)
     try:
         # The temporary table lives in this session; each insert commits on its own (autocommit), so the
         # progress written between them is visible to the admin and the API while the reading goes on.
@@ -228,23 +249,27 @@ def reconcile_run(*, job_id: int, task_id: str = "") -> dict[str, object]:
         read = _read_partner(job, connection, seen)
         with transaction.atomic():
             row = _locked_connection(connection)
-            params = _params(row, started=started, rejected=[REJECTED])
+            params = _params(row, started=started, rejected=[REJECTED], retired_jobs=_current_target_jobs(row))
             result: dict[str, object] = {"read": read}
             with db.cursor() as cursor:
                 not_to_add = NOT_TO_ADD.format(seen=seen, member=tables["member"])
-                seen_held = SEEN_HELD.format(seen=seen)
                 for key, sql in (
                     ("adds_planned", PLAN_ADDS.replace("{held}", not_to_add)),
-                    ("removes_planned", PLAN_REMOVES.replace("{held}", seen_held)),
+                    ("removes_planned", PLAN_REMOVES.replace("{held}", SEEN_HELD_OURS)),
+                    ("not_ours", NOT_OURS),
                     ("marked_held", RECONCILE_HELD),
                     ("marked_not_held", RECONCILE_NOT_HELD),
                 ):
                     cursor.execute(sql.format(**tables), params)
-                    result[key] = cursor.rowcount
+                    result[key] = cursor.fetchone()[0] if key == "not_ours" else cursor.rowcount
             if result["adds_planned"] or result["removes_planned"]:
                 planner.ring_connections_after_commit([row])
             ConnectionJob.objects.filter(pk=job.pk).update(
-                status=ConnectionJob.Status.DONE, finished_at=timezone.now(), result=result, done=read
+                status=ConnectionJob.Status.DONE,
+                finished_at=timezone.now(),
+                result=result,
+                done=read,
+                total=Greatest(Coalesce("total", 0), read),  # x of x once read: members joined meanwhile count
             )
         return result
     except (PartnerError, ValidationError) as exc:
@@ -259,10 +284,23 @@ def reconcile_run(*, job_id: int, task_id: str = "") -> dict[str, object]:
             cursor.execute(f"DROP TABLE IF EXISTS {seen}")
 
 
+def _current_target_jobs(connection: Connection) -> list[int]:
+    """The old-target clean-ups of the connection whose old target is its current one (edited away and back):
+    their RetiredMember rows are identities it held there."""
+    names = connection.output.partner_class.target_setting_names()
+    current = {name: connection.settings.get(name) for name in names}
+    jobs = ConnectionJob.objects.filter(connection=connection, kind=ConnectionJob.Kind.OLD_TARGET_CLEANUP)
+    return [pk for pk, old in jobs.values_list("pk", "settings") if names and current == {n: old.get(n) for n in names}]
+
+
 def _read_partner(job: ConnectionJob, connection: Connection, seen: str) -> int:
-    """Every member the partner lists, into the `seen` table, READ_CHUNK at a time; returns how many."""
+    """Every member the partner lists, into the `seen` table, READ_CHUNK at a time; returns how many. The job's
+    total is what the partner says it is about to list, when it can say, so its progress reads x of N."""
     partner = connection.output.partner()
-    members: Iterator[MemberChange] = partner.list_members(connection.settings, audience_ref(connection.audience))
+    audience = audience_ref(connection.audience)
+    total = partner.listed_members_total(connection.settings, audience)
+    ConnectionJob.objects.filter(pk=job.pk).update(total=total, heartbeat_at=timezone.now())
+    members: Iterator[MemberChange] = partner.list_members(connection.settings, audience)
     read = 0
     while chunk := list(islice(members, READ_CHUNK)):
         with db.cursor() as cursor:

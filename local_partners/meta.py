@@ -5,8 +5,10 @@ carries the version, like https://graph.facebook.com/v21.0). It checks what Meta
 "Meta (Facebook) Custom Audiences"): a versioned path, the access token (Bearer header or `access_token`
 parameter; a wrong or expired one is code 190), `customer_file_source` on create, at most 10,000 rows per
 request, each row's format for its schema (SHA-256 hex for EMAIL_SHA256 / PHONE_SHA256; an invalid row is
-counted in `num_invalid_entries` and sampled, the request still succeeds), and the `session` object (no batch
-after the one flagged last). Bodies are JSON, or form fields whose values are JSON, as Meta's SDKs send them.
+counted in `num_invalid_entries` and sampled, the request still succeeds), and the `session` object: batches
+numbered from 1 one after the other (`batch_seq`), none after the one flagged last. A session never closed by
+a `last_batch_flag` request is one Meta holds open: open_sessions() lists them, so a test can catch it.
+Bodies are JSON, or form fields whose values are JSON, as Meta's SDKs send them.
 Errors are `{"error": {message, type, code, error_subcode, fbtrace_id}}`, with HTTP 400 for throttling too (no
 429), as Meta answers. Standard library only.
 
@@ -59,6 +61,7 @@ def _invalid(message: str, subcode: int | None = None) -> _Answer:
 
 @dataclass
 class _Session:
+    estimated_num_total: int | None
     last_seq: int = 0
     closed: bool = False
     received: int = 0
@@ -121,6 +124,26 @@ class LocalMetaServer(LocalServer):
             }
             self._members[audience_id] = {}
             return audience_id
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every upload session received: audience, method, id, batches, rows received, estimate, closed."""
+        with self._lock:
+            return [
+                {
+                    "audience_id": audience_id,
+                    "method": method,
+                    "session_id": session_id,
+                    "batches": state.last_seq,
+                    "received": state.received,
+                    "estimated_num_total": state.estimated_num_total,
+                    "closed": state.closed,
+                }
+                for (audience_id, method, session_id), state in self._sessions.items()
+            ]
+
+    def open_sessions(self) -> list[dict[str, Any]]:
+        """The sessions no request flagged last_batch_flag closed: Meta would hold them open."""
+        return [session for session in self.sessions() if not session["closed"]]
 
     def reset(self) -> None:
         with self._lock:
@@ -293,9 +316,15 @@ class LocalMetaServer(LocalServer):
             if problem:
                 return _invalid(problem)
             key = (audience_id, method, session["session_id"])
-            state = self._sessions.setdefault(key, _Session())
-            if state.closed:
+            state = self._sessions.get(key)
+            if state is not None and state.closed:
                 return _invalid(f"Session {session['session_id']} has ended: its last batch was received", 2650)
+            expected = 1 if state is None else state.last_seq + 1
+            if session["batch_seq"] != expected:
+                return _invalid(
+                    f"Session {session['session_id']}: batch_seq {session['batch_seq']} out of order, {expected} "
+                    "expected (a session's batches are numbered from 1, one after the other)"
+                )
         valid, invalid = self._split(schema, data)
         held = self._members.setdefault(audience_id, {})
         name = "+".join(schema) if isinstance(schema, list) else schema
@@ -304,8 +333,8 @@ class LocalMetaServer(LocalServer):
         else:
             held.setdefault(name, set()).difference_update(valid)
         if key is not None:
-            state = self._sessions[key]
-            state.last_seq = max(state.last_seq, session["batch_seq"])
+            state = self._sessions.setdefault(key, _Session(session.get("estimated_num_total")))
+            state.last_seq = session["batch_seq"]
             state.received += len(data)
             state.closed = bool(session["last_batch_flag"])
         self.uploads.append(

@@ -45,3 +45,19 @@ def rings(monkeypatch):
 
     monkeypatch.setattr("config.queueing.send_safely", record)
     return calls
+
+
+@pytest.fixture
+def budget_redis(settings, monkeypatch) -> None:
+    """The partner request budgets' Redis (outputs/partners/budget.py) is there, and no earlier test's failure
+    to reach it pauses the budgets in this one."""
+    import redis
+
+    from outputs.partners import budget
+
+    try:
+        redis.Redis.from_url(settings.RATE_LIMIT_REDIS_URL, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        service_missing(f"the request budget needs Redis at RATE_LIMIT_REDIS_URL ({settings.RATE_LIMIT_REDIS_URL})")
+    monkeypatch.setattr(budget, "_paused_until", 0.0)
+    monkeypatch.setattr(budget, "_warned_at", float("-inf"))

@@ -15,6 +15,18 @@ from django.core.exceptions import ValidationError
 from outputs.partners.budget import RequestBudget, RequestRate, account_key, configured_rates
 
 
+def check_request_rate(value: str) -> str:
+    """The rule of a request rate setting (Partner.request_rate_setting): requests per seconds, "3000/3"."""
+    try:
+        return str(RequestRate.parse(value))
+    except ValueError:
+        raise ValidationError(
+            f"'{value}' is not a request rate: requests/seconds, at least 1 request per a positive number of "
+            "seconds, e.g. 3000/3.",
+            code="invalid",
+        ) from None
+
+
 class SettingKind(enum.StrEnum):
     STRING = "string"
     SECRET = "secret"  # encrypted at rest, write-only in the admin and the API
@@ -291,6 +303,9 @@ class Partner:
     # The partner's request rate limit per account (outputs/partners/budget.py), None when it has none to
     # keep to; PARTNER_REQUEST_RATES overrides it (another plan).
     request_rate: ClassVar[RequestRate | None] = None
+    # The configuration setting (checked by check_request_rate) by which one output states its own account's
+    # rate (another plan), over PARTNER_REQUEST_RATES and request_rate; None when outputs cannot.
+    request_rate_setting: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -345,10 +360,18 @@ class Partner:
         """The partner account this configuration uses: its partner and credentials (secret settings), hashed."""
         return account_key(self.key, self.configuration, self.secret_setting_names())
 
+    def request_rate_in_force(self) -> RequestRate | None:
+        """The output's own rate (request_rate_setting, when set), else PARTNER_REQUEST_RATES' for the partner,
+        else the partner's declared request_rate; None: no budget."""
+        own = self.configuration.get(self.request_rate_setting) if self.request_rate_setting else None
+        if own:
+            return RequestRate.parse(own)  # checked when the output was saved (check_request_rate)
+        return configured_rates().get(self.key, self.request_rate)
+
     def request_budget(self) -> RequestBudget | None:
         """The account's shared request budget, which its client takes a token from before each request; None
-        when the partner declares no request rate."""
-        rate = configured_rates().get(self.key, self.request_rate)
+        when no request rate is in force. (The outputs of one account share its log: they should agree.)"""
+        rate = self.request_rate_in_force()
         return None if rate is None else RequestBudget(self.account_key(), rate)
 
     def base_url(self) -> str:
@@ -409,11 +432,6 @@ class Partner:
         removing one by one. The default keeps the audience: False. May raise PartnerError (retried later)."""
         return False
 
-    def begin_upload(self, due: Mapping[Action, int]) -> None:
-        """BULK: an upload starts (one drain of the connection's outbox by this instance, forwarding/delivery.py),
-        with this many changes due per action; the batches of the upload follow as apply_batch() calls. Partners
-        whose API groups an upload's requests (Meta's session) start one here. The default does nothing."""
-
     def last_http_status(self) -> int | None:
         """The HTTP status of the partner's last answer to this instance, if it made a call (recorded on
         each delivery attempt)."""
@@ -430,6 +448,11 @@ class Partner:
         """LISTS_MEMBERS: what the partner holds, page by page: an ADD per identity in the audience, a REMOVE per
         identity it keeps as out of it (Mailchimp's unsubscribed)."""
         raise NotImplementedError
+
+    def listed_members_total(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
+        """LISTS_MEMBERS: how many entries list_members() is about to read (a reconcile's progress: x of N),
+        None when the partner cannot say beforehand. May raise PartnerError."""
+        return None
 
     # REPORTS_COUNT: what the partner's count counts, when it is not simply every member we added (shown beside
     # the count in the identity funnel).
@@ -460,6 +483,9 @@ def check_declaration(cls: type[Partner]) -> None:
         problems.append("exactly one of Capability.REALTIME, Capability.BULK")
     if Capability.BULK in capabilities and cls.default_upload_criteria is None:
         problems.append("default_upload_criteria (it is bulk)")
+    rate_setting = next((s for s in cls.configuration_settings if s.name == cls.request_rate_setting), None)
+    if cls.request_rate_setting is not None and (rate_setting is None or rate_setting.check is not check_request_rate):
+        problems.append(f"a configuration setting {cls.request_rate_setting!r} checked by check_request_rate")
     for capability, method in CAPABILITY_METHODS.items():
         if capability in capabilities and getattr(cls, method) is getattr(Partner, method):
             problems.append(f"an implementation of {method}() (it declares {capability})")

@@ -37,6 +37,7 @@ from outputs.partners.base import (
     ProfileUpdate,
     Setting,
     SettingKind,
+    check_request_rate,
     group_by_profile,
 )
 from outputs.partners.budget import RequestRate
@@ -162,6 +163,7 @@ class Braze(Partner):
     )
     capabilities = frozenset({Capability.ATTRIBUTE, Capability.REALTIME})
     request_rate = RequestRate(requests=3000, per_seconds=3)  # per REST API key (some plans differ)
+    request_rate_setting = "request_rate"
     # Every type the identity settings can name; a user's other accepted identities ride with its object.
     accepted_identity_types = frozenset({*ID_TYPES, *EMAIL_TYPES})
     configuration_settings = (
@@ -211,6 +213,16 @@ class Braze(Partner):
             "Array attribute name",
             default=DEFAULT_SEGMENTS_ATTRIBUTE,
             help_text="The array custom attribute holding audience ids (Single Attribute, Both).",
+        ),
+        Setting(
+            "request_rate",
+            "Request rate limit",
+            required=False,
+            help_text="This REST API key's /users/track limit as requests/seconds, for a plan other than Braze's "
+            "default, e.g. 250000/3600 for an hourly limit. Empty: 3000/3 (or the deployment's "
+            "PARTNER_REQUEST_RATES).",
+            max_length=40,
+            check=check_request_rate,
         ),
     )
     connection_settings = ()

@@ -9,8 +9,9 @@ is then never exceeded either). The window is taken a little longer than declare
 requests reach the partner a little later, and not all equally late, than they take their token.
 
 * No token: the request waits for the exact time until the oldest one leaves the window, up to
-  MAX_WAIT_SECONDS; past that it is refused as a 429 would be (a TransientError carrying the wait as its
-  retry_after), so the connection, and its account, wait as a whole (forwarding/recovery.py).
+  MAX_WAIT_SECONDS; past that it is refused as a 429 would be (a BudgetRefused, a TransientError carrying the
+  wait as its retry_after), so the connection, and its account, wait as a whole (forwarding/recovery.py); as
+  we chose not to call, the refusal counts as no failure of the partner (no outage timer, fault or alert).
 * The partner's answer says the window is used up (Braze: X-RateLimit-Remaining 0 with X-RateLimit-Reset):
   hold_until() empties the account's budget until then, so the account's other connections wait too
   instead of being refused.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,7 +36,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from outputs.partners.http import TransientError
+from outputs.partners.http import BudgetRefused
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class RequestRate:
     per_seconds: float
 
     def __post_init__(self) -> None:
-        if self.requests < 1 or self.per_seconds <= 0:
+        if self.requests < 1 or not 0 < self.per_seconds < math.inf:
             raise ValueError(f"a request rate needs requests >= 1 and per_seconds > 0, not {self}")
 
     @classmethod
@@ -98,6 +100,10 @@ class RequestRate:
             return cls(int(requests), float(seconds))
         except ValueError:
             raise ValueError(f"'{text}' is not a request rate such as 3000/3 (requests per seconds)") from None
+
+    def __str__(self) -> str:
+        """As parse() reads it: "3000/3"."""
+        return f"{self.requests}/{self.per_seconds:g}"
 
 
 def configured_rates() -> dict[str, RequestRate]:
@@ -159,14 +165,15 @@ class RequestBudget:
 
     def take(self, what: str) -> None:
         """Take a token for one request (`what`, e.g. "POST /users/track", names it in the error), waiting up
-        to MAX_WAIT_SECONDS for one; else raise a TransientError as a 429 would, carrying the wait."""
+        to MAX_WAIT_SECONDS for one; else raise BudgetRefused (a TransientError, as a 429 would be), carrying
+        the wait."""
         deadline = time.monotonic() + MAX_WAIT_SECONDS
         while True:
             wait = self._try_take()
             if wait <= 0:
                 return
             if time.monotonic() + wait > deadline:
-                raise TransientError(
+                raise BudgetRefused(
                     f"{what}: the partner account's request budget ({self.rate.requests} per "
                     f"{self.rate.per_seconds:g} s) is used up for {wait:.1f} s",
                     status=429,

@@ -68,6 +68,12 @@ class TransientError(PartnerError):
         self.retry_after = retry_after
 
 
+class BudgetRefused(TransientError):
+    """Our own request budget for the partner account refused the call (outputs/partners/budget.py): the
+    partner was not called, so this is no sign of it failing. The connection waits `retry_after` as a whole,
+    but neither its run of failures (probes, the outage fault, its alerts) nor its changes' attempts count it."""
+
+
 class AuthError(PartnerError):
     """Credentials refused (401/403): the connection is faulted until someone fixes and resumes it."""
 

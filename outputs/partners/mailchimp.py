@@ -433,8 +433,9 @@ class Mailchimp(Partner):
         return results
 
     def list_members(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> Iterator[MemberChange]:
-        """The list's members, page by page (GET /lists/{id}/members, count and offset): subscribed and pending
-        ones as adds, unsubscribed ones as removes; cleaned (bounced) and archived ones are left out."""
+        """The list's members, page by page (GET /lists/{id}/members, count and offset; archived ones are not
+        listed): subscribed and pending ones as adds, every other (unsubscribed, cleaned, transactional) as a
+        remove, so that each entry listed is one read (listed_members_total() counts them)."""
         client = self.client()
         path = f"/lists/{url_segment(connection_settings['list_id'])}/members"
         offset = 0
@@ -449,14 +450,20 @@ class Mailchimp(Partner):
             for member in page:
                 email = str(member.get("email_address") or "").strip().lower()
                 status = member.get("status")
-                if email and status in HELD_STATUSES:
-                    yield MemberChange("email", email, Action.ADD)
-                elif email and status == "unsubscribed":
-                    yield MemberChange("email", email, Action.REMOVE)
+                if email:
+                    yield MemberChange("email", email, Action.ADD if status in HELD_STATUSES else Action.REMOVE)
             offset += len(page)
             total = data.get("total_items")
             if not page or not isinstance(total, int) or offset >= total:
                 return
+
+    def listed_members_total(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
+        """The members list_members() reads: the listing's own total_items (archived ones are not listed)."""
+        client = self.client()
+        path = f"/lists/{url_segment(connection_settings['list_id'])}/members"
+        data = client.json(client.request("GET", path, params={"count": 1, "fields": "total_items"}))
+        total = data.get("total_items")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
 
     def audience_count(self, connection_settings: Mapping[str, Any], audience: AudienceRef) -> int | None:
         """Mailchimp's own count of subscribed members (stats.member_count of GET /lists/{id})."""

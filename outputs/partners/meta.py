@@ -5,8 +5,11 @@ CREATES_AUDIENCE); its id is kept in the connection's settings. Adds go to `POST
 to `DELETE /<audience_id>/users`, as rows of one schema each: `EMAIL_SHA256`, `PHONE_SHA256` (normalised, then
 SHA-256 hex, as Meta specifies) or `MOBILE_ADVERTISER_ID` (lower case, not hashed: see HASH_ADVERTISING_IDS).
 At most 10,000 rows per request, each request carrying Meta's `session` (id, sequence number, last-batch flag,
-estimated total): one upload (one drain of the connection's outbox, forwarding/delivery.py, which tells the
-partner what is due through begin_upload()) is one session per action.
+estimated total). A session is what one call sends for one action (one delivery batch, or one batch of a
+connection's clean-up), because only then is it known exactly: its requests go in order, batch_seq 1..n, the
+last flagged, estimated_num_total the rows they carry, once the rows Meta could not match and the changes
+delivery skipped are left out. An upload-wide session would be closed by a request that may never come (its
+last rows skipped, the drain cut short), and Meta would hold it open.
 
 Meta answers errors as `{"error": {message, type, code, error_subcode, fbtrace_id}}`, and its throttling as
 codes inside an HTTP 400 (4, 17, 32, 613, 80003, ...), not as a 429: classified in MetaClient.raise_for_status.
@@ -215,14 +218,18 @@ class MetaClient(PartnerClient):
         super().raise_for_status(response)
 
 
-@dataclass
-class _Session:
-    """One Meta upload session: one per action and upload, started again once its last batch was flagged."""
+@dataclass(frozen=True)
+class _Request:
+    """One request of a call: its action and schema, the rows, the changes they stand for, and its session."""
 
-    id: int
-    estimated_total: int
-    sent: int = 0
-    seq: int = 0
+    action: Action
+    schema: str
+    rows: list[str]
+    changes: list[MemberChange]
+    session: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return {"session": self.session, "payload": {"schema": self.schema, "data": self.rows}}
 
 
 def is_missing_object(error: PermanentError) -> bool:
@@ -300,11 +307,6 @@ class Meta(Partner):
     default_upload_criteria = UploadCriteria(wait=timedelta(hours=3), messages=750_000)
     batch_limit = ROWS_PER_REQUEST
     default_base_url = f"https://graph.facebook.com/{GRAPH_API_VERSION}"
-
-    def __init__(self, configuration: Mapping[str, Any]):
-        super().__init__(configuration)
-        self._due: dict[Action, int] = {}
-        self._sessions: dict[Action, _Session] = {}
 
     @classmethod
     def clean_connection_settings(cls, values: Mapping[str, Any]) -> dict:
@@ -406,34 +408,9 @@ class Meta(Partner):
 
     # --- uploads ---------------------------------------------------------------------------------
 
-    def begin_upload(self, due: Mapping[Action, int]) -> None:
-        """A new upload: sessions start afresh, sized by what is due per action."""
-        self._due = dict(due)
-        self._sessions = {}
-
-    def _session_fields(self, action: Action, rows: int) -> dict[str, Any]:
-        session = self._sessions.get(action)
-        if session is None:
-            estimated = max(self._due.get(action, 0), rows)
-            session = self._sessions[action] = _Session(id=secrets.randbits(63), estimated_total=estimated)
-        session.seq += 1
-        session.sent += rows
-        last = session.sent >= session.estimated_total
-        if last:
-            del self._sessions[action]  # more rows of this action than estimated: a new session
-            self._due[action] = 0
-        return {
-            "session_id": session.id,
-            "batch_seq": session.seq,
-            "last_batch_flag": last,
-            "estimated_num_total": session.estimated_total,
-        }
-
-    def requests_for(
-        self, changes: Sequence[MemberChange]
-    ) -> tuple[list[tuple[Action, str, list[str], list[MemberChange]]], list[MemberResult]]:
-        """(action, schema, rows, changes) per request of at most 10,000 rows, and the changes refused before
-        sending (a value Meta could not match once normalised)."""
+    def requests_for(self, changes: Sequence[MemberChange]) -> tuple[list[_Request], list[MemberResult]]:
+        """The requests of one call (at most 10,000 rows each, one schema each), each action's together as one
+        session, and the changes refused before sending (a value Meta could not match once normalised)."""
         country = self.configuration.get("default_phone_country_code") or ""
         groups: dict[tuple[Action, str], tuple[list[str], list[MemberChange]]] = {}
         refused: list[MemberResult] = []
@@ -445,34 +422,45 @@ class Meta(Partner):
             rows, sent = groups.setdefault((change.action, schema_of(change.identity_type)), ([], []))
             rows.append(row)
             sent.append(change)
-        requests_: list[tuple[Action, str, list[str], list[MemberChange]]] = []
-        for (action, schema), (rows, sent) in groups.items():
-            for start in range(0, len(rows), ROWS_PER_REQUEST):
-                end = start + ROWS_PER_REQUEST
-                requests_.append((action, schema, rows[start:end], sent[start:end]))
-        return requests_, refused
-
-    def body(self, action: Action, schema: str, rows: list[str]) -> dict[str, Any]:
-        return {"session": self._session_fields(action, len(rows)), "payload": {"schema": schema, "data": rows}}
+        planned: list[_Request] = []
+        for action in Action:
+            chunks = [
+                (schema, rows[start : start + ROWS_PER_REQUEST], sent[start : start + ROWS_PER_REQUEST])
+                for (of, schema), (rows, sent) in groups.items()
+                if of is action
+                for start in range(0, len(rows), ROWS_PER_REQUEST)
+            ]
+            # Sized and closed by what is sent: no session is opened for an action with nothing to send.
+            session_id, total = secrets.randbits(63), sum(len(rows) for _, rows, _ in chunks)
+            for seq, (schema, rows, sent) in enumerate(chunks, start=1):
+                session = {
+                    "session_id": session_id,
+                    "batch_seq": seq,
+                    "last_batch_flag": seq == len(chunks),
+                    "estimated_num_total": total,
+                }
+                planned.append(_Request(action, schema, rows, sent, session))
+        return planned, refused
 
     def apply_batch(
         self, connection_settings: Mapping[str, Any], audience: AudienceRef, changes: Sequence[MemberChange]
     ) -> list[MemberResult]:
         path = f"{self.audience_path(connection_settings)}/users"
         planned, results = self.requests_for(changes)
-        for index, (action, schema, rows, sent) in enumerate(planned):
+        for index, request in enumerate(planned):
             try:
-                answer = self.call("POST" if action is Action.ADD else "DELETE", path, self.body(action, schema, rows))
+                answer = self.call("POST" if request.action is Action.ADD else "DELETE", path, request.body())
             except TransientError as exc:
                 if index == 0:
                     raise  # nothing applied: the whole batch waits
-                # What went through is recorded; the rest is tried again.
-                for _, _, _, rest in planned[index:]:
-                    results.extend(MemberResult(c, Outcome.RETRY, exc.message[:500]) for c in rest)
+                # What went through is recorded; the rest is tried again. (A session cut here stays open at
+                # Meta, which ends it by itself: no request with rows is left to close it.)
+                for rest in planned[index:]:
+                    results.extend(MemberResult(c, Outcome.RETRY, exc.message[:500]) for c in rest.changes)
                 return results
             invalid = answer.get("invalid_entry_samples") or {}
             invalid = invalid if isinstance(invalid, dict) else {}
-            for row, change in zip(rows, sent, strict=True):
+            for row, change in zip(request.rows, request.changes, strict=True):
                 reason = invalid.get(row)
                 if reason is None:
                     results.append(MemberResult(change, Outcome.DELIVERED))
@@ -486,11 +474,11 @@ class Meta(Partner):
         planned, _ = self.requests_for(changes)
         if not planned:
             return {"requests": 0}
-        action, schema, rows, _ = planned[0]
+        first = planned[0]
         return {
-            "method": "POST" if action is Action.ADD else "DELETE",
+            "method": "POST" if first.action is Action.ADD else "DELETE",
             "path": f"/{connection_settings.get('audience_id') or '<created on connect>'}/users",
-            "body": {"payload": {"schema": schema, "data": rows}},
+            "body": first.body(),
             "requests": len(planned),
         }
 
@@ -498,7 +486,6 @@ class Meta(Partner):
         self, connection_settings: Mapping[str, Any], audience: AudienceRef, held: Sequence[MemberChange]
     ) -> list[MemberResult]:
         """Remove the members the connection holds (when its audience is not deleted instead)."""
-        self.begin_upload({Action.REMOVE: len(held)})
         results = self.apply_batch(connection_settings, audience, held)
         retry = [r for r in results if r.outcome is Outcome.RETRY]
         if retry:

@@ -72,6 +72,7 @@ def test_a_bulk_upload_reaches_meta_when_due_and_the_end_deletes_the_audience(wo
     assert bulk.flush_due_uploads(now=timezone.now() + timedelta(hours=4))["uploading"] == 1
     wait_until(lambda: emails(meta_server, audience_id) == expected - {sha256("traveller2@example.com")})
     assert [u["method"] for u in meta_server.uploads][-1] == "DELETE"
+    assert meta_server.sessions() and meta_server.open_sessions() == []  # every session the worker opened ended
 
     connection_delete(connection=connection)
     wait_until(lambda: not Connection.objects.filter(pk=connection.pk).exists())

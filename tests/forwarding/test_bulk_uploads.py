@@ -371,6 +371,61 @@ def test_removed_then_re_added_sends_the_add_only_when_the_partner_does_not_hold
     assert held == {"held@x.com": "added", "new@x.com": "added"}
 
 
+def test_a_held_member_re_added_with_other_attributes_is_sent_only_the_identical_add_is_dropped(connection):
+    factories.parisian("same@x.com")
+    factories.parisian("moved@x.com")
+    bulk.upload_connection(connection_id=connection.pk)  # the partner holds both, with these attributes
+    BulkListPartner.calls.clear()
+
+    for email in ("same@x.com", "moved@x.com"):
+        leave(email)
+    factories.parisian("same@x.com")  # back as it was: the partner holds exactly this
+    factories.parisian("moved@x.com", plan="Gold")  # back with an attribute the partner does not hold
+
+    report = bulk.upload_connection(connection_id=connection.pk)
+
+    assert sent() == [("add", "moved@x.com")]
+    assert report.skipped == 1
+    sent_attributes = [c.attributes for _, _, changes in BulkListPartner.calls for c in changes]
+    assert sent_attributes[0]["plan"] == "Gold"
+    assert not PendingChange.objects.filter(connection=connection).exists()
+
+
+def test_an_add_of_a_member_held_with_unknown_content_is_sent(connection):
+    """A member found at the partner (a reconcile's "added", fingerprint blank): what it holds is unknown."""
+    factories.parisian("found@x.com")
+    ConnectionMember.objects.create(
+        connection=connection, identity_type="email", value="found@x.com", state="added", updated_at=timezone.now()
+    )
+
+    assert bulk.drop_held_adds(connection.pk) == 0
+    bulk.upload_connection(connection_id=connection.pk)
+
+    assert sent() == [("add", "found@x.com")]
+
+
+def test_dropping_held_adds_keeps_a_newer_word_and_counts_what_it_dropped(connection, monkeypatch):
+    emails = [f"h{i}@x.com" for i in range(5)]
+    for email in emails:
+        factories.parisian(email)
+    bulk.upload_connection(connection_id=connection.pk)
+    for email in emails:
+        leave(email)
+        factories.parisian(email)
+    monkeypatch.setattr(bulk, "HELD_ADDS_CHUNK", 2)  # three chunks
+    real = bulk._add_fingerprint
+
+    def newer_word_meanwhile(identity_type, value, attributes):
+        if value == "h0@x.com":  # replaced after the candidates were read, before they are dropped
+            PendingChange.objects.filter(connection=connection, value=value).update(version=99)
+        return real(identity_type, value, attributes)
+
+    monkeypatch.setattr(bulk, "_add_fingerprint", newer_word_meanwhile)
+
+    assert bulk.drop_held_adds(connection.pk) == 4
+    assert list(PendingChange.objects.filter(connection=connection).values_list("value", flat=True)) == ["h0@x.com"]
+
+
 def test_a_held_member_s_removal_is_sent(connection):
     factories.parisian("gone@x.com")
     bulk.upload_connection(connection_id=connection.pk)

@@ -1,6 +1,6 @@
 """A Meta connection's life cycle on the real database, against the local Meta server over HTTP: connecting creates
-the Custom Audience, an upload sends the coalesced outbox as one session, ending the connection deletes the audience
-(or removes its members when the output keeps audiences)."""
+the Custom Audience, an upload sends the coalesced outbox in sessions each closed by its last request, ending the
+connection deletes the audience (or removes its members when the output keeps audiences)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from django.core.exceptions import ValidationError
 
+from audiences import profiles
 from connections.models import Connection
 from forwarding import bulk, lifecycle
 from forwarding.models import DeliveryAttempt
@@ -79,10 +80,31 @@ def test_an_upload_sends_the_outbox_as_one_session_of_hashed_rows(server, audien
     assert server.members(audience_id, EMAIL_SHA256) == {sha256("one@example.com"), sha256("two@example.com")}
     assert server.members(audience_id, MOBILE_ADVERTISER_ID) == {GAID}
     sessions = [u["session"] for u in server.uploads]
-    assert len({s["session_id"] for s in sessions}) == 1  # one upload, one session for its adds
+    assert len({s["session_id"] for s in sessions}) == 1  # one batch, one session for its adds
     assert sorted(s["batch_seq"] for s in sessions) == [1, 2]  # one request per schema
     assert [s["last_batch_flag"] for s in sorted(sessions, key=lambda s: s["batch_seq"])] == [False, True]
     assert {s["estimated_num_total"] for s in sessions} == {3}
+
+
+def test_every_session_of_an_upload_is_closed_when_its_last_rows_are_skipped(server, audience, monkeypatch):
+    """Several batches, the last ones sending nothing (numbers Meta cannot match, removals of identities it never
+    held): each session the upload opened still ends with a request flagged last, sized by what it carried."""
+    monkeypatch.setattr("outputs.partners.meta.Meta.batch_limit", 2)
+    connection = connect(audience, meta_output())
+    for number in ("0612345678", "0698765432"):  # national numbers, no default country code: not sent
+        profiles.profile_upsert(
+            identities=[{"type": "mobile_number", "value": number}],
+            attributes={"status": "Premium", "favourite_city": "Paris"},
+        )
+    factories.parisian("brief@example.com")
+    profiles.profile_upsert(identities=[{"type": "email", "value": "brief@example.com"}], attributes={"status": "Free"})
+
+    report = bulk.upload_connection(connection_id=connection.pk)
+
+    assert report.batches >= 3 and report.delivered == 3 and report.rejected == 2 and report.skipped == 1
+    assert server.sessions() and server.open_sessions() == []
+    for session in server.sessions():
+        assert session["received"] == session["estimated_num_total"]
 
 
 def test_ending_the_connection_deletes_the_audience_it_created(server, audience):

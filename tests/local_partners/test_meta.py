@@ -22,6 +22,7 @@ TOKEN = "meta-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HASH = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"
+PAYLOAD = {"schema": "EMAIL_SHA256", "data": [HASH]}
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +90,27 @@ def test_users_added_and_removed_with_sessions_and_invalid_rows_sampled(server):
     form = {"payload": json.dumps({"schema": "EMAIL_SHA256", "data": [HASH]}), "access_token": TOKEN}
     answer = requests.delete(f"{server.base_url}/{audience_id}/users", data=form, timeout=5)
     assert answer.status_code == 200 and server.members(audience_id) == set()
+
+
+def test_a_session_s_batches_are_numbered_from_1_in_order_and_an_unclosed_one_is_listed_open(server):
+    audience_id = create(server).json()["id"]
+
+    def send(session_id, seq, last=False):
+        session = {"session_id": session_id, "batch_seq": seq, "last_batch_flag": last, "estimated_num_total": 2}
+        return call(server, "POST", f"/{audience_id}/users", {"session": session, "payload": PAYLOAD})
+
+    assert "out of order, 1 expected" in error(send(5, 2))["message"]  # a session starts at 1
+    assert send(5, 1).status_code == 200
+    assert "out of order, 2 expected" in error(send(5, 1))["message"]  # not the same number twice
+    assert "out of order, 2 expected" in error(send(5, 3))["message"]  # nor one skipped
+    assert send(6, 1).status_code == 200
+    assert send(6, 2, last=True).status_code == 200
+    # A refused request numbers nothing, and the session it named stays open until a last batch comes.
+    assert [(s["session_id"], s["batches"], s["received"]) for s in server.open_sessions()] == [(5, 1, 1)]
+    closed = next(s for s in server.sessions() if s["session_id"] == 6)
+    assert (closed["batches"], closed["received"], closed["estimated_num_total"], closed["closed"]) == (2, 2, 2, True)
+    assert send(5, 2, last=True).status_code == 200
+    assert server.open_sessions() == []
 
 
 def test_more_than_10000_rows_fail_the_whole_request(server):

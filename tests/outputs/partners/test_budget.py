@@ -8,28 +8,20 @@ import threading
 import time
 
 import pytest
-import redis
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from local_partners.braze import LocalBrazeServer
-from outputs.partners import budget
 from outputs.partners.braze import Braze
 from outputs.partners.budget import RequestBudget, RequestRate, configured_rates
 from outputs.partners.http import TransientError
-from tests.conftest import service_missing
+from tests.fixtures.api import errors
 
 KEY = "braze-budget-key"
 
 
 @pytest.fixture(autouse=True)
-def _redis(settings, monkeypatch) -> None:
-    try:
-        redis.Redis.from_url(settings.RATE_LIMIT_REDIS_URL, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        service_missing(f"the request budget needs Redis at RATE_LIMIT_REDIS_URL ({settings.RATE_LIMIT_REDIS_URL})")
-    # A failure of another test is not this one's.
-    monkeypatch.setattr(budget, "_paused_until", 0.0)
-    monkeypatch.setattr(budget, "_warned_at", float("-inf"))
+def _redis(budget_redis) -> None:
+    """Every test here needs the budgets' Redis (tests/conftest.py)."""
 
 
 class Counting(LocalBrazeServer):
@@ -141,3 +133,39 @@ def test_partner_request_rates_override_the_declared_rate_and_name_the_setting(s
     settings.PARTNER_REQUEST_RATES = {"braze": "fast"}
     with pytest.raises(ImproperlyConfigured, match="PARTNER_REQUEST_RATES"):
         configured_rates()
+
+
+def test_an_output_states_its_own_rate_over_the_deployment_s_and_the_partner_s(settings):
+    settings.PARTNER_REQUEST_RATES = {"braze": "2500/3"}
+    configuration = Braze.clean_configuration({"api_key": KEY, "instance": "US-01", "request_rate": " 250000/3600 "})
+    assert configuration["request_rate"] == "250000/3600"
+    assert Braze(configuration).request_budget().rate == RequestRate(250_000, 3600)
+    # Left empty: the deployment's override, else the partner's declared default.
+    configuration = Braze.clean_configuration({"api_key": KEY, "instance": "US-01", "request_rate": ""})
+    assert Braze(configuration).request_budget().rate == RequestRate(2500, 3)
+    settings.PARTNER_REQUEST_RATES = {}
+    assert Braze(configuration).request_budget().rate == RequestRate(3000, 3)
+    assert Braze.request_rate_setting in {s.name for s in Braze.configuration_settings}
+
+
+@pytest.mark.parametrize("rate", ["fast", "0/3", "3000/0", "3000/-1", "3000/nan", "3000/inf", "3000", "1.5/3"])
+def test_a_bad_rate_is_refused_naming_the_field(rate):
+    with pytest.raises(ValidationError) as error:
+        Braze.clean_configuration({"api_key": KEY, "instance": "US-01", "request_rate": rate})
+    assert list(error.value.message_dict) == ["request_rate"]
+    assert "is not a request rate" in error.value.message_dict["request_rate"][0]
+
+
+@pytest.mark.django_db
+def test_the_api_refuses_a_bad_rate_with_a_400_naming_the_field(api):
+    body = {"name": "Braze", "partner": "braze", "settings": {"api_key": KEY, "instance": "US-01", "request_rate": "x"}}
+    response = api.post("/api/v1/outputs/", body, format="json")
+    assert response.status_code == 400 and list(errors(response)) == ["request_rate"]
+
+
+def test_a_partner_naming_a_rate_setting_it_does_not_declare_is_refused_at_import():
+    with pytest.raises(TypeError, match="'rate' checked by check_request_rate"):
+
+        class Careless(Braze):
+            key = "careless"
+            request_rate_setting = "rate"

@@ -297,7 +297,7 @@ def test_mailchimp_declares_a_realtime_list_that_can_be_read_back_and_counted():
 
 
 @responses.activate
-def test_list_members_pages_through_the_list_and_reads_statuses_as_adds_and_removes():
+def test_list_members_pages_through_the_list_and_reads_each_entry_as_an_add_or_a_remove():
     page = {"count": "2", "fields": "members.email_address,members.status,total_items"}
     responses.get(
         f"{LIST_URL}/members",
@@ -332,8 +332,19 @@ def test_list_members_pages_through_the_list_and_reads_statuses_as_adds_and_remo
         MemberChange("email", "ann@x.com", Action.ADD),
         MemberChange("email", "bob@x.com", Action.ADD),
         MemberChange("email", "cy@x.com", Action.REMOVE),
+        MemberChange("email", "dee@x.com", Action.REMOVE),  # cleaned (bounced): not held, still one entry read
     ]
     assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_listed_members_total_is_the_listing_s_own_total_items():
+    responses.get(
+        f"{LIST_URL}/members",
+        match=[matchers.query_param_matcher({"count": "1", "fields": "total_items"})],
+        json={"total_items": 1234},
+    )
+    assert partner().listed_members_total({"list_id": "abc123"}, AUDIENCE) == 1234
 
 
 @responses.activate

@@ -125,34 +125,56 @@ def test_adds_and_removes_go_as_hashed_rows_of_one_schema_per_request(server):
     assert meta.audience_count({"audience_id": audience_id}, AUDIENCE) == 3
 
 
-def test_an_upload_splits_into_requests_of_10000_rows_in_one_session(server):
+def sessions_sent(server):
+    return [u["session"] for u in server.uploads]
+
+
+def test_a_call_splits_into_requests_of_10000_rows_in_one_session_closed_by_its_last(server):
     audience_id = server.create_audience("Parisians")
-    meta = partner()
-    meta.begin_upload({Action.ADD: 25_000})
     emails = [f"user{i}@example.com" for i in range(25_000)]
-    results = meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds(*emails[:12_000]))
-    results += meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds(*emails[12_000:]))
+    results = partner().apply_batch({"audience_id": audience_id}, AUDIENCE, adds(*emails))
     assert len(results) == 25_000 and all(r.outcome is Outcome.DELIVERED for r in results)
-    assert [u["rows"] for u in server.uploads] == [10_000, 2_000, 10_000, 3_000]
-    sessions = [u["session"] for u in server.uploads]
+    assert [u["rows"] for u in server.uploads] == [10_000, 10_000, 5_000]
+    sessions = sessions_sent(server)
     assert len({s["session_id"] for s in sessions}) == 1
-    assert [s["batch_seq"] for s in sessions] == [1, 2, 3, 4]
-    assert [s["last_batch_flag"] for s in sessions] == [False, False, False, True]
+    assert [s["batch_seq"] for s in sessions] == [1, 2, 3]
+    assert [s["last_batch_flag"] for s in sessions] == [False, False, True]
     assert {s["estimated_num_total"] for s in sessions} == {25_000}
-    assert len(server.members(audience_id)) == 25_000
+    assert len(server.members(audience_id)) == 25_000 and server.open_sessions() == []
 
 
-def test_rows_beyond_the_estimate_start_a_new_session_and_each_action_has_its_own(server):
+def test_rows_meta_cannot_match_are_left_out_of_the_session_which_still_closes(server):
+    """The call's last rows normalise to nothing: the session is sized and closed by what is sent."""
     audience_id = server.create_audience("Parisians")
     meta = partner()
-    meta.begin_upload({Action.ADD: 1, Action.REMOVE: 1})
-    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds("a@example.com", "b@example.com"))
-    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds("c@example.com"))  # the last was flagged
-    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds("a@example.com", action=Action.REMOVE))
-    first, second, removal = (u["session"] for u in server.uploads)
-    assert first["last_batch_flag"] and first["estimated_num_total"] == 2
-    assert second["session_id"] != first["session_id"] and second["batch_seq"] == 1
-    assert removal["session_id"] not in (first["session_id"], second["session_id"]) and removal["last_batch_flag"]
+    changes = [
+        *adds("a@example.com", "b@example.com"),
+        *adds("+16505551234", identity_type="mobile_number"),
+        *adds("0612345678", "not a number", identity_type="mobile_number"),  # no country code, no digits
+        *adds("no address at all"),
+    ]
+    results = meta.apply_batch({"audience_id": audience_id}, AUDIENCE, changes)
+    assert sum(r.outcome is Outcome.REJECTED for r in results) == 3
+    sessions = sessions_sent(server)
+    assert len({s["session_id"] for s in sessions}) == 1  # the emails and the phone: one session, two requests
+    assert [(s["batch_seq"], s["last_batch_flag"]) for s in sessions] == [(1, False), (2, True)]
+    assert {s["estimated_num_total"] for s in sessions} == {3} == {sum(u["rows"] for u in server.uploads)}
+    assert server.open_sessions() == []
+
+
+def test_each_action_of_a_call_is_its_own_session_and_a_call_with_nothing_to_send_opens_none(server):
+    audience_id = server.create_audience("Parisians")
+    meta = partner()
+    changes = [*adds("a@example.com"), *adds("b@example.com", action=Action.REMOVE), *adds("c@example.com")]
+    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, changes)
+    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds("d@example.com"))
+    meta.apply_batch({"audience_id": audience_id}, AUDIENCE, adds("not an address"))  # nothing to send
+    first, removal, second = ((u["method"], u["rows"], u["session"]) for u in server.uploads)
+    assert first[:2] == ("POST", 2) and removal[:2] == ("DELETE", 1) and second[:2] == ("POST", 1)
+    assert len({first[2]["session_id"], removal[2]["session_id"], second[2]["session_id"]}) == 3
+    assert all(s["batch_seq"] == 1 and s["last_batch_flag"] for _, _, s in (first, removal, second))
+    assert (first[2]["estimated_num_total"], removal[2]["estimated_num_total"]) == (2, 1)
+    assert len(server.sessions()) == 3 and server.open_sessions() == []
 
 
 def test_values_meta_cannot_match_are_rejected_alone(server):
