@@ -317,7 +317,7 @@ SWITCH_HOLD_SECONDS = 120
 SWITCH_WAIT_SECONDS = 60.0
 RETIRE_SQL = """
 INSERT INTO {retired} (job_id, identity_type, value)
-SELECT %s, identity_type, value FROM {member} WHERE connection_id = %s AND state = ANY(%s)
+SELECT %s, identity_type, value FROM {member} WHERE connection_id = %s AND state IN ({states})
 """
 
 
@@ -483,8 +483,12 @@ def _switch_target(
             )
             with db.cursor() as cursor:
                 cursor.execute(
-                    RETIRE_SQL.format(retired=RetiredMember._meta.db_table, member=ConnectionMember._meta.db_table),
-                    [job.pk, row.pk, list(MAY_BE_HELD)],
+                    RETIRE_SQL.format(
+                        retired=RetiredMember._meta.db_table,
+                        member=ConnectionMember._meta.db_table,
+                        states=", ".join(["%s"] * len(MAY_BE_HELD)),
+                    ),
+                    [job.pk, row.pk, *MAY_BE_HELD],
                 )
                 job.total = cursor.rowcount
             job.save(update_fields=["total"])

@@ -14,7 +14,8 @@ lost between.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -49,7 +50,7 @@ REJECTED = ConnectionMember.State.REJECTED
 SHOULD_HOLD = """
 SELECT i.type AS identity_type, i.value, i.profile_id
 FROM {membership} m JOIN {identity} i ON i.profile_id = m.profile_id
-WHERE m.audience_id = %(audience)s AND i.type = ANY(%(types)s)
+WHERE m.audience_id = %(audience)s AND i.type IN (%(types)s)
 """
 # Upsert into the outbox; a pending change already saying the same is left alone (a batch in flight that
 # sent it still deletes it: its version is unchanged).
@@ -80,9 +81,7 @@ WHERE NOT EXISTS (SELECT 1 FROM ({should}) s WHERE s.identity_type = h.identity_
 {upsert_tail}
 """
 # What our records say the partner holds, in `states`.
-RECORDED = (
-    "SELECT identity_type, value FROM {member} WHERE connection_id = %(connection)s AND state = ANY(%({states})s)"
-)
+RECORDED = "SELECT identity_type, value FROM {member} WHERE connection_id = %(connection)s AND state IN (%({states})s)"
 
 
 def _tables(**extra: str) -> dict[str, str]:
@@ -105,6 +104,29 @@ def _params(connection: Connection, **extra: object) -> dict[str, object]:
         "may_be_held": list(MAY_BE_HELD),
         **extra,
     }
+
+
+# A list parameter inside IN (...): `IN (%(types)s)`.
+LIST_IN = re.compile(r"IN \(%\((\w+)\)s\)")
+
+
+def _with_lists(sql: str, params: Mapping[str, object]) -> tuple[str, dict[str, object]]:
+    """The statement and its parameters with each list parameter written out, one placeholder a value:
+    `IN (%(types)s)` becomes `IN (%(types_0)s, %(types_1)s)`. Portable where `= ANY(%(types)s)` is PostgreSQL
+    only (SQLite: `make run`), and the same plan there (PostgreSQL reads a list of constants as = ANY). An
+    empty list is `IN (NULL)`: true for no row."""
+    out = {name: value for name, value in params.items() if not isinstance(value, list | tuple)}
+
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        values = params[name]
+        if not isinstance(values, list | tuple):
+            raise TypeError(f"{name} is inside IN (...) but is no list: {values!r}")
+        names = [f"{name}_{i}" for i in range(len(values))]
+        out.update(zip(names, values, strict=True))
+        return "IN ({})".format(", ".join(f"%({n})s" for n in names) or "NULL")
+
+    return LIST_IN.sub(expand, sql), out
 
 
 def _locked_connection(connection: Connection) -> Connection:
@@ -137,10 +159,10 @@ def connection_resync(*, connection: Connection, include_rejected: bool = False)
         tables = _tables()
         with db.cursor() as cursor:
             adds_sql = PLAN_ADDS.format(**{**tables, "held": RECORDED.format(member=tables["member"], states="held")})
-            cursor.execute(adds_sql, _params(row, held=held))
+            cursor.execute(*_with_lists(adds_sql, _params(row, held=held)))
             adds = cursor.rowcount
             removes_held = RECORDED.format(member=tables["member"], states="may_be_held")
-            cursor.execute(PLAN_REMOVES.format(**{**tables, "held": removes_held}), _params(row))
+            cursor.execute(*_with_lists(PLAN_REMOVES.format(**{**tables, "held": removes_held}), _params(row)))
             removes = cursor.rowcount
         if adds or removes:
             planner.ring_connections_after_commit([row])
@@ -184,7 +206,7 @@ CREATE TEMPORARY TABLE {seen} (identity_type varchar(40) NOT NULL, value varchar
 SEEN_INSERT = "INSERT INTO {seen} (identity_type, value, held) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 # What the partner holds, as read: a member absent or unsubscribed there is added again (unless it refused it for
 # good: it would refuse it again), a non-member subscribed there is removed if it is ours.
-SEEN_HELD = "SELECT p.identity_type, p.value FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s)"
+SEEN_HELD = "SELECT p.identity_type, p.value FROM {seen} p WHERE p.held AND p.identity_type IN (%(types)s)"
 NOT_TO_ADD = SEEN_HELD + " UNION ALL " + RECORDED.replace("{states}", "rejected")
 # An identity seen at the partner (p) this connection is responsible for there: one our records say it holds or
 # held (an add it refused made it hold nothing of ours), or one the current target held for it before an edit
@@ -193,14 +215,14 @@ NOT_TO_ADD = SEEN_HELD + " UNION ALL " + RECORDED.replace("{states}", "rejected"
 OURS = """(
     EXISTS (SELECT 1 FROM {member} cm WHERE cm.connection_id = %(connection)s AND cm.identity_type = p.identity_type
             AND cm.value = p.value AND cm.state <> 'rejected')
-    OR EXISTS (SELECT 1 FROM {retired} r WHERE r.job_id = ANY(%(retired_jobs)s)
+    OR EXISTS (SELECT 1 FROM {retired} r WHERE r.job_id IN (%(retired_jobs)s)
                AND r.identity_type = p.identity_type AND r.value = p.value)
 )"""
 SHOULD_HOLD_SEEN = "EXISTS (SELECT 1 FROM ({should}) s WHERE s.identity_type = p.identity_type AND s.value = p.value)"
 SEEN_HELD_OURS = SEEN_HELD + " AND " + OURS
 NOT_OURS = """
 SELECT count(*) FROM {seen} p
-WHERE p.held AND p.identity_type = ANY(%(types)s) AND NOT {ours} AND NOT {should_seen}
+WHERE p.held AND p.identity_type IN (%(types)s) AND NOT {ours} AND NOT {should_seen}
 """.replace("{ours}", OURS).replace("{should_seen}", SHOULD_HOLD_SEEN)
 # Our records, as the partner answered: held there → added; not held there → removed. Only rows not written
 # since the reading began: a delivery recorded meanwhile knows better than the page read before it. What the
@@ -209,15 +231,16 @@ WHERE p.held AND p.identity_type = ANY(%(types)s) AND NOT {ours} AND NOT {should
 RECONCILE_HELD = """
 INSERT INTO {member} (connection_id, identity_type, value, state, reason, updated_at)
 SELECT %(connection)s, p.identity_type, p.value, 'added', 'Found at the partner by a reconcile.', %(now)s
-FROM {seen} p WHERE p.held AND p.identity_type = ANY(%(types)s) AND ({should_seen} OR {ours})
+FROM {seen} p WHERE p.held AND p.identity_type IN (%(types)s) AND ({should_seen} OR {ours})
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
 SET state = 'added', reason = excluded.reason, fingerprint = '', updated_at = excluded.updated_at
 WHERE {member}.state <> 'added' AND {member}.updated_at < %(started)s
 """.replace("{ours}", OURS).replace("{should_seen}", SHOULD_HOLD_SEEN)
+# `AS cm`: SQLite takes an UPDATE's alias only after AS.
 RECONCILE_NOT_HELD = """
-UPDATE {member} cm SET state = 'removed', reason = 'Not held at the partner, found by a reconcile.',
+UPDATE {member} AS cm SET state = 'removed', reason = 'Not held at the partner, found by a reconcile.',
        fingerprint = '', updated_at = %(now)s
-WHERE cm.connection_id = %(connection)s AND cm.state = ANY(%(may_be_held)s) AND cm.updated_at < %(started)s
+WHERE cm.connection_id = %(connection)s AND cm.state IN (%(may_be_held)s) AND cm.updated_at < %(started)s
 AND NOT EXISTS (SELECT 1 FROM {seen} p WHERE p.identity_type = cm.identity_type AND p.value = cm.value AND p.held)
 """
 
@@ -260,7 +283,7 @@ def reconcile_run(*, job_id: int, task_id: str = "") -> dict[str, object]:
                     ("marked_held", RECONCILE_HELD),
                     ("marked_not_held", RECONCILE_NOT_HELD),
                 ):
-                    cursor.execute(sql.format(**tables), params)
+                    cursor.execute(*_with_lists(sql.format(**tables), params))
                     result[key] = cursor.fetchone()[0] if key == "not_ours" else cursor.rowcount
             if result["adds_planned"] or result["removes_planned"]:
                 planner.ring_connections_after_commit([row])
