@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection as db
 
 import forwarding.delivery
 from audiences import profiles
@@ -16,6 +17,7 @@ from forwarding.models import PendingChange
 from local_partners.mailchimp import LocalMailchimpServer
 from outputs.partners.mailchimp import Mailchimp
 from tests import factories
+from tests.conftest import service_missing
 
 pytestmark = pytest.mark.django_db
 LIST_ID = "list1"
@@ -29,6 +31,14 @@ def partner(settings, rings) -> Iterator[LocalMailchimpServer]:
     settings.PARTNER_API_BASE_URLS = {"mailchimp": server.base_url}
     yield server
     server.stop()
+
+
+@pytest.fixture
+def threads_share_the_database():
+    """A test whose partner call (in the drain's caller thread) reads or writes the database needs
+    PostgreSQL: SQLite's shared in-memory test database locks whole tables across threads."""
+    if db.vendor != "postgresql":
+        service_missing("a second thread's reads and writes during a drain need PostgreSQL")
 
 
 @pytest.fixture
@@ -60,7 +70,9 @@ def test_a_drain_of_several_batches_sends_each_change_once_in_the_order_planned(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_newer_word_written_while_its_batch_is_sent_goes_out_in_the_same_drain(partner, small_batches, monkeypatch):
+def test_a_newer_word_written_while_its_batch_is_sent_goes_out_in_the_same_drain(
+    partner, small_batches, monkeypatch, threads_share_the_database
+):
     """The member leaves while its add is on the wire: the version guard keeps the removal, which the keyset
     has passed; the next drain, from the start, sends it before deliver_connection returns. (Committed data:
     the call runs in the drain's caller thread, whose connection must see the profile to change it.)"""
@@ -85,3 +97,59 @@ def test_a_newer_word_written_while_its_batch_is_sent_goes_out_in_the_same_drain
     assert report.delivered == 4
     assert not PendingChange.objects.exists()
     assert ConnectionMember.objects.get(value="a@x.com").state == ConnectionMember.State.REMOVED
+
+
+def test_a_batch_claimed_ahead_and_never_sent_is_not_left_maybe_held(partner, small_batches):
+    """The second batch is claimed while the first is on the wire; the first answers 503, so the drain stops
+    before sending the second: its adds go back to "no record" (so a removal planned for one of them later
+    is skipped, as for any identity never sent, rather than sent for an add that never went out)."""
+    emails = [f"p{i}@x.com" for i in range(4)]  # batches of 2: [p0 p1] [p2 p3]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    partner.fail_next(503)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert report.batches == 1 and report.delivered == 0
+    states = dict(ConnectionMember.objects.values_list("value", "state"))
+    assert states == {"p0@x.com": "maybe_held", "p1@x.com": "maybe_held"}  # sent, no answer to trust
+    assert PendingChange.objects.count() == 4  # all still due
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_next_batch_is_claimed_while_the_partner_answers_the_current_one(
+    partner, small_batches, monkeypatch, threads_share_the_database
+):
+    """Pipelined delivery: during the first call, the second batch's adds are written ahead (claimed) by the
+    drain, while the calls themselves stay one at a time and in order."""
+    import time as clock
+
+    emails = [f"q{i}@x.com" for i in range(4)]  # batches of 2: [q0 q1] [q2 q3]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    apply_changes = forwarding.delivery.apply_changes
+    claimed_during_first_call: list[bool] = []
+    in_flight = []
+
+    def watching(partner_, connection_, changes):
+        in_flight.append(1)
+        assert len(in_flight) == 1, "two partner calls at once"
+        if not claimed_during_first_call:
+            deadline = clock.monotonic() + 5
+            while clock.monotonic() < deadline and not ConnectionMember.objects.filter(value="q2@x.com").exists():
+                clock.sleep(0.01)
+            claimed_during_first_call.append(ConnectionMember.objects.filter(value="q2@x.com").exists())
+        try:
+            return apply_changes(partner_, connection_, changes)
+        finally:
+            in_flight.pop()
+
+    monkeypatch.setattr(forwarding.delivery, "apply_changes", watching)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert claimed_during_first_call == [True]
+    assert report.delivered == 4
+    assert [email for batch in sent_batches(partner) for email, _ in batch] == emails

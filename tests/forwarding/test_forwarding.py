@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 import responses
 from django.core.exceptions import ValidationError
+from django.db import connection as db
 from django.utils import timezone
 
 from audiences import profiles
@@ -18,6 +19,7 @@ from forwarding.delivery import deliver_connection
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.selectors import connection_stats
 from tests import factories
+from tests.conftest import service_missing
 
 pytestmark = pytest.mark.django_db
 LIST_URL = "https://us6.api.mailchimp.com/3.0/lists/list1"
@@ -105,6 +107,8 @@ def test_last_word_wins_and_removing_an_undelivered_member_sends_nothing(setup):
 @pytest.mark.django_db(transaction=True)  # the answer plans in the call's thread: committed data
 @responses.activate
 def test_a_newer_word_arriving_during_delivery_is_kept(setup):
+    if db.vendor != "postgresql":  # SQLite's shared in-memory test database locks whole tables across threads
+        service_missing("the answer plans in the drain's caller thread: a second thread's writes need PostgreSQL")
     audience, output = setup
     connection = factories.connect(audience, output)
     profile = factories.parisian("race@x.com")
