@@ -174,3 +174,28 @@ def test_an_audience_referring_to_one_being_recomputed_is_deferred_with_it(auth,
         ]
     assert evaluate_deferred() == 1
     assert emails(parisians) == emails(fans) == {"ana@x.com"}
+
+
+def test_rows_waiting_for_a_held_audience_are_left_untouched_and_the_others_evaluated(rings):
+    """A ring during a recompute (every deferring request rings) evaluates what it can and does not take
+    the rows still waiting for the held audience only to write them again: that made each ring evaluate
+    and rewrite the whole backlog, occupying the workers that deliver real-time changes."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    premium = audience_services.audience_create(name="Premium", criteria=PREMIUM, status="active")
+    ana = written("ana@x.com", favourite_city="Paris", status="Free")
+    bea = written("bea@x.com", favourite_city="Paris", status="Premium")
+    now = timezone.now()
+    waiting = DeferredEvaluation.objects.create(
+        profile=ana, audience_ids=[parisians.pk], reason="events api", deferred_at=now
+    )
+    DeferredEvaluation.objects.create(profile=bea, audience_ids=[premium.pk], reason="events api", deferred_at=now)
+
+    with transaction.atomic():
+        recompute_audience(parisians.pk)  # holds Parisians' lock
+        assert in_another_transaction(evaluate_deferred) == [1]  # Bea's row: Premium is free
+        assert emails(premium) == {"bea@x.com"}
+        # Ana's row is the same row, not taken and written again.
+        assert list(DeferredEvaluation.objects.values_list("pk", flat=True)) == [waiting.pk]
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"ana@x.com", "bea@x.com"}
+    assert not DeferredEvaluation.objects.exists()
