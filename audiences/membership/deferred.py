@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from audiences.membership.evaluation import audiences_held, evaluate_profiles_without_waiting
 from audiences.membership.ledger import publish_members_updated
+from audiences.membership.locks import held_exclusively
 from audiences.models import AudienceMembership, DeferredEvaluation
 from config import queueing
 
@@ -52,7 +53,7 @@ def defer_evaluations(
         [_row(pk, audience_ids, identity_ids.get(pk, ()), reason, now) for pk in sorted(set(profile_ids))]
     )
     if ring:
-        ring_deferred_evaluations_after_commit()
+        ring_deferred_evaluations_after_commit(unless_held=audience_ids)
 
 
 def _row(
@@ -72,12 +73,18 @@ def ring_deferred_evaluations() -> None:
     queueing.send_safely(DEFERRED_TASK)
 
 
-def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False) -> None:
+def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False, unless_held: Sequence[int] = ()) -> None:
     """Ring once the current transaction commits: by a request that deferred, and by the holders of an
     audience's membership lock (`only_if_waiting`: only when deferred rows are committed by then; a request
-    committing later rings itself, and finds the lock free)."""
+    committing later rings itself, and finds the lock free).
+
+    `unless_held` (a request's deferred audiences): no ring while one of their locks is still held after the
+    request committed, as its holder rings once it commits and then sees the request's rows. During a long
+    recompute every request defers, and a ring each would only find the rows still waiting."""
 
     def ring() -> None:
+        if unless_held and held_exclusively(unless_held):
+            return
         if not only_if_waiting or DeferredEvaluation.objects.exists():
             ring_deferred_evaluations()
 

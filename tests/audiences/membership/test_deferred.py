@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
-from audiences.membership.deferred import DEFERRED_TASK, evaluate_deferred
+from audiences.membership.deferred import DEFERRED_TASK, defer_evaluations, evaluate_deferred
+from audiences.membership.locks import lock_audience_membership
 from audiences.membership.recompute import recompute_audience
 from audiences.models import AudienceMembership, DeferredEvaluation, Identity, MembershipChange, Profile
 from forwarding import sweeper
@@ -98,8 +99,8 @@ def test_an_event_is_evaluated_while_another_audiences_recompute_is_mid_write(au
         assert deferred == [("ana@x.com", [parisians.pk])]
     assert emails(parisians) == {"old@x.com"}  # the recompute's snapshot did not hold ana
 
-    # Rung by the request (on its commit) and by the recompute (on its own).
-    assert sum(name == DEFERRED_TASK for name, _, _ in rings) == 2
+    # Rung by the recompute as it commits; not by the request, which committed while the lock was held.
+    assert sum(name == DEFERRED_TASK for name, _, _ in rings) == 1
     assert evaluate_deferred() == 1
     assert emails(parisians) == {"old@x.com", "ana@x.com"}
     assert not DeferredEvaluation.objects.exists()
@@ -199,3 +200,34 @@ def test_rows_waiting_for_a_held_audience_are_left_untouched_and_the_others_eval
     assert evaluate_deferred() == 1
     assert emails(parisians) == {"ana@x.com", "bea@x.com"}
     assert not DeferredEvaluation.objects.exists()
+
+
+def test_a_deferring_request_rings_only_once_the_lock_is_free(rings):
+    """While the lock is held the holder rings as it commits (and then sees the request's rows), so a ring
+    of the request would only find them waiting: during a recompute every request would ring for nothing."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    ana = written("ana@x.com", favourite_city="Paris")
+    locked, release = threading.Event(), threading.Event()
+
+    def recompute_holding_the_lock() -> None:
+        try:
+            with transaction.atomic():
+                lock_audience_membership(parisians.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=recompute_holding_the_lock, daemon=True)
+    holder.start()
+    assert locked.wait(10)
+    with transaction.atomic():
+        defer_evaluations([ana.pk], audience_ids=[parisians.pk], reason="events api")
+    assert [name for name, _, _ in rings if name == DEFERRED_TASK] == []  # committed while held
+    release.set()
+    holder.join(10)
+    with transaction.atomic():
+        defer_evaluations([ana.pk], audience_ids=[parisians.pk], reason="events api")
+    assert [name for name, _, _ in rings if name == DEFERRED_TASK] == [DEFERRED_TASK]  # after the holder: rung
+    # The check kept no lock of its own: a recompute takes the audience's lock at once.
+    assert len(in_another_transaction(lambda: recompute_audience(parisians.pk), timeout=5)) == 1
