@@ -16,12 +16,13 @@ waits for a lock either: what is still held stays deferred for the next ring.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
+from django.db import DatabaseError, transaction
 from django.db import connection as db
-from django.db import transaction
 from django.utils import timezone
 
 from audiences.membership.evaluation import audiences_held, evaluate_profiles_without_waiting
@@ -29,6 +30,8 @@ from audiences.membership.ledger import publish_members_updated
 from audiences.membership.locks import held_exclusively
 from audiences.models import AudienceMembership, DeferredEvaluation
 from config import queueing
+
+logger = logging.getLogger(__name__)
 
 DEFERRED_TASK = "audiences.tasks.evaluate_deferred"
 CLAIM = 500  # profiles evaluated per transaction
@@ -73,6 +76,16 @@ def ring_deferred_evaluations() -> None:
     queueing.send_safely(DEFERRED_TASK)
 
 
+def _still_held(audience_ids: Sequence[int]) -> bool:
+    """held_exclusively, after the caller's commit: a database error there must not fail a request whose
+    data is stored, so it counts as free (the ring goes; the task finds out)."""
+    try:
+        return held_exclusively(audience_ids)
+    except DatabaseError:
+        logger.warning("could not check the deferred audiences' locks; ringing", exc_info=True)
+        return False
+
+
 def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False, unless_held: Sequence[int] = ()) -> None:
     """Ring once the current transaction commits: by a request that deferred, and by the holders of an
     audience's membership lock (`only_if_waiting`: only when deferred rows are committed by then; a request
@@ -83,7 +96,7 @@ def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False, unl
     recompute every request defers, and a ring each would only find the rows still waiting."""
 
     def ring() -> None:
-        if unless_held and held_exclusively(unless_held):
+        if unless_held and _still_held(unless_held):
             return
         if not only_if_waiting or DeferredEvaluation.objects.exists():
             ring_deferred_evaluations()
