@@ -104,15 +104,62 @@ def ring_deferred_evaluations_after_commit(*, only_if_waiting: bool = False, unl
     transaction.on_commit(ring)
 
 
+# One run of evaluate_deferred at a time (a session advisory lock, PostgreSQL): "DEFE", 1.
+RUNNER_LOCK = (0x44454645, 1)
+
+
 def evaluate_deferred(*, limit: int = CLAIM) -> int:
     """Evaluate deferred profiles, `limit` at a time, each batch in its own transaction, until none is left
-    that can be evaluated now. Returns how many rows were done. Rows taken by another run are skipped."""
+    that can be evaluated now. Returns how many rows were done.
+
+    One run at a time: a ring while another run works returns at once, and the running one looks again for
+    rows it can take after it lets go, so none committed meanwhile is left waiting. The backlog a long
+    recompute leaves behind (every request of its duration deferred) then takes one of the worker's slots,
+    not each of them, and real-time deliveries keep the others."""
     done = 0
     while True:
-        claimed, finished = _evaluate_batch(limit)
-        done += finished
-        if claimed < limit or not finished:
+        if not _runner_lock(take=True):
             return done
+        try:
+            while True:
+                claimed, finished = _evaluate_batch(limit)
+                done += finished
+                if claimed < limit or not finished:
+                    break
+        finally:
+            _runner_lock(take=False)
+        if not _claimable_rows_left():
+            return done
+
+
+def _runner_lock(*, take: bool) -> bool:
+    """Take the runner lock without waiting (True when taken), or give it back. Always True on SQLite."""
+    if db.vendor != "postgresql":
+        return True
+    with db.cursor() as cursor:
+        function = "pg_try_advisory_lock" if take else "pg_advisory_unlock"
+        cursor.execute(f"SELECT {function}(%s, %s)", list(RUNNER_LOCK))
+        return bool(cursor.fetchone()[0])
+
+
+def _not_waiting_for(held: Sequence[int]) -> tuple[str, list]:
+    """A WHERE clause (and its parameters) keeping the rows none of whose audiences is in `held`. Only
+    PostgreSQL has the locks; there `audience_ids` is a jsonb array of numbers."""
+    if not held:
+        return "", []
+    where = (
+        "WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(audience_ids) AS a(id) WHERE a.id::bigint = ANY(%s))"
+    )
+    return where, [list(held)]
+
+
+def _claimable_rows_left() -> bool:
+    table = DeferredEvaluation._meta.db_table
+    with transaction.atomic():
+        where, params = _not_waiting_for(sorted(audiences_held()))
+        with db.cursor() as cursor:
+            cursor.execute(f"SELECT 1 FROM {table} {where} LIMIT 1", params)
+            return cursor.fetchone() is not None
 
 
 def _evaluate_batch(limit: int) -> tuple[int, int]:
@@ -125,22 +172,15 @@ def _evaluate_batch(limit: int) -> tuple[int, int]:
     hundreds of milliseconds of the workers that deliver real-time changes.)"""
     table = DeferredEvaluation._meta.db_table
     with transaction.atomic():
-        held = sorted(audiences_held())
-        # Only PostgreSQL has the locks; there `audience_ids` is a jsonb array of numbers.
-        waiting_for_held = (
-            "WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(audience_ids) AS a(id) "
-            "WHERE a.id::bigint = ANY(%s))"
-            if held
-            else ""
-        )
+        where, params = _not_waiting_for(sorted(audiences_held()))
         with db.cursor() as cursor:
             cursor.execute(
                 f"""
                 DELETE FROM {table} WHERE id IN (
-                    SELECT id FROM {table} {waiting_for_held} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+                    SELECT id FROM {table} {where} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
                 ) RETURNING profile_id, audience_ids, identity_ids, reason
                 """,
-                [held, limit] if held else [limit],
+                [*params, limit],
             )
             rows = cursor.fetchall()
         if not rows:

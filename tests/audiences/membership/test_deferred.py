@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
+from audiences.membership import deferred
 from audiences.membership.deferred import DEFERRED_TASK, defer_evaluations, evaluate_deferred
 from audiences.membership.locks import lock_audience_membership
 from audiences.membership.recompute import recompute_audience
@@ -231,3 +232,33 @@ def test_a_deferring_request_rings_only_once_the_lock_is_free(rings):
     assert [name for name, _, _ in rings if name == DEFERRED_TASK] == [DEFERRED_TASK]  # after the holder: rung
     # The check kept no lock of its own: a recompute takes the audience's lock at once.
     assert len(in_another_transaction(lambda: recompute_audience(parisians.pk), timeout=5)) == 1
+
+
+def test_one_run_of_the_deferred_evaluations_at_a_time(rings):
+    """A second ring while a run works returns at once: the backlog a recompute leaves behind takes one of
+    the worker's slots, not both, and the real-time deliveries keep the other."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    ana = written("ana@x.com", favourite_city="Paris")
+    DeferredEvaluation.objects.create(
+        profile=ana, audience_ids=[parisians.pk], reason="events api", deferred_at=timezone.now()
+    )
+    running, release = threading.Event(), threading.Event()
+
+    def a_run_at_work() -> None:
+        try:
+            assert deferred._runner_lock(take=True)
+            running.set()
+            release.wait(10)
+            deferred._runner_lock(take=False)
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=a_run_at_work, daemon=True)
+    other.start()
+    assert running.wait(10)
+    assert evaluate_deferred() == 0
+    assert DeferredEvaluation.objects.count() == 1  # left to the run at work
+    release.set()
+    other.join(10)
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"ana@x.com"}
