@@ -276,7 +276,8 @@ def main() -> None:
         serve_mailchimp(int(args.serve_mailchimp[0]), args.serve_mailchimp[1])
         return
 
-    name = f"af_bench_{args.profiles}" if args.recompute else "af_bench_latency"
+    # The recompute loop runs in a process of its own, on the population the run set up.
+    name = f"af_bench_{args.profiles}" if args.recompute or args.recompute_loop else "af_bench_latency"
     mailchimp_port, web_port = free_port(), free_port()
     os.environ["PARTNER_API_BASE_URLS"] = json.dumps({"mailchimp": f"http://127.0.0.1:{mailchimp_port}/3.0"})
     queue = os.environ.setdefault("CELERY_QUEUE", f"bench-latency-{os.getpid()}")  # private queues

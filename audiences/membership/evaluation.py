@@ -232,6 +232,27 @@ def evaluate_profiles_without_waiting(
     return _evaluate(profile_ids, now=now, reason=reason, wait=False)
 
 
+def _lock_without_waiting(audiences: Sequence[CompiledAudience]) -> set[int]:
+    """Take the shared locks of these audiences (in dependency order) that are free, until the end of the
+    transaction; returns the ids left out: those held exclusively, and those whose criteria refer to one
+    left out (they would read a membership that is being rewritten, so they wait for the same later
+    evaluation)."""
+    busy = try_lock_audiences_for_evaluation(a.id for a in audiences)
+    left_out: set[int] = set()
+    if busy:
+        for audience in audiences:
+            if audience.id in busy or audience.references & left_out:
+                left_out.add(audience.id)
+    return left_out
+
+
+def audiences_held(*, now: datetime | None = None) -> set[int]:
+    """The active audiences an evaluation would leave out now (see evaluate_profiles_without_waiting);
+    the shared locks of the others are taken until the end of the current transaction, as an evaluation
+    takes them. Empty on SQLite."""
+    return _lock_without_waiting(active_audiences(now=now or timezone.now()))
+
+
 def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, wait: bool) -> Evaluation:
     if not profile_ids:
         return Evaluation({}, frozenset())
@@ -245,14 +266,8 @@ def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, 
     if wait:
         lock_audiences_for_evaluation(a.id for a in audiences)
     else:
-        busy = try_lock_audiences_for_evaluation(a.id for a in audiences)
-        if busy:
-            # In dependency order: an audience referring to one left out would read a membership that is
-            # being rewritten, so it waits for the same later evaluation.
-            for audience in audiences:
-                if audience.id in busy or audience.references & left_out:
-                    left_out.add(audience.id)
-            audiences = [a for a in audiences if a.id not in left_out]
+        left_out = _lock_without_waiting(audiences)
+        audiences = [a for a in audiences if a.id not in left_out]
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
     facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))

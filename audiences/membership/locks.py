@@ -65,3 +65,20 @@ def try_lock_audiences_for_evaluation(audience_ids: Iterable[int]) -> set[int]:
         )
         busy_keys = {row[0] for row in cursor.fetchall()}
     return {a for a in ids if _key(a) in busy_keys}
+
+
+def held_exclusively(audience_ids: Iterable[int]) -> bool:
+    """Whether a recompute or a connect holds one of these audiences' locks now. Takes no lock that
+    outlives the statement (each free one is taken shared and given back at once), in or out of a
+    transaction. False on SQLite."""
+    keys = sorted({_key(a) for a in audience_ids})
+    if connection.vendor != "postgresql" or not keys:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # CASE fixes the order: give back only a lock just taken.
+            "SELECT count(*) FROM unnest(%s::int[]) AS t(k) WHERE CASE "
+            "WHEN pg_try_advisory_lock_shared(%s, k) THEN NOT pg_advisory_unlock_shared(%s, k) ELSE true END",
+            [keys, LOCK_NAMESPACE, LOCK_NAMESPACE],
+        )
+        return cursor.fetchone()[0] > 0

@@ -15,7 +15,9 @@ from django.utils import timezone
 
 from audiences import services as audience_services
 from audiences.inputs import input_create
-from audiences.membership.deferred import DEFERRED_TASK, evaluate_deferred
+from audiences.membership import deferred
+from audiences.membership.deferred import DEFERRED_TASK, defer_evaluations, evaluate_deferred
+from audiences.membership.locks import lock_audience_membership
 from audiences.membership.recompute import recompute_audience
 from audiences.models import AudienceMembership, DeferredEvaluation, Identity, MembershipChange, Profile
 from forwarding import sweeper
@@ -98,8 +100,8 @@ def test_an_event_is_evaluated_while_another_audiences_recompute_is_mid_write(au
         assert deferred == [("ana@x.com", [parisians.pk])]
     assert emails(parisians) == {"old@x.com"}  # the recompute's snapshot did not hold ana
 
-    # Rung by the request (on its commit) and by the recompute (on its own).
-    assert sum(name == DEFERRED_TASK for name, _, _ in rings) == 2
+    # Rung by the recompute as it commits; not by the request, which committed while the lock was held.
+    assert sum(name == DEFERRED_TASK for name, _, _ in rings) == 1
     assert evaluate_deferred() == 1
     assert emails(parisians) == {"old@x.com", "ana@x.com"}
     assert not DeferredEvaluation.objects.exists()
@@ -174,3 +176,89 @@ def test_an_audience_referring_to_one_being_recomputed_is_deferred_with_it(auth,
         ]
     assert evaluate_deferred() == 1
     assert emails(parisians) == emails(fans) == {"ana@x.com"}
+
+
+def test_rows_waiting_for_a_held_audience_are_left_untouched_and_the_others_evaluated(rings):
+    """A ring during a recompute (every deferring request rings) evaluates what it can and does not take
+    the rows still waiting for the held audience only to write them again: that made each ring evaluate
+    and rewrite the whole backlog, occupying the workers that deliver real-time changes."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    premium = audience_services.audience_create(name="Premium", criteria=PREMIUM, status="active")
+    ana = written("ana@x.com", favourite_city="Paris", status="Free")
+    bea = written("bea@x.com", favourite_city="Paris", status="Premium")
+    now = timezone.now()
+    waiting = DeferredEvaluation.objects.create(
+        profile=ana, audience_ids=[parisians.pk], reason="events api", deferred_at=now
+    )
+    DeferredEvaluation.objects.create(profile=bea, audience_ids=[premium.pk], reason="events api", deferred_at=now)
+
+    with transaction.atomic():
+        recompute_audience(parisians.pk)  # holds Parisians' lock
+        assert in_another_transaction(evaluate_deferred) == [1]  # Bea's row: Premium is free
+        assert emails(premium) == {"bea@x.com"}
+        # Ana's row is the same row, not taken and written again.
+        assert list(DeferredEvaluation.objects.values_list("pk", flat=True)) == [waiting.pk]
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"ana@x.com", "bea@x.com"}
+    assert not DeferredEvaluation.objects.exists()
+
+
+def test_a_deferring_request_rings_only_once_the_lock_is_free(rings):
+    """While the lock is held the holder rings as it commits (and then sees the request's rows), so a ring
+    of the request would only find them waiting: during a recompute every request would ring for nothing."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    ana = written("ana@x.com", favourite_city="Paris")
+    locked, release = threading.Event(), threading.Event()
+
+    def recompute_holding_the_lock() -> None:
+        try:
+            with transaction.atomic():
+                lock_audience_membership(parisians.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=recompute_holding_the_lock, daemon=True)
+    holder.start()
+    assert locked.wait(10)
+    with transaction.atomic():
+        defer_evaluations([ana.pk], audience_ids=[parisians.pk], reason="events api")
+    assert [name for name, _, _ in rings if name == DEFERRED_TASK] == []  # committed while held
+    release.set()
+    holder.join(10)
+    with transaction.atomic():
+        defer_evaluations([ana.pk], audience_ids=[parisians.pk], reason="events api")
+    assert [name for name, _, _ in rings if name == DEFERRED_TASK] == [DEFERRED_TASK]  # after the holder: rung
+    # The check kept no lock of its own: a recompute takes the audience's lock at once.
+    assert len(in_another_transaction(lambda: recompute_audience(parisians.pk), timeout=5)) == 1
+
+
+def test_one_run_of_the_deferred_evaluations_at_a_time(rings):
+    """A second ring while a run works returns at once: the backlog a recompute leaves behind takes one of
+    the worker's slots, not both, and the real-time deliveries keep the other."""
+    parisians = audience_services.audience_create(name="Parisians", criteria=PARIS, status="active")
+    ana = written("ana@x.com", favourite_city="Paris")
+    DeferredEvaluation.objects.create(
+        profile=ana, audience_ids=[parisians.pk], reason="events api", deferred_at=timezone.now()
+    )
+    running, release = threading.Event(), threading.Event()
+
+    def a_run_at_work() -> None:
+        try:
+            assert deferred._runner_lock(take=True)
+            running.set()
+            release.wait(10)
+            deferred._runner_lock(take=False)
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=a_run_at_work, daemon=True)
+    other.start()
+    assert running.wait(10)
+    assert evaluate_deferred() == 0
+    assert DeferredEvaluation.objects.count() == 1  # left to the run at work
+    release.set()
+    other.join(10)
+    assert evaluate_deferred() == 1
+    assert emails(parisians) == {"ana@x.com"}
