@@ -173,7 +173,12 @@ def _aware(value: Any) -> datetime:
 
 
 def load_facts(
-    profile_ids: Sequence[int], *, now: datetime, events_since: datetime | None, lock: bool = False
+    profile_ids: Sequence[int],
+    *,
+    now: datetime,
+    events_since: datetime | None,
+    lock: bool = False,
+    created: Mapping[int, ProfileFacts] | None = None,
 ) -> dict[int, ProfileFacts]:
     """What the criteria see of these profiles (docs/criteria.md, "The data a tree sees"), in four set-wise
     queries (per 5,000 profiles): attributes, identities, events since `events_since` (none are read when
@@ -182,28 +187,41 @@ def load_facts(
     `lock` (PostgreSQL): lock the profile rows until the caller's transaction ends, in id order so that
     evaluations never deadlock each other. Two requests evaluating one profile at once would otherwise
     both see it outside an audience and both enter it. NO KEY UPDATE leaves inserts of rows referencing
-    the profile (its events) free. SQLite serialises writers anyway."""
-    ids = sorted(set(profile_ids))
+    the profile (its events) free. SQLite serialises writers anyway.
+
+    `created`: facts of profiles the caller created in this transaction (all their attributes, identities and
+    events; no memberships yet), which are not read again: no other transaction sees these rows, so there
+    is nothing to lock either. Their events are kept from `events_since` on, as the query would."""
+    created = created or {}
+    ids = sorted(set(profile_ids) - set(created))
     facts: dict[int, ProfileFacts] = {}
+    for pk in sorted(set(profile_ids) & set(created)):
+        given = created[pk]
+        events = [e for e in given.events if e.timestamp >= events_since] if events_since is not None else []
+        facts[pk] = ProfileFacts(
+            profile_id=pk, attributes=given.attributes, identities=list(given.identities), events=events
+        )
+    if not ids:
+        return facts
+    read: dict[int, ProfileFacts] = {}
     attributes_sql = ATTRIBUTES_SQL + (LOCK_SUFFIX if lock and db.vendor == "postgresql" else "")
     for chunk in _chunks(ids):
         for pk, attributes in _rows(attributes_sql, chunk):
-            facts[pk] = ProfileFacts(profile_id=pk, attributes=_json(attributes), identities=[], events=[])
-    if not facts:
+            read[pk] = ProfileFacts(profile_id=pk, attributes=_json(attributes), identities=[], events=[])
+    if not read:
         return facts
     since = db.ops.adapt_datetimefield_value(events_since) if events_since is not None else None
-    for chunk in _chunks(sorted(facts)):
+    for chunk in _chunks(sorted(read)):
         for pk, identity_type, value in _rows(IDENTITIES_SQL, chunk):
-            facts[pk].identities.append((identity_type, value))
+            read[pk].identities.append((identity_type, value))
         if events_since is not None:
             # No upper bound: a `between` recency may reach past `now`.
             for pk, name, attributes, at in _rows(EVENTS_SQL, chunk, since):
-                facts[pk].events.append(
-                    EventFact(name=name.lower(), attributes=_json(attributes), timestamp=_aware(at))
-                )
+                read[pk].events.append(EventFact(name=name.lower(), attributes=_json(attributes), timestamp=_aware(at)))
         for pk, audience_id in _rows(MEMBERSHIPS_SQL, chunk):
-            facts[pk].memberships.add(audience_id)
-    return facts
+            read[pk].memberships.add(audience_id)
+    facts.update(read)
+    return dict(sorted(facts.items())) if created else facts
 
 
 def evaluate_profiles(
@@ -223,13 +241,18 @@ class Evaluation:
 
 
 def evaluate_profiles_without_waiting(
-    profile_ids: Sequence[int], *, now: datetime | None = None, reason: str
+    profile_ids: Sequence[int],
+    *,
+    now: datetime | None = None,
+    reason: str,
+    created: Mapping[int, ProfileFacts] | None = None,
 ) -> Evaluation:
     """As evaluate_profiles, but never waits for a recompute (or a connect) holding an audience's lock:
     that audience, and those whose criteria refer to it, are left out and returned in `left_out`; the
     caller defers them (audiences/membership/deferred.py). A recompute of one audience then costs
-    the Events API nothing on the others."""
-    return _evaluate(profile_ids, now=now, reason=reason, wait=False)
+    the Events API nothing on the others. `created`: the facts of profiles the caller created in this
+    transaction, not read again (load_facts)."""
+    return _evaluate(profile_ids, now=now, reason=reason, wait=False, created=created)
 
 
 def _lock_without_waiting(audiences: Sequence[CompiledAudience]) -> set[int]:
@@ -253,7 +276,14 @@ def audiences_held(*, now: datetime | None = None) -> set[int]:
     return _lock_without_waiting(active_audiences(now=now or timezone.now()))
 
 
-def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, wait: bool) -> Evaluation:
+def _evaluate(
+    profile_ids: Sequence[int],
+    *,
+    now: datetime | None,
+    reason: str,
+    wait: bool,
+    created: Mapping[int, ProfileFacts] | None = None,
+) -> Evaluation:
     if not profile_ids:
         return Evaluation({}, frozenset())
     now = now or timezone.now()
@@ -269,7 +299,7 @@ def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, 
         left_out = _lock_without_waiting(audiences)
         audiences = [a for a in audiences if a.id not in left_out]
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
-    facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
+    facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True, created=created)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     profiles = list(facts.values())
     deltas: dict[int, tuple[list[int], list[int]]] = {}
@@ -297,5 +327,8 @@ def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, 
         if entered or left:
             deltas[audience.id] = (entered, left)
     # All audiences' changes written together: a few statements, not a few per audience.
-    apply_membership_deltas(deltas, now=now, reason=reason)
+    # The identities just read go along: the outbox planner need not read them again.
+    apply_membership_deltas(
+        deltas, now=now, reason=reason, identities={p.profile_id: p.identities for p in profiles} if deltas else None
+    )
     return Evaluation(dict(changes), frozenset(left_out))
