@@ -25,7 +25,11 @@ from django.utils import timezone
 from audiences import criteria as criteria_lang
 from audiences.criteria.facts import EventFact, ProfileFacts
 from audiences.membership.ledger import apply_membership_deltas
-from audiences.membership.locks import lock_audiences_for_evaluation, try_lock_audiences_for_evaluation
+from audiences.membership.locks import (
+    LOCK_NAMESPACE,
+    lock_audiences_for_evaluation,
+    try_lock_audiences_for_evaluation,
+)
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class CompiledAudience:
     # How far back its event conditions look (criteria.event_lookback); both None without events.
     event_window: timedelta | None
     event_start: datetime | None
+    # The criteria as the database handed them over (JSON text from a raw cursor): compared as they come,
+    # so that an unchanged audience's criteria are not decoded on every request.
+    stored: Any = None
 
     def events_since(self, now: datetime) -> datetime | None:
         return criteria_lang.lookback_start(self.event_window, self.event_start, now)
@@ -54,12 +61,14 @@ class CompiledAudience:
 _compiled: dict[tuple[int, int], CompiledAudience] = {}
 
 
-def _compile(audience_id: int, version: int, tree: Mapping[str, Any]) -> CompiledAudience:
+def _compile(audience_id: int, version: int, stored: Any) -> CompiledAudience:
+    """`stored`: the criteria tree, or its JSON text as a raw cursor reads it."""
     key = (audience_id, version)
     cached = _compiled.get(key)
     # The criteria are compared too: a write that forgot to bump the version must not serve stale criteria.
-    if cached is not None and cached.criteria == tree:
+    if cached is not None and cached.stored == stored:
         return cached
+    tree = _json(stored)
     if len(_compiled) >= MAX_COMPILED:
         _compiled.clear()
     window, start = criteria_lang.event_lookback(tree)
@@ -71,6 +80,7 @@ def _compile(audience_id: int, version: int, tree: Mapping[str, Any]) -> Compile
         references=frozenset(criteria_lang.referenced_audiences(tree)),
         event_window=window,
         event_start=start,
+        stored=stored,
     )
     _compiled[key] = compiled
     return compiled
@@ -81,19 +91,44 @@ ACTIVE_AUDIENCES_SQL = (
 )
 
 
+# The same, taking each one's shared membership lock where it is free (locks.py, without waiting): the
+# Events API's evaluation reads the audiences and locks them in one statement. Last column: held exclusively.
+ACTIVE_AUDIENCES_TRY_LOCK_SQL = (
+    "SELECT id, criteria_version, criteria, NOT pg_try_advisory_xact_lock_shared(%s, (id & 2147483647)::int) "  # noqa: S608
+    f"FROM {Audience._meta.db_table} WHERE status = %s ORDER BY id"
+)
+
+
 def active_audiences(*, now: datetime | None = None) -> list[CompiledAudience]:
     """The active audiences, compiled, referenced audiences before those that refer to them. One query.
     An audience whose criteria fail to compile is recorded as failed and left out (the others go on)."""
     with db.cursor() as cursor:
         cursor.execute(ACTIVE_AUDIENCES_SQL, [Audience.Status.ACTIVE.value])
         rows = cursor.fetchall()
+    return _compiled_in_order(rows, now=now)
+
+
+def _compiled_in_order(rows: Sequence[tuple], *, now: datetime | None) -> list[CompiledAudience]:
     compiled = []
-    for pk, version, tree in rows:
+    for pk, version, stored, *_ in rows:
         try:
-            compiled.append(_compile(pk, version, _json(tree)))
+            compiled.append(_compile(pk, version, stored))
         except Exception as exc:  # any failure of one audience stays with that audience
             record_evaluation_failure(pk, version, exc, now=now or timezone.now())
     return dependency_order(compiled)
+
+
+def _active_audiences_locked_without_waiting(*, now: datetime) -> tuple[list[CompiledAudience], set[int]]:
+    """active_audiences(), their shared locks taken where free (as try_lock_audiences_for_evaluation takes
+    them), in one statement on PostgreSQL; returns them and the ids left out (_left_out). The lock of an
+    audience whose criteria fail to compile is taken too: harmless, it is shared."""
+    if db.vendor != "postgresql":
+        return active_audiences(now=now), set()
+    with db.cursor() as cursor:
+        cursor.execute(ACTIVE_AUDIENCES_TRY_LOCK_SQL, [LOCK_NAMESPACE, Audience.Status.ACTIVE.value])
+        rows = cursor.fetchall()
+    audiences = _compiled_in_order(rows, now=now)
+    return audiences, _left_out(audiences, {row[0] for row in rows if row[3]})
 
 
 # Repeated failures are written at most this often (each write locks the audience's row until the
@@ -260,7 +295,11 @@ def _lock_without_waiting(audiences: Sequence[CompiledAudience]) -> set[int]:
     transaction; returns the ids left out: those held exclusively, and those whose criteria refer to one
     left out (they would read a membership that is being rewritten, so they wait for the same later
     evaluation)."""
-    busy = try_lock_audiences_for_evaluation(a.id for a in audiences)
+    return _left_out(audiences, try_lock_audiences_for_evaluation(a.id for a in audiences))
+
+
+def _left_out(audiences: Sequence[CompiledAudience], busy: set[int]) -> set[int]:
+    """Those held exclusively (`busy`), and those whose criteria refer to one left out (in dependency order)."""
     left_out: set[int] = set()
     if busy:
         for audience in audiences:
@@ -287,17 +326,17 @@ def _evaluate(
     if not profile_ids:
         return Evaluation({}, frozenset())
     now = now or timezone.now()
-    audiences = active_audiences(now=now)
-    if not audiences:
-        return Evaluation({}, frozenset())
-    # Before reading any membership: a recompute applying its difference meanwhile would otherwise
+    # Locks before reading any membership: a recompute applying its difference meanwhile would otherwise
     # undo what this evaluation writes (audiences/membership/locks.py).
     left_out: set[int] = set()
     if wait:
+        audiences = active_audiences(now=now)
         lock_audiences_for_evaluation(a.id for a in audiences)
     else:
-        left_out = _lock_without_waiting(audiences)
+        audiences, left_out = _active_audiences_locked_without_waiting(now=now)
         audiences = [a for a in audiences if a.id not in left_out]
+    if not audiences:
+        return Evaluation({}, frozenset(left_out))
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
     facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True, created=created)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))

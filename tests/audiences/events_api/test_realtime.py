@@ -101,7 +101,7 @@ def _reads_back(sql: str) -> bool:
 def test_new_users_are_evaluated_and_planned_on_what_their_request_wrote(post, rings):
     """A bulk request of new users: each enters the audiences its attributes, identities and events (those in
     an audience's window) qualify it for, and the outbox gets each new member's email. What the request has
-    just written is not read back, and the outbox is written in one statement."""
+    just written is not read back, the outbox is written in one statement, the audiences read and locked in one."""
     premium = active_audience("Premium", {"attribute": "status", "operator": "equals", "value": "Premium"})
     emailable = active_audience("Emailable", {"identity": "email", "operator": "exists"})
     parisians = active_audience("Parisians", PARISIANS)
@@ -152,3 +152,5 @@ def test_new_users_are_evaluated_and_planned_on_what_their_request_wrote(post, r
     assert not [sql for sql in statements if _reads_back(sql)]
     assert len([sql for sql in statements if "forwarding_pendingchange" in sql]) == 1
     assert not [sql for sql in statements if " times: " in sql]  # no executemany
+    # The active audiences are read and their shared locks taken in one statement.
+    assert not [sql for sql in statements if "advisory" in sql and "audiences_audience" not in sql]
