@@ -337,6 +337,8 @@ def profile_in_process(*, requests: int, per_request: int, cprofile: bool) -> No
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        if os.environ.get("BENCH_CALLERS"):
+            pstats.Stats(profiler).print_callers(os.environ["BENCH_CALLERS"])
 
 
 def main() -> None:
