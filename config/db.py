@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def _max_query_params() -> int:
 
 
 def insert_rows(
-    model: type[Model],
+    table: str,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
@@ -99,39 +98,27 @@ def insert_rows(
     returning: str = "",
     orm_datetimes: bool = True,
 ) -> list[tuple]:
-    """Insert rows (values in `columns` order) into the model's table in one statement [suffix] [RETURNING
-    returning], without model instances, for the hot path, where bulk_create spends more in Python than the
-    database spends on the rows. PostgreSQL: INSERT ... SELECT FROM unnest(one array per column), so the
-    statement has as many parameters as columns whatever the number of rows (psycopg re-parses a statement of
-    over 50 parameters every time); elsewhere INSERT ... VALUES (...), (...), chunked under the parameter
-    limit. Datetimes are adapted as the ORM does (on SQLite, naive UTC text; `orm_datetimes=False`: as the
-    driver does, with the offset, for tables whose raw readers expect that), `json_columns` encoded once.
-    Returns the RETURNING rows in the order of `rows` (as bulk_create relies on). `columns`, `suffix` and
-    `returning` are SQL text from the caller, never user input."""
+    """INSERT INTO table (columns) VALUES (...), (...) [suffix] [RETURNING returning]: many rows in one
+    statement (chunked under the bound-parameter limit: SQLite's is 999), and no model instances, for the hot
+    path, where bulk_create spends more in Python than the database spends on the rows. Datetimes are adapted
+    as the ORM does (on SQLite, naive UTC text; `orm_datetimes=False`: as the driver does, with the offset, for
+    tables whose raw readers expect that), `json_columns` encoded once. Returns the RETURNING rows in
+    the order of `rows` (what PostgreSQL and SQLite do for a plain INSERT ... VALUES, as bulk_create relies on).
+    `table`, `columns`, `suffix` and `returning` are SQL text from the caller, never user input."""
     if not rows:
         return []
     json_at = {columns.index(c) for c in json_columns}
-    table = connection.ops.quote_name(model._meta.db_table)
-    tail = (f" {suffix}" if suffix else "") + (f" RETURNING {returning}" if returning else "")
-    if connection.vendor == "postgresql":
-        types = {field.column: field.db_type(connection) for field in model._meta.concrete_fields}
-        arrays = ", ".join(f"%s::{types[column]}[]" for column in columns)
-        params = [
-            [json.dumps(v) for v in values] if i in json_at else list(values)
-            for i, values in enumerate(zip(*rows, strict=True))
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}){tail}", params)  # noqa: S608
-            return cursor.fetchall() if returning else []
-    placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    placeholder = "(" + ", ".join(f"%s{cast}" if i in json_at else "%s" for i in range(len(columns))) + ")"
     per_statement = max(1, _max_query_params() // len(columns))
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 (names from the caller)
+    head = f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(columns)}) VALUES "  # noqa: S608 (names from the caller)
+    tail = (f" {suffix}" if suffix else "") + (f" RETURNING {returning}" if returning else "")
     adapt = connection.ops.adapt_datetimefield_value if orm_datetimes else None
     returned: list[tuple] = []
     with connection.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            params = []
+            params: list[Any] = []
             for row in chunk:
                 for i, value in enumerate(row):
                     if i in json_at:

@@ -196,7 +196,7 @@ def plan_membership_changes(
     # One multi-row statement, in key order (two transactions upserting the same rows wait for each other
     # instead of deadlocking).
     insert_rows(
-        PendingChange,
+        PendingChange._meta.db_table,
         PENDING_COLUMNS,
         [upserts[key] for key in sorted(upserts)],
         suffix=UPSERT_CONFLICT.format(table=PendingChange._meta.db_table),

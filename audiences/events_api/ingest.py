@@ -243,7 +243,7 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
 
     new_targets = [t for t in merged if t.new]
     created_ids = insert_rows(
-        Profile,
+        Profile._meta.db_table,
         ("mpid", "attributes", "created_at", "updated_at"),
         [(t.mpid or new_mpid(), merged[t], now, now) for t in new_targets],
         json_columns=("attributes",),
@@ -263,7 +263,7 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
         (identity_type, value, r.target.profile_id) for _, r in resolutions for identity_type, value in r.new_identities
     )
     created_identities = insert_rows(
-        Identity,
+        Identity._meta.db_table,
         ("profile_id", "type", "value", "created_at"),
         [(p, t, v, now) for t, v, p in new_identities],
         returning="id, profile_id",

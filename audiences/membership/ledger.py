@@ -43,7 +43,7 @@ def apply_membership_deltas(
         return
     consumers = membership_consumers()
     insert_rows(
-        AudienceMembership,
+        AudienceMembership._meta.db_table,
         ("audience_id", "profile_id", "entered_at"),
         [(a, p, now) for a, d in deltas.items() for p in d.entered],
     )
@@ -54,7 +54,7 @@ def apply_membership_deltas(
     if leaving:
         AudienceMembership.objects.filter(leaving).delete()
     insert_rows(
-        MembershipChange,
+        MembershipChange._meta.db_table,
         ("audience_id", "profile_id", "kind", "reason", "at"),
         [
             (a, p, kind, reason, now)

@@ -1,5 +1,4 @@
-"""config.db.insert_rows: many rows in one statement (PostgreSQL: one array per column; elsewhere VALUES chunked
-under the bound-parameter limit), RETURNING in order, values stored as the ORM stores them."""
+"""config.db.insert_rows: many rows in a statement, chunked under the bound-parameter limit, RETURNING in order."""
 
 from __future__ import annotations
 
@@ -14,24 +13,21 @@ from config import db
 
 
 @pytest.mark.django_db
-def test_rows_are_inserted_set_wise_and_returned_in_order(monkeypatch):
-    monkeypatch.setattr(db, "_max_query_params", lambda: 9)  # SQLite: two rows of four columns per statement
+def test_rows_are_inserted_in_chunks_under_the_parameter_limit_and_returned_in_order(monkeypatch):
+    monkeypatch.setattr(db, "_max_query_params", lambda: 9)  # two rows of four columns per statement
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     rows = [(1000 + n, {"n": n, "name": f"é{n}"}, at, at) for n in range(5)]
 
     with CaptureQueriesContext(connection) as queries:
         returned = db.insert_rows(
-            Profile,
+            Profile._meta.db_table,
             ("mpid", "attributes", "created_at", "updated_at"),
             rows,
             json_columns=("attributes",),
             returning="id, mpid",
         )
 
-    if connection.vendor == "postgresql":
-        assert len(queries) == 1 and "unnest" in queries[0]["sql"]
-    else:
-        assert len(queries) == 3
+    assert len(queries) == 3
     assert [mpid for _, mpid in returned] == [1000, 1001, 1002, 1003, 1004]
     stored = {p.pk: p for p in Profile.objects.all()}
     for (pk, mpid), (_, attributes, _, _) in zip(returned, rows, strict=True):
@@ -43,5 +39,5 @@ def test_rows_are_inserted_set_wise_and_returned_in_order(monkeypatch):
 @pytest.mark.django_db
 def test_no_rows_no_statement():
     with CaptureQueriesContext(connection) as queries:
-        assert db.insert_rows(Profile, ("mpid",), [], returning="id") == []
+        assert db.insert_rows(Profile._meta.db_table, ("mpid",), [], returning="id") == []
     assert len(queries) == 0
