@@ -21,6 +21,13 @@ Prints p50/p95/p99/max, the achieved rate beside the rate asked for, sends that 
 recomputes that ran (and how long each took), and the machine's load (uptime) before and after.
 Uses the database af_bench_<profiles> made by bench/generate.py (or BENCH_DATABASE_URL); without
 --recompute an empty one is fine (--profiles 0: af_bench_latency, created anew).
+
+    .venv/bin/python bench/realtime_latency.py --profile 200
+
+--profile N: the web's own cost of these requests, in this process and without gunicorn: N requests of the
+same payload through Django's test client, one after another (no worker runs; the doorbells go to a private
+queue, deleted after). Prints SQL statements per request, this process's CPU per request, and the CPU of
+the PostgreSQL backend serving it (from /proc). --cprofile adds the functions that cost the most.
 """
 
 from __future__ import annotations
@@ -260,6 +267,80 @@ def setup_audiences(*, recompute: bool) -> tuple[int | None, tuple[str, str]]:
     return premium_id, (source.key, secret)
 
 
+def backend_cpu_seconds() -> float:
+    """CPU used so far by the PostgreSQL backend of Django's connection (same machine: /proc)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def profile_in_process(*, requests: int, per_request: int, cprofile: bool) -> None:
+    import base64
+    import cProfile
+    import pstats
+
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    _, (key, secret) = setup_audiences(recompute=False)
+    client = Client(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
+    run = uuid.uuid4().hex[:8]
+
+    def bodies(phase: str, count: int) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        return [
+            json.dumps([make_batch(f"rt-{run}{phase}-{i}-{k}@bench.example", now_ms) for k in range(per_request)])
+            for i in range(count)
+        ]
+
+    def post(body: str) -> None:
+        response = client.post("/v2/bulkevents", data=body, content_type="application/json", HTTP_HOST="localhost")
+        assert response.status_code == 202, response.content
+
+    for body in bodies("w", 20):  # warm: compiled criteria, connections, caches
+        post(body)
+    statements = 0
+    counted = bodies("q", 20)
+    for body in counted:
+        with CaptureQueriesContext(connection) as queries:
+            post(body)
+        statements += len(queries)
+    last = [q["sql"][:160] for q in queries.captured_queries]
+    timed = bodies("t", requests)
+    profiler = cProfile.Profile() if cprofile else None
+    backend_before, started = backend_cpu_seconds(), time.process_time()
+    if profiler:
+        profiler.enable()
+    for body in timed:
+        post(body)
+    if profiler:
+        profiler.disable()
+    cpu, backend = time.process_time() - started, backend_cpu_seconds() - backend_before
+    print(
+        json.dumps(
+            {
+                "requests": requests,
+                "batches_per_request": per_request,
+                "statements_per_request": round(statements / len(counted), 1),
+                "web_cpu_ms_per_request": round(cpu * 1000 / requests, 2),
+                "postgresql_cpu_ms_per_request": round(backend * 1000 / requests, 2),
+                "statements_of_the_last_request": last,
+            },
+            indent=2,
+        )
+    )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        if os.environ.get("BENCH_CALLERS"):
+            pstats.Stats(profiler).print_callers(os.environ["BENCH_CALLERS"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Events API -> partner latency under a fixed load")
     parser.add_argument("--rate", type=float, default=1000, help="batches per second asked for")
@@ -269,6 +350,8 @@ def main() -> None:
     parser.add_argument("--recompute", action="store_true", help="recompute another audience meanwhile")
     parser.add_argument("--profiles", type=int, default=1_000_000, help="the generated population (--recompute)")
     parser.add_argument("--drain-seconds", type=float, default=60, help="the longest wait for the last arrivals")
+    parser.add_argument("--profile", type=int, metavar="REQUESTS", help="the web's cost per request, in process")
+    parser.add_argument("--cprofile", action="store_true", help="with --profile: where the CPU goes")
     parser.add_argument("--serve-mailchimp", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--recompute-loop", type=int, metavar="AUDIENCE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,6 +364,21 @@ def main() -> None:
     mailchimp_port, web_port = free_port(), free_port()
     os.environ["PARTNER_API_BASE_URLS"] = json.dumps({"mailchimp": f"http://127.0.0.1:{mailchimp_port}/3.0"})
     queue = os.environ.setdefault("CELERY_QUEUE", f"bench-latency-{os.getpid()}")  # private queues
+    if args.profile:
+        os.environ["EVENTS_API_RATE_LIMIT"] = "0"
+        use_database(name, fresh=not os.environ.get("BENCH_DATABASE_URL"))
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        try:
+            profile_in_process(requests=args.profile, per_request=args.batches_per_request, cprofile=args.cprofile)
+        finally:
+            import redis
+
+            from config.queues import queue_names
+
+            redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).delete(*queue_names(queue))
+        return
     if args.recompute_loop:
         use_database(name, fresh=False)
         recompute_loop(args.recompute_loop)

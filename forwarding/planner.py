@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from audiences.membership.consumers import MembershipDelta
 from audiences.models import AudienceMembership, Identity
+from config.db import insert_rows
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from connections.status import PLANNING, delivers
@@ -38,6 +39,21 @@ VALUES (%s, %s, %s, %s, %s, 1, 0, %s, '', %s)
 ON CONFLICT (connection_id, identity_type, value) DO UPDATE
 SET action = excluded.action, profile_id = excluded.profile_id, version = {table}.version + 1
 """
+
+PENDING_COLUMNS = (
+    "connection_id",
+    "identity_type",
+    "value",
+    "action",
+    "profile_id",
+    "version",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "created_at",
+)
+UPSERT_CONFLICT = """ON CONFLICT (connection_id, identity_type, value) DO UPDATE
+SET action = excluded.action, profile_id = excluded.profile_id, version = {table}.version + 1"""
 
 BACKFILL_SQL = """
 INSERT INTO {pending} (connection_id, identity_type, value, action, profile_id, version, attempts,
@@ -72,9 +88,12 @@ class OutboxPlanner:
     change (new identities, new attributes) are added again, so the partner holds the fresh word."""
 
     def members_changed(self, deltas: Mapping[int, MembershipDelta]) -> None:
+        known = [d.identities for d in deltas.values()]
         plan_membership_changes(
             [(a, d.entered, ADD) for a, d in deltas.items() if d.entered]
-            + [(a, d.left, REMOVE) for a, d in deltas.items() if d.left]
+            + [(a, d.left, REMOVE) for a, d in deltas.items() if d.left],
+            # The ledger hands over one mapping for all the audiences, or none.
+            identities=known[0] if known and all(k is known[0] for k in known) else None,
         )
 
     def members_changed_in_tables(self, *, audience_id: int, entered_table: str | None, left_table: str | None) -> None:
@@ -134,11 +153,15 @@ def plan_for_profiles(
 
 
 def plan_membership_changes(
-    changes: Sequence[tuple[int, Sequence[int], str]], *, identity_ids: Sequence[int] | None = None
+    changes: Sequence[tuple[int, Sequence[int], str]],
+    *,
+    identity_ids: Sequence[int] | None = None,
+    identities: Mapping[int, Sequence[tuple[str, str]]] | None = None,
 ) -> int:
     """Queue (audience id, profile ids, action) changes for every connection of those audiences, in
-    three statements whatever their number: connections, identities, one batched upsert. With
-    identity_ids, only those identities of the profiles are queued (e.g. identities just added)."""
+    three statements whatever their number: connections, identities, one upsert. With identity_ids, only
+    those identities of the profiles are queued (e.g. identities just added). `identities`: every identity
+    of the profiles, already read in this transaction (then not read again)."""
     changes = [(a, list(p), action) for a, p, action in changes if p]
     if not changes:
         return 0
@@ -148,33 +171,40 @@ def plan_membership_changes(
     changes = [c for c in changes if c[0] in by_audience]
     if not changes:
         return 0
-    rows = Identity.objects.filter(profile_id__in={p for _, ps, _ in changes for p in ps})
-    if identity_ids is not None:
-        rows = rows.filter(pk__in=list(identity_ids))
-    identities: dict[int, list[tuple[str, str]]] = {}
-    for t, v, p in rows.values_list("type", "value", "profile_id"):
-        identities.setdefault(p, []).append((t, v))
+    if identities is None or identity_ids is not None:
+        rows = Identity.objects.filter(profile_id__in={p for _, ps, _ in changes for p in ps})
+        if identity_ids is not None:
+            rows = rows.filter(pk__in=list(identity_ids))
+        identities = {}
+        for t, v, p in rows.values_list("type", "value", "profile_id"):
+            identities.setdefault(p, []).append((t, v))
     now = timezone.now()
-    params = []
+    # (connection, type, value) -> row: one row per pending change (the last word, should one be given twice).
+    upserts: dict[tuple[int, str, str], tuple] = {}
     with_rows: list[tuple[Connection, int]] = []
     for audience_id, profile_ids, action in changes:
         for connection in by_audience[audience_id]:
             accepted = connection.output.partner_class.accepted_identity_types
-            before = len(params)
-            params.extend(
-                (connection.pk, t, v, action, p, now, now)
-                for p in profile_ids
-                for t, v in identities.get(p, ())
-                if t in accepted
-            )
-            if len(params) > before:
-                with_rows.append((connection, len(params) - before))
-    if params:
-        with db.cursor() as cursor:
-            cursor.executemany(UPSERT_SQL.format(table=PendingChange._meta.db_table), params)
+            rows_for_connection = 0
+            for p in profile_ids:
+                for t, v in identities.get(p, ()):
+                    if t in accepted:
+                        upserts[(connection.pk, t, v)] = (connection.pk, t, v, action, p, 1, 0, now, "", now)
+                        rows_for_connection += 1
+            if rows_for_connection:
+                with_rows.append((connection, rows_for_connection))
+    # One multi-row statement, in key order (two transactions upserting the same rows wait for each other
+    # instead of deadlocking).
+    insert_rows(
+        PendingChange._meta.db_table,
+        PENDING_COLUMNS,
+        [upserts[key] for key in sorted(upserts)],
+        suffix=UPSERT_CONFLICT.format(table=PendingChange._meta.db_table),
+        orm_datetimes=False,  # as UPSERT_SQL's rows: forwarding/batches.py reads them raw
+    )
     _ring_after_commit([c for a in {a for a, _, _ in changes} for c in by_audience[a]])
     bulk.note_planned(with_rows)
-    return len(params)
+    return len(upserts)
 
 
 def plan_backfill(*, connection: Connection) -> int:

@@ -27,6 +27,7 @@ from django.db import DataError, IntegrityError, connection
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from audiences.criteria.facts import EventFact, ProfileFacts
 from audiences.events_api.parsing import ParsedBatch
 from audiences.events_api.resolution import Resolution, Resolver, Target, lookup
 from audiences.membership.deferred import defer_evaluations
@@ -43,7 +44,7 @@ from audiences.models import (
     Profile,
     new_mpid,
 )
-from config.db import atomic_with_reconnect
+from config.db import atomic_with_reconnect, insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -241,11 +242,15 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
             attributes.pop(name, None)
 
     new_targets = [t for t in merged if t.new]
-    if new_targets:
-        profiles = [Profile(mpid=t.mpid or new_mpid(), attributes=merged[t]) for t in new_targets]
-        Profile.objects.bulk_create(profiles)
-        for target, profile in zip(new_targets, profiles, strict=True):
-            target.profile_id = profile.pk
+    created_ids = insert_rows(
+        Profile._meta.db_table,
+        ("mpid", "attributes", "created_at", "updated_at"),
+        [(t.mpid or new_mpid(), merged[t], now, now) for t in new_targets],
+        json_columns=("attributes",),
+        returning="id",
+    )
+    for target, (profile_id,) in zip(new_targets, created_ids, strict=True):
+        target.profile_id = profile_id
     changed = [
         Profile(pk=t.profile_id, attributes=merged[t], updated_at=now)
         for t in merged
@@ -257,8 +262,11 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
     new_identities = sorted(
         (identity_type, value, r.target.profile_id) for _, r in resolutions for identity_type, value in r.new_identities
     )
-    created_identities = Identity.objects.bulk_create(
-        [Identity(profile_id=p, type=t, value=v) for t, v, p in new_identities]
+    created_identities = insert_rows(
+        Identity._meta.db_table,
+        ("profile_id", "type", "value", "created_at"),
+        [(p, t, v, now) for t, v, p in new_identities],
+        returning="id, profile_id",
     )
     events = [
         (
@@ -299,12 +307,19 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
 
     result.profile_ids = sorted({t.profile_id for t in merged})
     # Without waiting for a recompute (or a connect) holding an audience's lock: the audiences left out
-    # are evaluated for these profiles once it commits (audiences/membership/deferred.py).
-    evaluation = evaluate_profiles_without_waiting(result.profile_ids, now=now, reason="events api")
+    # are evaluated for these profiles once it commits (audiences/membership/deferred.py). The profiles
+    # this request created are evaluated on what it wrote, not read back.
+    evaluation = evaluate_profiles_without_waiting(
+        result.profile_ids, now=now, reason="events api", created=_created_facts(new_targets, merged, resolutions)
+    )
     new_ids: dict[int, list[int]] = defaultdict(list)
-    for identity in created_identities:
-        new_ids[identity.profile_id].append(identity.pk)
-    _publish_new_identities_of_staying_members(new_ids, evaluation.changes, evaluation.left_out)
+    for identity_id, profile_id in created_identities:
+        new_ids[profile_id].append(identity_id)
+    # A profile created here is a member only of the audiences it just entered: nobody stays.
+    created_profiles = {t.profile_id for t in new_targets}
+    _publish_new_identities_of_staying_members(
+        {p: ids for p, ids in new_ids.items() if p not in created_profiles}, evaluation.changes, evaluation.left_out
+    )
     if evaluation.left_out:
         defer_evaluations(
             result.profile_ids,
@@ -314,6 +329,28 @@ def _ingest(input: Input, batches: Sequence[ParsedBatch], now: datetime) -> Inge
             now=now,
         )
     return result
+
+
+def _created_facts(
+    new_targets: Sequence[Target],
+    merged: Mapping[Target, dict[str, Any]],
+    resolutions: Sequence[tuple[ParsedBatch, Resolution]],
+) -> dict[int, ProfileFacts]:
+    """What the criteria see of the profiles this request created: exactly what it wrote for them."""
+    facts = {
+        t.profile_id: ProfileFacts(profile_id=t.profile_id, attributes=merged[t], identities=[], events=[])
+        for t in new_targets
+    }
+    for batch, resolution in resolutions:
+        profile = facts.get(resolution.target.profile_id)
+        if profile is None:
+            continue
+        profile.identities.extend(resolution.new_identities)
+        profile.events.extend(
+            EventFact(name=event.name.lower(), attributes=event.attributes, timestamp=event.timestamp)
+            for event in batch.events
+        )
+    return facts
 
 
 def _publish_new_identities_of_staying_members(

@@ -28,10 +28,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import reduce
-from operator import or_
 
-from django.db.models import Q
+from django.db import connection
 
 from audiences.events_api.parsing import ParsedBatch
 from audiences.identities import DEVICE_IDENTITY_TYPES, USER_IDENTITY_TYPES
@@ -84,16 +82,27 @@ def lookup(batches: Iterable[ParsedBatch]) -> Known:
             mpids.add(batch.mpid)
         for identity_type, value in batch.identities:
             values_by_type[identity_type].add(value)
-    by_mpid = dict(Profile.objects.filter(mpid__in=mpids).values_list("mpid", "pk")) if mpids else {}
+    by_mpid: dict[int, int] = {}
     by_identity: dict[tuple[str, str], int] = {}
-    if values_by_type:
-        # One `type = t AND value IN (...)` per type: each uses the (type, value) unique index.
-        match = reduce(or_, (Q(type=t, value__in=sorted(v)) for t, v in values_by_type.items()))
-        for identity_type, value, profile_id in Identity.objects.filter(match).values_list(
-            "type", "value", "profile_id"
-        ):
-            by_identity[(identity_type, value)] = profile_id
+    # Plain SQL, not the ORM: on every request, building the query cost more than running it.
+    with connection.cursor() as cursor:
+        if mpids:
+            cursor.execute(MPIDS_SQL.format(mpids=", ".join(["%s"] * len(mpids))), sorted(mpids))
+            by_mpid = dict(cursor.fetchall())
+        if values_by_type:
+            # One `type = t AND value IN (...)` per type: each uses the (type, value) unique index.
+            matches, params = [], []
+            for identity_type, values in values_by_type.items():
+                matches.append(f"(type = %s AND value IN ({', '.join(['%s'] * len(values))}))")
+                params += [identity_type, *sorted(values)]
+            cursor.execute(IDENTITIES_SQL.format(matches=" OR ".join(matches)), params)
+            for identity_type, value, profile_id in cursor.fetchall():
+                by_identity[(identity_type, value)] = profile_id
     return Known(by_mpid=by_mpid, by_identity=by_identity)
+
+
+MPIDS_SQL = f"SELECT mpid, id FROM {Profile._meta.db_table} WHERE mpid IN ({{mpids}})"  # noqa: S608 (table name)
+IDENTITIES_SQL = f"SELECT type, value, profile_id FROM {Identity._meta.db_table} WHERE {{matches}}"  # noqa: S608
 
 
 class Resolver:

@@ -12,7 +12,7 @@ reach nobody, and partners would silently drift from the audience.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
@@ -24,6 +24,9 @@ class MembershipDelta:
 
     entered: Sequence[int]
     left: Sequence[int]
+    # profile id -> every identity (type, value) of these profiles, when the writer read them in this
+    # transaction (real-time evaluation): a consumer need not read them again. None: not known.
+    identities: Mapping[int, Sequence[tuple[str, str]]] | None = field(default=None, compare=False)
 
 
 class MembershipConsumer(Protocol):

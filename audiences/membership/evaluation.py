@@ -25,7 +25,11 @@ from django.utils import timezone
 from audiences import criteria as criteria_lang
 from audiences.criteria.facts import EventFact, ProfileFacts
 from audiences.membership.ledger import apply_membership_deltas
-from audiences.membership.locks import lock_audiences_for_evaluation, try_lock_audiences_for_evaluation
+from audiences.membership.locks import (
+    LOCK_NAMESPACE,
+    lock_audiences_for_evaluation,
+    try_lock_audiences_for_evaluation,
+)
 from audiences.models import Audience, AudienceMembership, Event, Identity, Profile
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class CompiledAudience:
     # How far back its event conditions look (criteria.event_lookback); both None without events.
     event_window: timedelta | None
     event_start: datetime | None
+    # The criteria as the database handed them over (JSON text from a raw cursor): compared as they come,
+    # so that an unchanged audience's criteria are not decoded on every request.
+    stored: Any = None
 
     def events_since(self, now: datetime) -> datetime | None:
         return criteria_lang.lookback_start(self.event_window, self.event_start, now)
@@ -54,12 +61,14 @@ class CompiledAudience:
 _compiled: dict[tuple[int, int], CompiledAudience] = {}
 
 
-def _compile(audience_id: int, version: int, tree: Mapping[str, Any]) -> CompiledAudience:
+def _compile(audience_id: int, version: int, stored: Any) -> CompiledAudience:
+    """`stored`: the criteria tree, or its JSON text as a raw cursor reads it."""
     key = (audience_id, version)
     cached = _compiled.get(key)
     # The criteria are compared too: a write that forgot to bump the version must not serve stale criteria.
-    if cached is not None and cached.criteria == tree:
+    if cached is not None and cached.stored == stored:
         return cached
+    tree = _json(stored)
     if len(_compiled) >= MAX_COMPILED:
         _compiled.clear()
     window, start = criteria_lang.event_lookback(tree)
@@ -71,6 +80,7 @@ def _compile(audience_id: int, version: int, tree: Mapping[str, Any]) -> Compile
         references=frozenset(criteria_lang.referenced_audiences(tree)),
         event_window=window,
         event_start=start,
+        stored=stored,
     )
     _compiled[key] = compiled
     return compiled
@@ -81,19 +91,44 @@ ACTIVE_AUDIENCES_SQL = (
 )
 
 
+# The same, taking each one's shared membership lock where it is free (locks.py, without waiting): the
+# Events API's evaluation reads the audiences and locks them in one statement. Last column: held exclusively.
+ACTIVE_AUDIENCES_TRY_LOCK_SQL = (
+    "SELECT id, criteria_version, criteria, NOT pg_try_advisory_xact_lock_shared(%s, (id & 2147483647)::int) "  # noqa: S608
+    f"FROM {Audience._meta.db_table} WHERE status = %s ORDER BY id"
+)
+
+
 def active_audiences(*, now: datetime | None = None) -> list[CompiledAudience]:
     """The active audiences, compiled, referenced audiences before those that refer to them. One query.
     An audience whose criteria fail to compile is recorded as failed and left out (the others go on)."""
     with db.cursor() as cursor:
         cursor.execute(ACTIVE_AUDIENCES_SQL, [Audience.Status.ACTIVE.value])
         rows = cursor.fetchall()
+    return _compiled_in_order(rows, now=now)
+
+
+def _compiled_in_order(rows: Sequence[tuple], *, now: datetime | None) -> list[CompiledAudience]:
     compiled = []
-    for pk, version, tree in rows:
+    for pk, version, stored, *_ in rows:
         try:
-            compiled.append(_compile(pk, version, _json(tree)))
+            compiled.append(_compile(pk, version, stored))
         except Exception as exc:  # any failure of one audience stays with that audience
             record_evaluation_failure(pk, version, exc, now=now or timezone.now())
     return dependency_order(compiled)
+
+
+def _active_audiences_locked_without_waiting(*, now: datetime) -> tuple[list[CompiledAudience], set[int]]:
+    """active_audiences(), their shared locks taken where free (as try_lock_audiences_for_evaluation takes
+    them), in one statement on PostgreSQL; returns them and the ids left out (_left_out). The lock of an
+    audience whose criteria fail to compile is taken too: harmless, it is shared."""
+    if db.vendor != "postgresql":
+        return active_audiences(now=now), set()
+    with db.cursor() as cursor:
+        cursor.execute(ACTIVE_AUDIENCES_TRY_LOCK_SQL, [LOCK_NAMESPACE, Audience.Status.ACTIVE.value])
+        rows = cursor.fetchall()
+    audiences = _compiled_in_order(rows, now=now)
+    return audiences, _left_out(audiences, {row[0] for row in rows if row[3]})
 
 
 # Repeated failures are written at most this often (each write locks the audience's row until the
@@ -173,7 +208,12 @@ def _aware(value: Any) -> datetime:
 
 
 def load_facts(
-    profile_ids: Sequence[int], *, now: datetime, events_since: datetime | None, lock: bool = False
+    profile_ids: Sequence[int],
+    *,
+    now: datetime,
+    events_since: datetime | None,
+    lock: bool = False,
+    created: Mapping[int, ProfileFacts] | None = None,
 ) -> dict[int, ProfileFacts]:
     """What the criteria see of these profiles (docs/criteria.md, "The data a tree sees"), in four set-wise
     queries (per 5,000 profiles): attributes, identities, events since `events_since` (none are read when
@@ -182,28 +222,41 @@ def load_facts(
     `lock` (PostgreSQL): lock the profile rows until the caller's transaction ends, in id order so that
     evaluations never deadlock each other. Two requests evaluating one profile at once would otherwise
     both see it outside an audience and both enter it. NO KEY UPDATE leaves inserts of rows referencing
-    the profile (its events) free. SQLite serialises writers anyway."""
-    ids = sorted(set(profile_ids))
+    the profile (its events) free. SQLite serialises writers anyway.
+
+    `created`: facts of profiles the caller created in this transaction (all their attributes, identities and
+    events; no memberships yet), which are not read again: no other transaction sees these rows, so there
+    is nothing to lock either. Their events are kept from `events_since` on, as the query would."""
+    created = created or {}
+    ids = sorted(set(profile_ids) - set(created))
     facts: dict[int, ProfileFacts] = {}
+    for pk in sorted(set(profile_ids) & set(created)):
+        given = created[pk]
+        events = [e for e in given.events if e.timestamp >= events_since] if events_since is not None else []
+        facts[pk] = ProfileFacts(
+            profile_id=pk, attributes=given.attributes, identities=list(given.identities), events=events
+        )
+    if not ids:
+        return facts
+    read: dict[int, ProfileFacts] = {}
     attributes_sql = ATTRIBUTES_SQL + (LOCK_SUFFIX if lock and db.vendor == "postgresql" else "")
     for chunk in _chunks(ids):
         for pk, attributes in _rows(attributes_sql, chunk):
-            facts[pk] = ProfileFacts(profile_id=pk, attributes=_json(attributes), identities=[], events=[])
-    if not facts:
+            read[pk] = ProfileFacts(profile_id=pk, attributes=_json(attributes), identities=[], events=[])
+    if not read:
         return facts
     since = db.ops.adapt_datetimefield_value(events_since) if events_since is not None else None
-    for chunk in _chunks(sorted(facts)):
+    for chunk in _chunks(sorted(read)):
         for pk, identity_type, value in _rows(IDENTITIES_SQL, chunk):
-            facts[pk].identities.append((identity_type, value))
+            read[pk].identities.append((identity_type, value))
         if events_since is not None:
             # No upper bound: a `between` recency may reach past `now`.
             for pk, name, attributes, at in _rows(EVENTS_SQL, chunk, since):
-                facts[pk].events.append(
-                    EventFact(name=name.lower(), attributes=_json(attributes), timestamp=_aware(at))
-                )
+                read[pk].events.append(EventFact(name=name.lower(), attributes=_json(attributes), timestamp=_aware(at)))
         for pk, audience_id in _rows(MEMBERSHIPS_SQL, chunk):
-            facts[pk].memberships.add(audience_id)
-    return facts
+            read[pk].memberships.add(audience_id)
+    facts.update(read)
+    return dict(sorted(facts.items())) if created else facts
 
 
 def evaluate_profiles(
@@ -223,13 +276,18 @@ class Evaluation:
 
 
 def evaluate_profiles_without_waiting(
-    profile_ids: Sequence[int], *, now: datetime | None = None, reason: str
+    profile_ids: Sequence[int],
+    *,
+    now: datetime | None = None,
+    reason: str,
+    created: Mapping[int, ProfileFacts] | None = None,
 ) -> Evaluation:
     """As evaluate_profiles, but never waits for a recompute (or a connect) holding an audience's lock:
     that audience, and those whose criteria refer to it, are left out and returned in `left_out`; the
     caller defers them (audiences/membership/deferred.py). A recompute of one audience then costs
-    the Events API nothing on the others."""
-    return _evaluate(profile_ids, now=now, reason=reason, wait=False)
+    the Events API nothing on the others. `created`: the facts of profiles the caller created in this
+    transaction, not read again (load_facts)."""
+    return _evaluate(profile_ids, now=now, reason=reason, wait=False, created=created)
 
 
 def _lock_without_waiting(audiences: Sequence[CompiledAudience]) -> set[int]:
@@ -237,7 +295,11 @@ def _lock_without_waiting(audiences: Sequence[CompiledAudience]) -> set[int]:
     transaction; returns the ids left out: those held exclusively, and those whose criteria refer to one
     left out (they would read a membership that is being rewritten, so they wait for the same later
     evaluation)."""
-    busy = try_lock_audiences_for_evaluation(a.id for a in audiences)
+    return _left_out(audiences, try_lock_audiences_for_evaluation(a.id for a in audiences))
+
+
+def _left_out(audiences: Sequence[CompiledAudience], busy: set[int]) -> set[int]:
+    """Those held exclusively (`busy`), and those whose criteria refer to one left out (in dependency order)."""
     left_out: set[int] = set()
     if busy:
         for audience in audiences:
@@ -253,23 +315,30 @@ def audiences_held(*, now: datetime | None = None) -> set[int]:
     return _lock_without_waiting(active_audiences(now=now or timezone.now()))
 
 
-def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, wait: bool) -> Evaluation:
+def _evaluate(
+    profile_ids: Sequence[int],
+    *,
+    now: datetime | None,
+    reason: str,
+    wait: bool,
+    created: Mapping[int, ProfileFacts] | None = None,
+) -> Evaluation:
     if not profile_ids:
         return Evaluation({}, frozenset())
     now = now or timezone.now()
-    audiences = active_audiences(now=now)
-    if not audiences:
-        return Evaluation({}, frozenset())
-    # Before reading any membership: a recompute applying its difference meanwhile would otherwise
+    # Locks before reading any membership: a recompute applying its difference meanwhile would otherwise
     # undo what this evaluation writes (audiences/membership/locks.py).
     left_out: set[int] = set()
     if wait:
+        audiences = active_audiences(now=now)
         lock_audiences_for_evaluation(a.id for a in audiences)
     else:
-        left_out = _lock_without_waiting(audiences)
+        audiences, left_out = _active_audiences_locked_without_waiting(now=now)
         audiences = [a for a in audiences if a.id not in left_out]
+    if not audiences:
+        return Evaluation({}, frozenset(left_out))
     starts = [start for start in (audience.events_since(now) for audience in audiences) if start is not None]
-    facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True)
+    facts = load_facts(profile_ids, now=now, events_since=min(starts) if starts else None, lock=True, created=created)
     changes: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     profiles = list(facts.values())
     deltas: dict[int, tuple[list[int], list[int]]] = {}
@@ -297,5 +366,8 @@ def _evaluate(profile_ids: Sequence[int], *, now: datetime | None, reason: str, 
         if entered or left:
             deltas[audience.id] = (entered, left)
     # All audiences' changes written together: a few statements, not a few per audience.
-    apply_membership_deltas(deltas, now=now, reason=reason)
+    # The identities just read go along: the outbox planner need not read them again.
+    apply_membership_deltas(
+        deltas, now=now, reason=reason, identities={p.profile_id: p.identities for p in profiles} if deltas else None
+    )
     return Evaluation(dict(changes), frozenset(left_out))

@@ -20,6 +20,7 @@ from django.db.models import Q
 from audiences.membership.consumers import MembershipDelta, membership_consumers
 from audiences.models import AudienceMembership, MembershipChange
 from config import metrics
+from config.db import insert_rows
 
 # The temporary tables of apply_membership_table (dropped before it returns).
 ENTERED_TABLE = "audience_recompute_entered"
@@ -27,17 +28,24 @@ LEFT_TABLE = "audience_recompute_left"
 
 
 def apply_membership_deltas(
-    deltas: Mapping[int, tuple[Sequence[int], Sequence[int]]], *, now: datetime, reason: str
+    deltas: Mapping[int, tuple[Sequence[int], Sequence[int]]],
+    *,
+    now: datetime,
+    reason: str,
+    identities: Mapping[int, Sequence[tuple[str, str]]] | None = None,
 ) -> None:
     """Write membership rows and the change log for several audiences at once (audience id -> (entered
     profile ids, left profile ids)) and publish them. A fixed handful of statements whatever the number of
-    audiences: real-time evaluation of a bulk request changes many audiences at once."""
-    deltas = {a: MembershipDelta(list(e), list(lf)) for a, (e, lf) in deltas.items() if e or lf}
+    audiences: real-time evaluation of a bulk request changes many audiences at once. `identities`: every
+    identity of these profiles, when the caller read them in this transaction (handed to the consumers)."""
+    deltas = {a: MembershipDelta(list(e), list(lf), identities) for a, (e, lf) in deltas.items() if e or lf}
     if not deltas:
         return
     consumers = membership_consumers()
-    AudienceMembership.objects.bulk_create(
-        [AudienceMembership(audience_id=a, profile_id=p, entered_at=now) for a, d in deltas.items() for p in d.entered]
+    insert_rows(
+        AudienceMembership._meta.db_table,
+        ("audience_id", "profile_id", "entered_at"),
+        [(a, p, now) for a, d in deltas.items() for p in d.entered],
     )
     leaving = Q()
     for audience_id, delta in deltas.items():
@@ -45,16 +53,18 @@ def apply_membership_deltas(
             leaving |= Q(audience_id=audience_id, profile_id__in=delta.left)
     if leaving:
         AudienceMembership.objects.filter(leaving).delete()
-    MembershipChange.objects.bulk_create(
+    insert_rows(
+        MembershipChange._meta.db_table,
+        ("audience_id", "profile_id", "kind", "reason", "at"),
         [
-            MembershipChange(audience_id=a, profile_id=p, kind=kind, reason=reason, at=now)
+            (a, p, kind, reason, now)
             for a, delta in deltas.items()
             for kind, profiles in (
-                (MembershipChange.Kind.ENTERED, delta.entered),
-                (MembershipChange.Kind.LEFT, delta.left),
+                (MembershipChange.Kind.ENTERED.value, delta.entered),
+                (MembershipChange.Kind.LEFT.value, delta.left),
             )
             for p in profiles
-        ]
+        ],
     )
     for consumer in consumers:
         consumer.members_changed(deltas)
