@@ -250,6 +250,8 @@ def _claimed(row: Sequence) -> Claimed:
         created_at = datetime.fromtimestamp(created_at, UTC)
     elif isinstance(created_at, str):
         created_at = parse_datetime(created_at)
+        if created_at is not None and created_at.tzinfo is None:  # SQLite rows the ORM wrote: UTC, no offset
+            created_at = created_at.replace(tzinfo=UTC)
     held = state if state in MAY_BE_HELD else None
     acknowledged = (fingerprint or "") if state == ADDED else ""
     return Claimed(

@@ -153,3 +153,14 @@ def test_the_next_batch_is_claimed_while_the_partner_answers_the_current_one(
     assert claimed_during_first_call == [True]
     assert report.delivered == 4
     assert [email for batch in sent_batches(partner) for email, _ in batch] == emails
+
+
+def test_a_claimed_row_written_without_an_offset_is_read_as_utc():
+    """SQLite keeps what the ORM wrote as UTC without an offset: the claim reads it as an aware datetime, so
+    the planned-to-acknowledged latency can be taken (a naive one fails the subtraction)."""
+    from datetime import UTC, datetime
+
+    from forwarding.batches import _claimed
+
+    row = (1, "email", "a@x.com", "add", None, 1, 0, "2026-11-30 10:00:00.250000", "{}", None, None)
+    assert _claimed(row).created_at == datetime(2026, 11, 30, 10, 0, 0, 250000, tzinfo=UTC)
