@@ -389,6 +389,8 @@ def overdue(audience: Audience) -> None:
 
 
 def test_a_failing_recompute_is_recorded_on_the_audience_and_backed_off_by_the_sweeper(rings):
+    if connection.vendor != "postgresql":  # SQLite's evaluation, in Python, takes the year 9999 in its stride
+        service_missing("the recompute that fails on a far-future date is PostgreSQL's")
     # Criteria stored around validation (it refuses them now): the recompute cannot compute their bounds.
     broken = make_audience(FAR_FUTURE, name="Valid forever")
     overdue(broken)
