@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
 from django.db import connections as db_connections
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -203,7 +203,7 @@ def _drain_batches(
         prepared = _prepare_batch(connection, batch)
         call = caller.submit(_call_partner, partner, connection, prepared.changes, task_id)
         if len(batch) == size and not connection.failures and not shutdown_requested():
-            ahead.batch = _claim(connection_id, size, after)  # not while probing: one small batch at a time
+            ahead.batch = _claim_ahead(connection_id, size, after)  # not while probing: one small batch at a time
         if not _finish_batch(connection, partner, prepared, call.result(), report, lease):
             return
         if connection.failures:
@@ -212,6 +212,19 @@ def _drain_batches(
 
 def _claim(connection_id: int, size: int, after: int) -> list[Claimed]:
     return batches.claim(connection_id, size, timezone.now(), after=after, write_ahead=True)
+
+
+def _claim_ahead(connection_id: int, size: int, after: int) -> list[Claimed] | None:
+    """The next batch, claimed while the current one is on the wire. Should the database connection break
+    here (a restart, a terminated backend), the batch on the wire must still have its answer recorded: lost,
+    it would be sent again once its changes came due. So the broken connection is dropped (the record opens
+    a new one) and nothing is claimed ahead (the claim's transaction rolled back with the connection)."""
+    try:
+        return _claim(connection_id, size, after)
+    except (OperationalError, InterfaceError):
+        logger.warning("connection %s: the database connection broke while claiming ahead", connection_id)
+        db_connections["default"].close()
+        return None
 
 
 @dataclass

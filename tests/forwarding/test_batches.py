@@ -164,3 +164,33 @@ def test_a_claimed_row_written_without_an_offset_is_read_as_utc():
 
     row = (1, "email", "a@x.com", "add", None, 1, 0, "2026-11-30 10:00:00.250000", "{}", None, None)
     assert _claimed(row).created_at == datetime(2026, 11, 30, 10, 0, 0, 250000, tzinfo=UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broken_connection_while_claiming_ahead_still_records_the_batch_on_the_wire(
+    partner, small_batches, monkeypatch, threads_share_the_database
+):
+    """The database connection breaks (a terminated backend) while the next batch is claimed: the batch on
+    the wire has its answer recorded on a new connection, so it is not sent again, and the drain goes on."""
+    from django.db import OperationalError
+
+    emails = [f"r{i}@x.com" for i in range(4)]  # batches of 2: [r0 r1] [r2 r3]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    claim = forwarding.delivery._claim
+    claims = []
+
+    def breaking_once(*args):
+        claims.append(args)
+        if len(claims) == 2:  # the claim ahead, while [r0 r1] is on the wire
+            raise OperationalError("terminating connection due to administrator command")
+        return claim(*args)
+
+    monkeypatch.setattr(forwarding.delivery, "_claim", breaking_once)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert report.delivered == 4
+    assert [email for batch in sent_batches(partner) for email, _ in batch] == emails  # each sent once
+    assert not PendingChange.objects.exists()
