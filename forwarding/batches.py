@@ -42,6 +42,15 @@ ADDED, MAYBE_HELD = ConnectionMember.State.ADDED.value, ConnectionMember.State.M
 # States a claim's write-ahead turns into "maybe held" and release_unsent() restores (the partner holds none).
 RESTORABLE = (ConnectionMember.State.REMOVED.value, ConnectionMember.State.REJECTED.value)
 
+# The connection's next due changes after the last id claimed, in id order: the batch both claims select.
+DUE_BATCH = f"""
+SELECT p.id, p.identity_type, p.value, p.action, p.profile_id, p.version, p.attempts, p.created_at
+FROM {PENDING} p
+WHERE p.connection_id = %(connection)s AND p.id > %(after)s AND p.next_attempt_at <= %(now)s
+ORDER BY p.id
+LIMIT %(size)s
+"""
+
 # The next due changes after a claimed id, in id order, with each add's attributes and the state of each
 # identity at the partner (NULL: never sent). The batch is picked first and the two lookups run per row
 # through unique indexes (scalar subqueries whose conditions are exactly those indexes' columns): with stale
@@ -58,13 +67,7 @@ SELECT c.id, c.identity_type, c.value, c.action, c.profile_id, c.version, c.atte
        (SELECT m.fingerprint FROM {MEMBER} m
         WHERE m.connection_id = %(connection)s AND m.identity_type = c.identity_type AND m.value = c.value)
            AS fingerprint
-FROM (
-    SELECT p.id, p.identity_type, p.value, p.action, p.profile_id, p.version, p.attempts, p.created_at
-    FROM {PENDING} p
-    WHERE p.connection_id = %(connection)s AND p.id > %(after)s AND p.next_attempt_at <= %(now)s
-    ORDER BY p.id
-    LIMIT %(size)s
-) c
+FROM ({DUE_BATCH}) c
 ORDER BY c.id
 """
 
@@ -101,11 +104,7 @@ WITH claimed AS MATERIALIZED (
                AS attributes,
            m.state, m.fingerprint
     FROM (
-        SELECT p.id, p.identity_type, p.value, p.action, p.profile_id, p.version, p.attempts, p.created_at
-        FROM {PENDING} p
-        WHERE p.connection_id = %(connection)s AND p.id > %(after)s AND p.next_attempt_at <= %(now)s
-        ORDER BY p.id
-        LIMIT %(size)s
+        {DUE_BATCH}
     ) c
     LEFT JOIN LATERAL (
         SELECT m.state, m.fingerprint FROM {MEMBER} m
