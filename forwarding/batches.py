@@ -28,6 +28,7 @@ from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
 from audiences.models import Profile
+from config import fast_json
 from connections.models import Connection, ConnectionMember
 from connections.selectors import MAY_BE_HELD
 from forwarding.models import DeliveryAttempt, PendingChange
@@ -94,7 +95,7 @@ SET state = CASE WHEN {MEMBER}.state = '{ADDED}' THEN {MEMBER}.state ELSE exclud
 # PostgreSQL: the claim and the write-ahead of its adds in one statement (the claim reads the states from
 # before the write), but for the adds of members acknowledged with a fingerprint. The member's state and
 # fingerprint come from one probe of the unique index (a lateral join, where the portable claim above
-# needs two scalar subqueries). The batch comes back as one JSON document, parsed by one json.loads: per
+# needs two scalar subqueries). The batch comes back as one JSON document, parsed by one fast_json.loads: per
 # row and per column, psycopg's loaders (a datetime, a jsonb decoded on its own) cost more Python time than
 # the rest of the batch's bookkeeping.
 CLAIM_AND_WRITE_AHEAD_SQL = f"""
@@ -143,7 +144,7 @@ ATTEMPT_COLUMNS = (
 )
 
 # PostgreSQL: a batch's whole record in one statement (each part touches its own rows). The rows come as
-# three JSON arrays of arrays (members, settled, retried): one json.dumps in C, where psycopg's array
+# three JSON arrays of arrays (members, settled, retried): one fast_json.dumps in C, where psycopg's array
 # dumpers built eight typed arrays element by element in Python.
 RECORD_SQL = f"""
 WITH members AS (
@@ -285,7 +286,7 @@ def claim(connection_id: int, size: int, now: datetime, *, after: int = 0, write
                 cursor.execute(ORDERED_SCAN_ONLY_SQL)
                 cursor.execute(CLAIM_AND_WRITE_AHEAD_SQL, parameters)
                 (document,) = cursor.fetchone()
-                return [_claimed(row) for row in json.loads(document)]
+                return [_claimed(row) for row in fast_json.loads(document)]
         cursor.execute(CLAIM_SQL, parameters)
         batch = [_claimed(row) for row in cursor.fetchall()]
         if write_ahead:
@@ -386,9 +387,9 @@ def _record_parameters(batch: BatchRecord) -> dict:
     return {
         "connection": batch.connection_id,
         "now": batch.now,
-        "members": json.dumps(batch.members),
-        "settled": json.dumps(batch.settled),
-        "retried": json.dumps(batch.retried),
+        "members": fast_json.dumps(batch.members).decode(),
+        "settled": fast_json.dumps(batch.settled).decode(),
+        "retried": fast_json.dumps(batch.retried).decode(),
         "sent": batch.sent,
         "delivered": batch.delivered,
         "rejected": batch.rejected,

@@ -11,8 +11,9 @@ call) still counts as possibly held, and the member's removal is sent later. A r
 for an identity the partner cannot hold: never sent, removed, or refused. An add is skipped only when the
 partner acknowledged the very same add (ConnectionMember.fingerprint), and nothing was sent since.
 
-Pipelined: while the partner answers a batch (in the drain's caller thread), the next one is claimed;
-the calls stay one at a time and in order, and each batch is recorded before the next call goes out.
+Pipelined: while the partner answers a batch (in the drain's caller thread), the next one is claimed; once
+it has answered, the next one goes out and the answered one is recorded while the partner works. The calls
+stay one at a time and in order; a batch whose call failed stops the drain before the next one is sent.
 
 A whole call failing backs the connection off as a whole, and probes (forwarding/recovery.py). A
 worker told to shut down finishes the batch in hand and leaves (forwarding/shutdown.py).
@@ -24,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -136,7 +137,7 @@ def deliver_connection(
 
 
 def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
-    # One partner call in flight at a time, in this thread: while the partner works on a batch, the drain
+    # One partner call in flight at a time, in a thread of its own: while the partner works on a batch, the drain
     # claims the next one (the database's share of a batch and the partner's overlap instead of adding up).
     # The calls themselves stay strictly one after the other, in claim order.
     # A batch claimed ahead and not sent when the drain stops has its write-ahead undone (release_unsent).
@@ -172,42 +173,132 @@ def _drain_batches(
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
     # change while it was sent, a change committed late with a lower id, a retry now due) are found by the
     # next drain, from the start: deliver_connection drains again while due work is left.
-    after = written = 0
+    keyset = Keyset()
+    sending: InFlight | None = None  # the batch on the wire, sent before the last one's record
     while True:
-        if shutdown_requested():
-            report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
+        if sending is None:
+            connection, why_not = _sendable(connection_id)
+            if connection is None:
+                report.stopped = why_not
+                return
+            # One partner (and so one keep-alive HTTP session) for the whole drain.
+            if partner is None:
+                partner = connection.output.partner()
+            keyset.refresh_statistics(report)
+            # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
+            batch = ahead.batch
+            if batch is None:
+                batch = _claim(connection_id, _size(connection, partner), keyset.after)
+            ahead.batch = None
+            if not batch:
+                return
+            sending = _send(connection, partner, batch, keyset, report, caller, task_id)
+        current, sending = sending, None
+        connection = current.connection
+        size = _size(connection, partner)
+        if len(current.prepared.batch) == size and not connection.failures and not shutdown_requested():
+            # Not while probing: one small batch at a time.
+            keyset.refresh_statistics(report)
+            ahead.batch = _claim_ahead(connection_id, size, keyset.after)
+        next_connection = _sendable(connection_id)[0] if ahead.batch else None  # read while the partner works
+        outcome = current.call.result()
+        if lease.lost.is_set():
+            report.stopped = LEASE_LOST  # another worker may hold it now: record nothing
             return
-        connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
-        if not delivers(connection.status):
-            report.stopped = f"connection is {connection.status}"
+        if outcome.error is not None:
+            _finish_batch(connection, partner, current.prepared, outcome, report, lease)
             return
-        if connection.throttled_until and connection.throttled_until > timezone.now():
-            report.stopped = "throttled"  # e.g. a 429 to another connection of the partner account
-            return
-        # One partner (and so one keep-alive HTTP session) for the whole drain.
-        if partner is None:
-            partner = connection.output.partner()
-        if batches.statistics_due(report.batches):
-            # A long drain grows the members table, from "empty" for a new connection.
-            if MEMBER_TABLE in batches.refresh_statistics(written):
-                written = 0
-        # Claimed with its adds written ahead as "maybe held" (committed before the call goes out).
-        size = recovery.batch_size(connection, partner.batch_limit)
-        batch = ahead.batch if ahead.batch is not None else _claim(connection_id, size, after)
-        ahead.batch = None
-        if not batch:
-            return
-        after = batch[-1].id
-        written += 2 * len(batch)  # each member written ahead, then its answer
-        report.batches += 1
-        prepared = _prepare_batch(connection, batch)
-        call = caller.submit(_call_partner, partner, connection, prepared.changes, task_id)
-        if len(batch) == size and not connection.failures and not shutdown_requested():
-            ahead.batch = _claim_ahead(connection_id, size, after)  # not while probing: one small batch at a time
-        if not _finish_batch(connection, partner, prepared, call.result(), report, lease):
-            return
+        # The partner answered this batch: the next one goes out now, and this one is recorded while the
+        # partner works on it (the two batches hold different identities: the outbox has one row per
+        # identity, and the keyset never claims a row twice in a drain). Not once a stop is due.
+        if ahead.batch and next_connection is not None and not shutdown_requested():
+            sending = _send(next_connection, partner, ahead.batch, keyset, report, caller, task_id)
+            ahead.batch = None
+        _record_answered(connection, partner, current.prepared, outcome, report, lease, on_the_wire=sending)
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
+
+
+@dataclass
+class Keyset:
+    """Where the drain's claims stand: the last id claimed, and the member rows written since the tables'
+    statistics were last refreshed."""
+
+    after: int = 0
+    written: int = 0
+
+    def claimed(self, batch: list[Claimed]) -> None:
+        self.after = batch[-1].id
+        self.written += 2 * len(batch)  # each member written ahead, then its answer
+
+    def refresh_statistics(self, report: DeliveryReport) -> None:
+        if batches.statistics_due(report.batches):
+            # A long drain grows the members table, from "empty" for a new connection.
+            if MEMBER_TABLE in batches.refresh_statistics(self.written):
+                self.written = 0
+
+
+@dataclass
+class InFlight:
+    """A batch whose partner call is under way in the caller thread."""
+
+    connection: Connection
+    prepared: PreparedBatch
+    call: Future
+
+
+def _sendable(connection_id: int) -> tuple[Connection | None, str]:
+    """The connection, read afresh, if a batch may go out to it now; else None and why not."""
+    if shutdown_requested():
+        return None, SHUTTING_DOWN  # the batches in hand are done: leave the rest
+    connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
+    if not delivers(connection.status):
+        return None, f"connection is {connection.status}"
+    if connection.throttled_until and connection.throttled_until > timezone.now():
+        return None, "throttled"  # e.g. a 429 to another connection of the partner account
+    return connection, ""
+
+
+def _size(connection: Connection, partner) -> int:
+    return recovery.batch_size(connection, partner.batch_limit)
+
+
+def _send(
+    connection: Connection,
+    partner,
+    batch: list[Claimed],
+    keyset: Keyset,
+    report: DeliveryReport,
+    caller: ThreadPoolExecutor,
+    task_id: str,
+) -> InFlight:
+    keyset.claimed(batch)
+    report.batches += 1
+    prepared = _prepare_batch(connection, batch)
+    return InFlight(connection, prepared, caller.submit(_call_partner, partner, connection, prepared.changes, task_id))
+
+
+def _record_answered(
+    connection: Connection,
+    partner,
+    prepared: PreparedBatch,
+    outcome: CallOutcome,
+    report: DeliveryReport,
+    lease: Lease,
+    *,
+    on_the_wire: InFlight | None,
+) -> None:
+    """Record a batch the partner answered. Should the database connection break while the next batch is on
+    the wire, the record is tried once more on a new connection: this answer lost, its changes would be sent
+    again (and the next batch's, the drain stopping with it)."""
+    try:
+        _finish_batch(connection, partner, prepared, outcome, report, lease)
+    except (OperationalError, InterfaceError):
+        if on_the_wire is None:
+            raise
+        logger.warning("connection %s: the database connection broke while recording a batch", connection.pk)
+        db_connections["default"].close()
+        _finish_batch(connection, partner, prepared, outcome, report, lease)
 
 
 def _claim(connection_id: int, size: int, after: int) -> list[Claimed]:

@@ -3,8 +3,8 @@
 Used by the product demo and by end-to-end tests: point the Mailchimp output's base
 URL override at ``LocalMailchimpServer.base_url`` and it behaves like a Mailchimp
 datacenter for the endpoints the output uses (see the "Mailchimp" section of
-/work/shared/reference/PARTNERS.md). Only the standard library is used so the server
-also runs where the project's dependencies are not installed.
+/work/shared/reference/PARTNERS.md). It needs only the standard library, so it also runs where
+the project's dependencies are not installed (it takes orjson from them where they are).
 
 Behaviour worth knowing when writing tests against it:
 
@@ -42,6 +42,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
+
+try:  # orjson where the project is installed (the benchmarks' partner must not eat the machine); else stdlib
+    from config.fast_json import dumps as _json_bytes
+    from config.fast_json import loads as _json_loads
+except ImportError:
+    _json_loads = json.loads
+
+    def _json_bytes(value: Any) -> bytes:
+        return json.dumps(value).encode("utf-8")
+
 
 API_PREFIX = "/3.0"
 ERROR_TYPE_URL = "https://mailchimp.com/developer/marketing/docs/errors/"
@@ -989,7 +999,7 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
     if not raw.strip():
         return None, True
     try:
-        return json.loads(raw), True
+        return _json_loads(raw), True
     except (ValueError, UnicodeDecodeError):
         return None, False
 
@@ -1159,7 +1169,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, response: _Response) -> None:
-        payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
+        payload = b"" if response.body is None else _json_bytes(response.body)
         self.send_response(response.status)
         if payload:
             self.send_header("Content-Type", response.content_type + "; charset=utf-8")

@@ -34,6 +34,8 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
+from config import fast_json
+
 # Bytes read from the socket at a time while streaming an answer.
 READ_CHUNK = 64 * 1024
 
@@ -293,13 +295,16 @@ class PartnerClient:
         if self.budget is not None:
             self.budget.take(what)
         with _CallDeadline(seconds) as deadline:
+            headers = {"Accept": "application/json", **self.auth_headers()}
+            if json is not None:  # encoded here, in C (requests' json= takes the json module: slower)
+                headers["Content-Type"] = "application/json"
             try:
                 response = self.session.request(
                     method,
                     f"{self.base_url}{path}",
-                    json=json,
+                    data=None if json is None else fast_json.dumps(json),
                     params=params,
-                    headers={"Accept": "application/json", **self.auth_headers()},
+                    headers=headers,
                     timeout=(min(connect_timeout, seconds), min(read_timeout, seconds)),
                     allow_redirects=False,
                     stream=True,
@@ -368,8 +373,8 @@ class PartnerClient:
     def json(self, response: requests.Response) -> dict:
         """The body as a JSON object; anything else is a permanent error (e.g. a wrong base URL)."""
         try:
-            data = response.json()
-        except ValueError:
+            data = fast_json.loads(response.content)
+        except ValueError:  # UnicodeDecodeError included
             data = None
         if not isinstance(data, dict):
             raise PermanentError(

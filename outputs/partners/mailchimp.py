@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import requests
@@ -72,6 +72,7 @@ def checked_api_key(api_key: str) -> str:
     return api_key
 
 
+@cache  # audiences name few attributes, and a 500-member batch asks for each of them 500 times
 def merge_tag(attribute: str) -> str | None:
     """Merge field tag for a user attribute: upper case letters, digits and _, at most 10 characters."""
     reserved = RESERVED_MERGE_TAGS.get(attribute.lower())

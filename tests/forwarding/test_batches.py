@@ -194,3 +194,84 @@ def test_a_broken_connection_while_claiming_ahead_still_records_the_batch_on_the
     assert report.delivered == 4
     assert [email for batch in sent_batches(partner) for email, _ in batch] == emails  # each sent once
     assert not PendingChange.objects.exists()
+
+
+def test_the_next_batch_goes_out_before_the_answered_one_is_recorded(partner, small_batches, monkeypatch):
+    """Pipelined delivery: once the partner answered a batch, the next one is sent and the answered one is
+    recorded while the partner works on it (the calls still one at a time, in order, each change once)."""
+    import threading
+
+    import forwarding.batches
+
+    emails = [f"t{i}@x.com" for i in range(6)]  # batches of 2: [t0 t1] [t2 t3] [t4 t5]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    apply_changes, record = forwarding.delivery.apply_changes, forwarding.batches.record
+    second_call_started = threading.Event()
+    calls: list[list[str]] = []
+    first_record_saw_the_second_call: list[bool] = []
+    in_flight = []
+
+    def watching(partner_, connection_, changes):
+        in_flight.append(1)
+        assert len(in_flight) == 1, "two partner calls at once"
+        calls.append([c.value for c in changes])
+        if len(calls) == 2:
+            second_call_started.set()
+        try:
+            return apply_changes(partner_, connection_, changes)
+        finally:
+            in_flight.pop()
+
+    def recording(batch):
+        if not first_record_saw_the_second_call:  # the first batch's record: has the second call gone out?
+            first_record_saw_the_second_call.append(second_call_started.wait(timeout=5))
+        return record(batch)
+
+    monkeypatch.setattr(forwarding.delivery, "apply_changes", watching)
+    monkeypatch.setattr(forwarding.batches, "record", recording)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert first_record_saw_the_second_call == [True]
+    assert calls == [emails[0:2], emails[2:4], emails[4:6]]
+    assert report.delivered == 6
+    assert [email for batch in sent_batches(partner) for email, _ in batch] == emails
+    assert not PendingChange.objects.exists()
+    assert set(ConnectionMember.objects.values_list("state", flat=True)) == {"added"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broken_connection_while_recording_with_the_next_batch_on_the_wire_records_both(
+    partner, small_batches, monkeypatch
+):
+    """The database connection breaks as an answered batch is recorded while the next one is on the wire: the
+    record is made again on a new connection, so neither batch is sent twice and the drain goes on."""
+    from django.db import OperationalError
+
+    if db.vendor != "postgresql":
+        service_missing("the record reopens the database connection: SQLite's in-memory test database goes with it")
+
+    import forwarding.batches
+
+    emails = [f"u{i}@x.com" for i in range(4)]  # batches of 2: [u0 u1] [u2 u3]
+    for email in emails:
+        factories.parisian(email)
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    record = forwarding.batches.record
+    records = []
+
+    def breaking_once(batch):
+        records.append(batch)
+        if len(records) == 1:  # [u0 u1]'s record, [u2 u3] on the wire
+            raise OperationalError("terminating connection due to administrator command")
+        return record(batch)
+
+    monkeypatch.setattr(forwarding.batches, "record", breaking_once)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert report.delivered == 4
+    assert [email for batch in sent_batches(partner) for email, _ in batch] == emails  # each sent once
+    assert not PendingChange.objects.exists()
