@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import json
 import os
 import socket
 import time
@@ -88,8 +87,9 @@ def bare_http(base_url: str, members: int) -> float:
 
 def fingerprint(identity_type: str, value: str, attributes: dict) -> str:
     """The fingerprint of an acknowledged add, as forwarding.partner_calls.change_fingerprint writes it."""
-    content = json.dumps([identity_type, value, attributes], sort_keys=True, default=str)
-    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+    from config import fast_json
+
+    return hashlib.blake2b(fast_json.dumps_sorted([identity_type, value, attributes]), digest_size=16).hexdigest()
 
 
 def handmade_floor(database_url: str, base_url: str, connection_id: int) -> tuple[float, int]:

@@ -5,8 +5,12 @@ record each go through one JSON document: with the json module that was a quarte
 orjson reads and writes the same JSON several times faster. Where it refuses what the json module accepts
 (`NaN`, `1e400`, integers beyond 64 bits, keys that are not strings) the json module answers instead, so
 what is accepted, and how, does not change; only orjson's output is compact (no spaces), which no reader
-of these documents depends on. Fingerprints (forwarding/partner_calls.py) keep the json module: they are
-stored, and their text must not change.
+of these documents depends on.
+
+Fingerprints of adds (forwarding/partner_calls.py, stored on ConnectionMember) are hashed from
+`dumps_sorted`. They were hashed from the json module's text before: a fingerprint stored then differs from
+the one computed now for the same add, so that add is sent once more (the partner takes it as the update
+it is) instead of being skipped, and the new fingerprint is stored with its answer.
 """
 
 from __future__ import annotations
@@ -31,3 +35,11 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError: a big integer, a non-string key, another type
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dumps_sorted(value: Any) -> bytes:
+    """Canonical UTF-8 JSON of `value`: keys sorted, compact, anything unknown as its str() (fingerprints)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()

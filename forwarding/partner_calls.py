@@ -6,10 +6,10 @@ connection's end all go through here, so no caller branches on a partner."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 
 from audiences.models import Audience, Identity
+from config import fast_json
 from connections.models import Connection
 from outputs.partners.base import (
     Action,
@@ -30,8 +30,8 @@ def audience_ref(audience: Audience) -> AudienceRef:
 def change_fingerprint(change: MemberChange) -> str:
     """What an add puts at the partner, as 32 hex digits: the identity and the attributes sent with it. Two adds
     with one fingerprint leave the partner in the same state, so the second need not be sent."""
-    content = json.dumps([change.identity_type, change.value, change.attributes], sort_keys=True, default=str)
-    return hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+    content = fast_json.dumps_sorted([change.identity_type, change.value, change.attributes])
+    return hashlib.blake2b(content, digest_size=16).hexdigest()
 
 
 def apply_changes(partner: Partner, connection: Connection, changes: Sequence[MemberChange]) -> list[MemberResult]:
