@@ -17,7 +17,10 @@ class PendingChange(models.Model):
         ADD = "add"
         REMOVE = "remove"
 
-    connection = models.ForeignKey("connections.Connection", on_delete=models.CASCADE, related_name="pending_changes")
+    # No index of its own: the indexes below and the unique constraint's lead with the connection.
+    connection = models.ForeignKey(
+        "connections.Connection", on_delete=models.CASCADE, related_name="pending_changes", db_index=False
+    )
     identity_type = models.CharField(max_length=40, choices=IDENTITY_TYPE_CHOICES)
     value = models.CharField(max_length=255)
     action = models.CharField(max_length=10, choices=Action.choices)

@@ -275,3 +275,35 @@ def test_a_broken_connection_while_recording_with_the_next_batch_on_the_wire_rec
     assert report.delivered == 4
     assert [email for batch in sent_batches(partner) for email, _ in batch] == emails  # each sent once
     assert not PendingChange.objects.exists()
+
+
+def member_writes() -> tuple[int, int]:
+    """(updates, of which heap-only) of the members table in this test's transaction."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = %s",
+            [ConnectionMember._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def test_recording_the_answers_to_a_batch_written_ahead_writes_no_index_entry(partner):
+    """Each add is inserted "maybe held" before the call and updated with the answer: an update that
+    changes no indexed column and finds room on its page is heap-only (HOT), no entry added to any index.
+    200 members fill several pages: without the room the table leaves on each (its fillfactor), or with an
+    index on a column the answer changes (the state), most of these updates would be full ones."""
+    if db.vendor != "postgresql":
+        service_missing("heap-only updates are PostgreSQL's")
+    for i in range(200):
+        factories.parisian(f"hot{i}@x.com")
+    connection = factories.connect(factories.active_audience(), factories.mailchimp_output(), list_id=LIST_ID)
+    updates_before, _ = member_writes()
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert report.delivered == 200 and report.batches == 1
+    assert ConnectionMember.objects.filter(state=ConnectionMember.State.ADDED).count() == 200
+    updates, heap_only = member_writes()
+    assert updates - updates_before == 200  # each member's answer
+    assert heap_only == updates
