@@ -268,6 +268,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A worker keeps its database connection from one task to the next, checked before each task as a request's
+# is (config/celery.py: close_old_connections before and after each task). Celery's Django fix-up would
+# otherwise close it around every task: a new PostgreSQL backend per ring, about 8 ms of CPU on the
+# 2-core machine (README, "Real-time latency"). The fix-up still closes them every this many tasks.
+CELERY_DB_REUSE_MAX = 1000
 
 # Forwarding knobs (README, "Configuration").
 FORWARDING = {
