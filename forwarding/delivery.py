@@ -46,7 +46,6 @@ from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
-from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, BudgetRefused, PartnerError, PermanentError, TransientError
 
@@ -114,7 +113,9 @@ def deliver_connection(
         lease = acquire_lease(connection_id)
         if lease is None:
             return report  # someone else is delivering it, it is not sending, or it is throttled
-        slot = AccountSlot(Output.objects.get(connections=connection_id), lease.holder)
+        # Read once here for the account's slot and the drain's first batch (each batch reads it again).
+        first = Connection.objects.select_related("output", "audience").get(pk=connection_id)
+        slot = AccountSlot(first.output, lease.holder)
         if not slot.take():
             release_lease(lease)
             report.stopped = ACCOUNT_FULL
@@ -124,7 +125,8 @@ def deliver_connection(
             with hold_lease(lease, also_renew=slot.take):
                 if on_lease is not None:
                     on_lease(lease)
-                _drain(connection_id, report, lease, task_id)
+                    first = None  # what it recorded may have changed the row: read it again
+                _drain(connection_id, report, lease, task_id, first)
         finally:
             slot.release()
         if report.stopped == SHUTTING_DOWN:
@@ -135,7 +137,9 @@ def deliver_connection(
             return report
 
 
-def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
+def _drain(
+    connection_id: int, report: DeliveryReport, lease: Lease, task_id: str, first: Connection | None = None
+) -> None:
     # One partner call in flight at a time, in this thread: while the partner works on a batch, the drain
     # claims the next one (the database's share of a batch and the partner's overlap instead of adding up).
     # The calls themselves stay strictly one after the other, in claim order.
@@ -143,7 +147,7 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
     ahead = ClaimedAhead()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partner-call-{connection_id}") as caller:
-            _drain_batches(connection_id, report, lease, task_id, caller, ahead)
+            _drain_batches(connection_id, report, lease, task_id, caller, ahead, first)
     finally:
         # Not once the lease is lost: another worker may have claimed the same changes, its marks now.
         if ahead.batch and not lease.lost.is_set():
@@ -167,6 +171,7 @@ def _drain_batches(
     task_id: str,
     caller: ThreadPoolExecutor,
     ahead: ClaimedAhead,
+    first: Connection | None = None,
 ) -> None:
     partner = None
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
@@ -177,7 +182,8 @@ def _drain_batches(
         if shutdown_requested():
             report.stopped = SHUTTING_DOWN  # the batch in hand is done: leave the rest
             return
-        connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
+        connection = first or Connection.objects.select_related("output", "audience").get(pk=connection_id)
+        first = None
         if not delivers(connection.status):
             report.stopped = f"connection is {connection.status}"
             return
@@ -208,6 +214,10 @@ def _drain_batches(
             return
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
+        if len(batch) < size:
+            # The claim found fewer than it asked for: nothing more was due. No empty claim to make sure (six
+            # statements a ring): deliver_connection looks once more after letting go of the lease anyway.
+            return
 
 
 def _claim(connection_id: int, size: int, after: int) -> list[Claimed]:
