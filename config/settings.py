@@ -278,6 +278,9 @@ CELERY_DB_REUSE_MAX = 1000
 FORWARDING = {
     # Seconds between sweeps that re-ring pending work nobody is handling (a killed worker's).
     "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "5")),
+    # A ring of a connection whose delivery task is queued and not started yet is not queued again
+    # (forwarding/doorbell.py, ring_coalesced).
+    "COALESCE_RINGS": env_bool("FORWARDING_COALESCE_RINGS", True),
     # A connection's delivery lease, renewed every third of it while its holder works (partner call
     # included): a killed worker's connection is taken over within this, plus a sweep.
     "LEASE_SECONDS": float(os.environ.get("FORWARDING_LEASE_SECONDS", "15")),
