@@ -35,7 +35,8 @@ class Profile(models.Model):
 class Identity(models.Model):
     """A (type, value) pair. A value belongs to exactly one profile."""
 
-    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="identities")
+    # No index of its own: (profile, type) below serves every lookup by profile (each insert paid for both).
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="identities", db_index=False)
     type = models.CharField(max_length=40, choices=IDENTITY_TYPE_CHOICES)
     value = models.CharField(max_length=255)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -94,7 +95,9 @@ class Audience(models.Model):
 class AudienceMembership(models.Model):
     """The computed membership: one row per profile currently in the audience."""
 
-    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships")
+    # The unique (audience, profile) serves the lookups by audience; the foreign key's index those by profile
+    # (there were two identical indexes on profile, and one on audience: each insert paid for all of them).
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="memberships")
     entered_at = models.DateTimeField()
 
@@ -102,7 +105,6 @@ class AudienceMembership(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["audience", "profile"], name="membership_audience_profile_unique")
         ]
-        indexes = [models.Index(fields=["profile"])]
 
 
 class MembershipChange(models.Model):
@@ -112,8 +114,9 @@ class MembershipChange(models.Model):
         ENTERED = "entered"
         LEFT = "left"
 
-    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="changes")
-    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="membership_changes")
+    # No indexes of their own: (audience, at) and (profile, at) below serve every lookup by either.
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="changes", db_index=False)
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="membership_changes", db_index=False)
     kind = models.CharField(max_length=10, choices=Kind.choices)
     reason = models.CharField(max_length=200, blank=True)
     at = models.DateTimeField(db_index=True)
@@ -164,7 +167,8 @@ class Input(models.Model):
 class Event(models.Model):
     """One event of a profile, kept for EVENT_RETENTION_DAYS."""
 
-    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: event_profile_time_idx (profile, timestamp) serves every lookup by profile.
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="events", db_index=False)
     input = models.ForeignKey(Input, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     event_type = models.CharField(max_length=40)
     # event_name for custom and commerce events, screen_name for screen views, else the event_type.
@@ -190,7 +194,8 @@ class Event(models.Model):
 class BatchReceipt(models.Model):
     """A batch accepted by the Events API, by its source_request_id: a repeat is not stored twice."""
 
-    input = models.ForeignKey(Input, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique (input, source_request_id) serves every lookup by input.
+    input = models.ForeignKey(Input, on_delete=models.CASCADE, related_name="+", db_index=False)
     source_request_id = models.CharField(max_length=128)
     received_at = models.DateTimeField(db_index=True)
 

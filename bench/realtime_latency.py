@@ -33,6 +33,7 @@ the PostgreSQL backend serving it (from /proc). --cprofile adds the functions th
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ import time
 import uuid
 from pathlib import Path
 
+import proccpu
 from common import ROOT, use_database
 
 MAILCHIMP_KEY = "0123456789abcdef0123456789abcdef-us6"
@@ -168,56 +170,142 @@ def make_batch(email: str, now_ms: int) -> dict:
     }
 
 
+# A placeholder as wide as a millisecond timestamp (13 digits until 2286): each body is encoded once, before
+# the load, and its events' timestamps are written in at the moment it is sent.
+TIMESTAMP_SLOT = b"9999999999999"
+
+
+def encoded_request(path: str, host: str, authorization: str, body_parts: list[bytes]) -> list[bytes]:
+    """A POST's bytes, split where the timestamps go: b"".join(parts with the timestamp between) is the request."""
+    length = sum(len(part) for part in body_parts) + len(TIMESTAMP_SLOT) * (len(body_parts) - 1)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    return [head + body_parts[0], *body_parts[1:]]
+
+
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection on a bare socket: sends prepared bytes, reads the answer's status and
+    skips its body (Content-Length). Reconnects when the server closed it (gunicorn's keep-alive timeout)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.sock: socket.socket | None = None
+
+    def post(self, request: bytes) -> int:
+        for attempt in (1, 2):
+            fresh = self.sock is None
+            if fresh:
+                self.sock = socket.create_connection(self.address)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.sock.sendall(request)
+                return self._answer()
+            except OSError:
+                self.close()
+                # Sent again only on a kept connection the server had closed before reading it (no answer at
+                # all): gunicorn closes an idle keep-alive connection; a fresh one failing is a failure.
+                if fresh or attempt == 2:
+                    return 0
+        return 0
+
+    def _answer(self) -> int:
+        sock = self.sock
+        assert sock is not None
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("closed before the answer")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, close = 0, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def run_load(
     url: str, auth: tuple[str, str], *, rate: float, seconds: float, per_request: int, clients: int, run: str
 ) -> list[dict]:
-    """Open loop: request i is due at start + i / (rate / per_request), sent by whichever thread is free."""
-    import requests
+    """Open loop: request i is due at start + i / (rate / per_request), sent by whichever thread is free.
 
+    The load generator shares the machine's cores with the service, so it is kept cheap: every body is
+    encoded before the load starts (the same JSON as make_batch gives, each batch's source_request_id its own
+    uuid4; only the events' timestamps are written in when the request is sent), sent as prepared bytes on
+    keep-alive sockets, and each request's times are kept as a tuple."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    authorization = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     interval = per_request / rate
     total = int(seconds / interval)
+    all_emails = [[f"rt-{run}-{index}-{k}@bench.example" for k in range(per_request)] for index in range(total)]
+    prepared = []
+    for emails in all_emails:
+        body = json.dumps([make_batch(e, int(TIMESTAMP_SLOT)) for e in emails]).encode()
+        prepared.append(encoded_request(parts.path, f"{host}:{port}", authorization, body.split(TIMESTAMP_SLOT)))
     start = time.monotonic() + 0.5
     wall_offset = time.time() - time.monotonic()
     counter = iter(range(total))
     lock = threading.Lock()
-    records: list[dict] = []
+    done: list[tuple[int, float, float, int]] = []
 
     def client() -> None:
-        session = requests.Session()
-        session.auth = auth
+        connection = KeepAlive(host, port)
+        monotonic, sleep = time.monotonic, time.sleep
         while True:
             with lock:
                 index = next(counter, None)
             if index is None:
+                connection.close()
                 return
             due = start + index * interval
-            delay = due - time.monotonic()
+            delay = due - monotonic()
             if delay > 0:
-                time.sleep(delay)
-            emails = [f"rt-{run}-{index}-{k}@bench.example" for k in range(per_request)]
-            body = json.dumps([make_batch(e, int(time.time() * 1000)) for e in emails])
-            sent = time.monotonic()
-            try:
-                status = session.post(url, data=body, headers={"Content-Type": "application/json"}).status_code
-            except requests.RequestException:
-                status = 0
-            answered = time.monotonic()
-            records.append(
-                {
-                    "due": due + wall_offset,
-                    "sent": sent + wall_offset,
-                    "answered": answered + wall_offset,
-                    "status": status,
-                    "emails": emails,
-                }
-            )
+                sleep(delay)
+            now_ms = b"%d" % int((monotonic() + wall_offset) * 1000)
+            request = now_ms.join(prepared[index])
+            sent = monotonic()
+            status = connection.post(request)
+            done.append((index, sent, monotonic(), status))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return records
+    return [
+        {
+            "due": start + index * interval + wall_offset,
+            "sent": sent + wall_offset,
+            "answered": answered + wall_offset,
+            "status": status,
+            "emails": all_emails[index],
+        }
+        for index, sent, answered, status in sorted(done)
+    ]
 
 
 def setup_audiences(*, recompute: bool) -> tuple[int | None, tuple[str, str]]:
@@ -278,10 +366,35 @@ def backend_cpu_seconds() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def print_costs(  # type: ignore[no-untyped-def]
+    unit: str, process: str, count: int, per_request: int, statements: float, cpu: float, backend: float, last, profiler
+) -> None:
+    """The in-process costs per request (or ring), and where the time went when profiled."""
+    import pstats
+
+    print(
+        json.dumps(
+            {
+                f"{unit}s": count,
+                "batches_per_request": per_request,
+                f"statements_per_{unit}": round(statements, 1),
+                f"{process}_cpu_ms_per_{unit}": round(cpu * 1000 / count, 2),
+                f"postgresql_cpu_ms_per_{unit}": round(backend * 1000 / count, 2),
+                f"statements_of_the_last_{unit}": last,
+            },
+            indent=2,
+        )
+    )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        if os.environ.get("BENCH_CALLERS"):
+            pstats.Stats(profiler).print_callers(os.environ["BENCH_CALLERS"])
+
+
 def profile_in_process(*, requests: int, per_request: int, cprofile: bool) -> None:
     import base64
     import cProfile
-    import pstats
 
     from django.db import connection
     from django.test import Client
@@ -321,24 +434,61 @@ def profile_in_process(*, requests: int, per_request: int, cprofile: bool) -> No
     if profiler:
         profiler.disable()
     cpu, backend = time.process_time() - started, backend_cpu_seconds() - backend_before
-    print(
-        json.dumps(
-            {
-                "requests": requests,
-                "batches_per_request": per_request,
-                "statements_per_request": round(statements / len(counted), 1),
-                "web_cpu_ms_per_request": round(cpu * 1000 / requests, 2),
-                "postgresql_cpu_ms_per_request": round(backend * 1000 / requests, 2),
-                "statements_of_the_last_request": last,
-            },
-            indent=2,
-        )
-    )
-    if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-        if os.environ.get("BENCH_CALLERS"):
-            pstats.Stats(profiler).print_callers(os.environ["BENCH_CALLERS"])
+    print_costs("request", "web", requests, per_request, statements / len(counted), cpu, backend, last, profiler)
+
+
+def profile_worker_in_process(*, requests: int, per_request: int, cprofile: bool) -> None:
+    """The worker's own cost of a ring, in this process: each request is posted (not measured), then its
+    connection's delivery task runs here (apply: Celery's tracing, no broker) to the local Mailchimp."""
+    import base64
+    import cProfile
+
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from connections.models import Connection
+    from forwarding.tasks import deliver_connection
+
+    _, (key, secret) = setup_audiences(recompute=False)
+    connection_id = Connection.objects.get().pk
+    client = Client(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
+    run = uuid.uuid4().hex[:8]
+
+    def post(phase: str, i: int) -> None:
+        now_ms = int(time.time() * 1000)
+        body = json.dumps([make_batch(f"rt-{run}{phase}-{i}-{k}@bench.example", now_ms) for k in range(per_request)])
+        response = client.post("/v2/bulkevents", data=body, content_type="application/json", HTTP_HOST="localhost")
+        assert response.status_code == 202, response.content
+
+    def ring() -> None:
+        report = deliver_connection.apply(args=[connection_id]).get()
+        assert report["batches"] >= 1, report
+
+    for i in range(20):  # warm
+        post("w", i)
+        ring()
+    statements = 0
+    last: list[str] = []
+    for i in range(20):
+        post("q", i)
+        with CaptureQueriesContext(connection) as queries:
+            ring()
+        statements += len(queries)
+        last = [f"{q['time']} s: {q['sql'][:150]}" for q in queries.captured_queries]
+    profiler = cProfile.Profile() if cprofile else None
+    cpu = backend = 0.0
+    for i in range(requests):
+        post("t", i)
+        backend_before, started = backend_cpu_seconds(), time.process_time()
+        if profiler:
+            profiler.enable()
+        ring()
+        if profiler:
+            profiler.disable()
+        cpu += time.process_time() - started
+        backend += backend_cpu_seconds() - backend_before
+    print_costs("ring", "worker", requests, per_request, statements / 20, cpu, backend, last, profiler)
 
 
 def main() -> None:
@@ -352,6 +502,9 @@ def main() -> None:
     parser.add_argument("--drain-seconds", type=float, default=60, help="the longest wait for the last arrivals")
     parser.add_argument("--profile", type=int, metavar="REQUESTS", help="the web's cost per request, in process")
     parser.add_argument("--cprofile", action="store_true", help="with --profile: where the CPU goes")
+    parser.add_argument(
+        "--worker", action="store_true", help="with --profile: the delivery task's cost per ring instead of the web's"
+    )
     parser.add_argument("--serve-mailchimp", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--recompute-loop", type=int, metavar="AUDIENCE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -370,9 +523,25 @@ def main() -> None:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+        partner = None
         try:
-            profile_in_process(requests=args.profile, per_request=args.batches_per_request, cprofile=args.cprofile)
+            if args.worker:
+                handle, arrivals_file = tempfile.mkstemp(prefix="realtime-latency-", suffix=".json")
+                os.close(handle)
+                partner = subprocess.Popen(
+                    [sys.executable, __file__, "--serve-mailchimp", str(mailchimp_port), arrivals_file], cwd=ROOT
+                )
+                wait_for_port(mailchimp_port, partner, "the local Mailchimp")
+                profile_worker_in_process(
+                    requests=args.profile, per_request=args.batches_per_request, cprofile=args.cprofile
+                )
+            else:
+                profile_in_process(requests=args.profile, per_request=args.batches_per_request, cprofile=args.cprofile)
         finally:
+            if partner is not None:
+                partner.terminate()
+                partner.wait(30)
+                os.unlink(arrivals_file)
             import redis
 
             from config.queues import queue_names
@@ -387,6 +556,8 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from django.db import connection
+
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -432,6 +603,7 @@ def main() -> None:
         warm = run_load(events_url, auth, rate=20, seconds=1, per_request=1, clients=2, run=f"{run}w")
         wait_for_members(mailchimp_port, len(warm), timeout=60)
         load_before = uptime()
+        cpu_before, machine_before = proccpu.snapshot(), proccpu.machine_cpu_seconds()
         loop = None
         if premium_id is not None:
             loop = subprocess.Popen(
@@ -466,6 +638,16 @@ def main() -> None:
             wait_for_members(mailchimp_port, expected, timeout=args.drain_seconds)
         except SystemExit as exc:
             print(exc, file=sys.stderr)  # and counted below as users that never arrived
+        # Each process's CPU over the load and its drain (the service still runs: its connections are read).
+        cpu_split = proccpu.cpu_split(
+            cpu_before,
+            proccpu.snapshot(),
+            roles={"web": web.pid, "worker": worker.pid, "partner": mailchimp.pid}
+            | ({"recompute": loop.pid} if loop is not None else {}),
+            alone={"load generator": os.getpid()},
+            connections=proccpu.backends(connection.settings_dict["NAME"]),
+        )
+        cpu_split["machine"] = round(proccpu.machine_cpu_seconds() - machine_before, 3)
     finally:
         for process in reversed(processes):
             if process.poll() is None:
@@ -529,6 +711,9 @@ def main() -> None:
                     {"seconds": r["seconds"], "entered": r["entered"], "left": r["left"], "size": r["size"]}
                     for r in recomputes
                 ],
+                "cpu_ms_per_request": {
+                    role: round(seconds * 1000 / max(1, len(accepted)), 2) for role, seconds in cpu_split.items()
+                },
                 "uptime_before": load_before,
                 "uptime_after": load_after,
                 "service_log": log.name,

@@ -1,9 +1,12 @@
 """The Celery app. The database is the durable record; Celery is only the doorbell."""
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
+from celery.signals import task_postrun, task_prerun
+from django.db import close_old_connections
 from kombu import Connection
 
 from config import logs  # noqa: F401  (connects the task signals that give log lines their task id)
@@ -36,6 +39,18 @@ class BrokerConnection(Connection):
 
 class BrokerAMQP(AMQP):
     Connection = BrokerConnection
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _check_database_connections(task: Any = None, **_: Any) -> None:
+    """A worker's connections outlive its tasks (CELERY_DB_REUSE_MAX, config/settings.py) but are checked as
+    a request's are: before and after each task, one that failed, is past CONN_MAX_AGE or sits in a
+    transaction left open is closed, and the next query on one kept first checks that it still answers
+    (CONN_HEALTH_CHECKS), replacing it if the database dropped it meanwhile (config/db.py). Not for a task
+    run eagerly, inside its caller's transaction (as the fix-up leaves those alone)."""
+    if not getattr(getattr(task, "request", None), "is_eager", False):
+        close_old_connections()
 
 
 app = Celery("audience_forwarding", amqp=BrokerAMQP)

@@ -14,12 +14,14 @@ from config.celery import app
 logger = logging.getLogger(__name__)
 
 
-def send_safely(task_name: str, *args: object, countdown: float | None = None) -> None:
+def send_safely(task_name: str, *args: object, countdown: float | None = None) -> bool:
     """Queue the task registered as `task_name`; log instead of failing when the broker is unreachable
     (the database holds the work, and a periodic sweep queues it again). An unknown name raises: that is
-    a bug, not an outage."""
+    a bug, not an outage. Returns whether it was queued."""
     task = app.tasks[task_name]
     try:
         task.apply_async(args=list(args), countdown=countdown)
     except Exception:
         logger.warning("could not queue %s%s; the sweeper will", task_name, args, exc_info=True)
+        return False
+    return True

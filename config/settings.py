@@ -268,11 +268,19 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A worker keeps its database connection from one task to the next, checked before each task as a request's
+# is (config/celery.py: close_old_connections before and after each task). Celery's Django fix-up would
+# otherwise close it around every task: a new PostgreSQL backend per ring, about 8 ms of CPU on the
+# 2-core machine (README, "Real-time latency"). The fix-up still closes them every this many tasks.
+CELERY_DB_REUSE_MAX = 1000
 
 # Forwarding knobs (README, "Configuration").
 FORWARDING = {
     # Seconds between sweeps that re-ring pending work nobody is handling (a killed worker's).
     "SWEEP_INTERVAL": float(os.environ.get("FORWARDING_SWEEP_INTERVAL", "5")),
+    # A ring of a connection whose delivery task is queued and not started yet is not queued again
+    # (forwarding/doorbell.py, ring_coalesced).
+    "COALESCE_RINGS": env_bool("FORWARDING_COALESCE_RINGS", True),
     # A connection's delivery lease, renewed every third of it while its holder works (partner call
     # included): a killed worker's connection is taken over within this, plus a sweep.
     "LEASE_SECONDS": float(os.environ.get("FORWARDING_LEASE_SECONDS", "15")),

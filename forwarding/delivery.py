@@ -47,7 +47,6 @@ from forwarding.metrics import record_delivery_attempt
 from forwarding.models import DeliveryAttempt, PendingChange
 from forwarding.partner_calls import apply_changes, change_fingerprint
 from forwarding.shutdown import shutdown_requested
-from outputs.models import Output
 from outputs.partners.base import Action, MemberChange, MemberResult, Outcome
 from outputs.partners.http import AuthError, BudgetRefused, PartnerError, PermanentError, TransientError
 
@@ -115,7 +114,9 @@ def deliver_connection(
         lease = acquire_lease(connection_id)
         if lease is None:
             return report  # someone else is delivering it, it is not sending, or it is throttled
-        slot = AccountSlot(Output.objects.get(connections=connection_id), lease.holder)
+        # Read once here for the account's slot and the drain's first batch (each batch reads it again).
+        first = Connection.objects.select_related("output", "audience").get(pk=connection_id)
+        slot = AccountSlot(first.output, lease.holder)
         if not slot.take():
             release_lease(lease)
             report.stopped = ACCOUNT_FULL
@@ -125,7 +126,8 @@ def deliver_connection(
             with hold_lease(lease, also_renew=slot.take):
                 if on_lease is not None:
                     on_lease(lease)
-                _drain(connection_id, report, lease, task_id)
+                    first = None  # what it recorded may have changed the row: read it again
+                _drain(connection_id, report, lease, task_id, first)
         finally:
             slot.release()
         if report.stopped == SHUTTING_DOWN:
@@ -136,7 +138,9 @@ def deliver_connection(
             return report
 
 
-def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: str) -> None:
+def _drain(
+    connection_id: int, report: DeliveryReport, lease: Lease, task_id: str, first: Connection | None = None
+) -> None:
     # One partner call in flight at a time, in a thread of its own: while the partner works on a batch, the drain
     # claims the next one (the database's share of a batch and the partner's overlap instead of adding up).
     # The calls themselves stay strictly one after the other, in claim order.
@@ -144,7 +148,7 @@ def _drain(connection_id: int, report: DeliveryReport, lease: Lease, task_id: st
     ahead = ClaimedAhead()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partner-call-{connection_id}") as caller:
-            _drain_batches(connection_id, report, lease, task_id, caller, ahead)
+            _drain_batches(connection_id, report, lease, task_id, caller, ahead, first)
     finally:
         # Not once the lease is lost: another worker may have claimed the same changes, its marks now.
         if ahead.batch and not lease.lost.is_set():
@@ -168,6 +172,7 @@ def _drain_batches(
     task_id: str,
     caller: ThreadPoolExecutor,
     ahead: ClaimedAhead,
+    first: Connection | None = None,
 ) -> None:
     partner = None
     # Keyset: each claim starts after the last id claimed. Rows left behind (a newer word that replaced a
@@ -177,7 +182,8 @@ def _drain_batches(
     sending: InFlight | None = None  # the batch on the wire, sent before the last one's record
     while True:
         if sending is None:
-            connection, why_not = _sendable(connection_id)
+            connection, why_not = _sendable(connection_id, first)
+            first = None
             if connection is None:
                 report.stopped = why_not
                 return
@@ -217,6 +223,10 @@ def _drain_batches(
         _record_answered(connection, partner, current.prepared, outcome, report, lease, on_the_wire=sending)
         if connection.failures:
             recovery.call_succeeded(connection_id)  # the probe went through: full batches again
+        if sending is None and len(current.prepared.batch) < size:
+            # The claim found fewer than it asked for: nothing more was due. No empty claim to make sure (six
+            # statements a ring): deliver_connection looks once more after letting go of the lease anyway.
+            return
 
 
 @dataclass
@@ -247,11 +257,11 @@ class InFlight:
     call: Future
 
 
-def _sendable(connection_id: int) -> tuple[Connection | None, str]:
-    """The connection, read afresh, if a batch may go out to it now; else None and why not."""
+def _sendable(connection_id: int, read: Connection | None = None) -> tuple[Connection | None, str]:
+    """The connection, read afresh (or just `read`), if a batch may go out to it now; else None and why not."""
     if shutdown_requested():
         return None, SHUTTING_DOWN  # the batches in hand are done: leave the rest
-    connection = Connection.objects.select_related("output", "audience").get(pk=connection_id)
+    connection = read or Connection.objects.select_related("output", "audience").get(pk=connection_id)
     if not delivers(connection.status):
         return None, f"connection is {connection.status}"
     if connection.throttled_until and connection.throttled_until > timezone.now():

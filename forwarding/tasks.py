@@ -41,6 +41,7 @@ def _bind_connection(connection_id: int) -> str | None:
 # bind=True: the task's id is recorded on each partner call it makes (DeliveryAttempt.task_id).
 @shared_task(name=doorbell.DELIVER_TASK, acks_late=True, bind=True)
 def deliver_connection(self, connection_id: int) -> dict:
+    doorbell.ring_answered(connection_id)  # first: rings from now on queue a task again
     task_id = self.request.id or ""
     if _bind_connection(connection_id) in partner_keys_with(Capability.BULK):
         # Rung again for a bulk connection (a retry after a backoff, a resume, a worker's hand-over): an

@@ -16,3 +16,7 @@ if not (os.environ.get("SECRETS_ENCRYPTION_KEYS") or os.environ.get("SECRETS_ENC
     os.environ["SECRETS_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
 
 from config.settings import *  # noqa: F403
+
+# Rings are counted by the tests (the `rings` fixture) and the broker's Redis is shared between runs: no
+# coalescing marks, except in the tests of the marks (tests/forwarding/test_doorbell.py).
+FORWARDING = {**FORWARDING, "COALESCE_RINGS": False}  # noqa: F405

@@ -273,3 +273,30 @@ def test_after_an_update_whose_answer_never_came_the_same_add_is_sent_again(part
 
     assert (report.delivered, report.skipped) == (1, 0)
     assert len(partner.writes(LIST_ID, "back@x.com")) == 3
+
+
+def test_a_change_committed_after_a_short_claim_is_delivered_before_the_drain_leaves(partner, connection, monkeypatch):
+    """A drain whose claim came back short stops without claiming again; a change committed just after that
+    claim (its ring found the lease taken and went away) is still delivered: the drain looks once more after
+    letting go of the lease, and takes it again for the change."""
+    from forwarding import delivery
+
+    factories.parisian("first@x.com")
+    claim = delivery._claim
+    claims: list[int] = []
+
+    def claim_then_a_change_commits(connection_id: int, size: int, after: int):
+        batch = claim(connection_id, size, after)
+        claims.append(len(batch))
+        if len(claims) == 1:
+            factories.parisian("late@x.com")  # committed after the claim that took first@x.com alone
+        return batch
+
+    monkeypatch.setattr(delivery, "_claim", claim_then_a_change_commits)
+
+    report = deliver_connection(connection_id=connection.pk)
+
+    assert claims == [1, 1]  # no empty claim after either short one
+    assert report.delivered == 2
+    assert status_at_partner(partner, "late@x.com") == "subscribed"
+    assert not PendingChange.objects.exists()
