@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import proccpu
 from common import list_member_count, local_mailchimp, peak_rss_mb, use_database
 
 KEY = "0123456789abcdef0123456789abcdef-us6"
@@ -227,10 +228,21 @@ def main() -> None:
         floor, delivered = handmade_floor(database_url, base_url, floor_connection.pk)
         assert delivered == n, delivered
         print(f"floor (raw SQL + HTTP)  {floor:8.2f} s   {n / floor:10.0f} identities/s")
+        cpu_before, machine_before = proccpu.snapshot(), proccpu.machine_cpu_seconds()
         started, cpu_started = time.perf_counter(), time.process_time()
         report = deliver_connection(connection_id=service_connection.pk)
         service = time.perf_counter() - started
         worker_cpu = time.process_time() - cpu_started  # this process only: not PostgreSQL, not the partner
+        # Every process's share of the drain: this one (the worker), the partner's (this process's only
+        # child) and the PostgreSQL backends, by the process holding their connection.
+        cpu_split = proccpu.cpu_split(
+            cpu_before,
+            proccpu.snapshot(),
+            roles={"partner": next(pid for pid, (parent, _, _) in cpu_before.items() if parent == os.getpid())},
+            alone={"worker": os.getpid()},
+            connections=proccpu.backends(settings.DATABASES["default"]["NAME"]),
+        )
+        machine_cpu = proccpu.machine_cpu_seconds() - machine_before
         assert report.delivered == n, report
         for list_id in ("bare", "floor", "service"):
             assert list_member_count(base_url, KEY, list_id) == n, list_id
@@ -239,7 +251,22 @@ def main() -> None:
     print(f"backfill (connect)      {backfill:8.2f} s   {n / backfill:10.0f} identities/s")
     print(f"service / floor         {floor / service:8.2f}   (of the hand-written floor's throughput)")
     print(f"service / bare HTTP     {bare / service:8.2f}")
+    print_cpu_split(cpu_split, machine_cpu, service, n)
     print(f"peak RSS                {peak_rss_mb():8.1f} MiB   (load average after: {load()})")
+
+
+def print_cpu_split(split: dict[str, float], machine: float, seconds: float, members: int) -> None:
+    """Each process's CPU over the service's drain, per 500-member batch, and the ceiling their sum sets on this
+    machine's cores: however the work overlaps, the drain cannot go faster than the cores can do it."""
+    batches = members / BATCH
+    for role, used in sorted(split.items(), key=lambda item: -item[1]):
+        print(f"CPU {role:20s}{used:8.2f} s   {used * 1000 / batches:10.1f} ms per {BATCH}-member batch")
+    total = sum(split.values())
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU of the drain        {total:8.2f} s   (the machine: {machine:.2f} s of {cores * seconds:.2f}); "
+        f"ceiling on {cores} cores: {members / (total / cores):.0f} identities/s"
+    )
 
 
 if __name__ == "__main__":
