@@ -43,14 +43,29 @@ from socketserver import TCPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-try:  # orjson where the project is installed (the benchmarks' partner must not eat the machine); else stdlib
-    from config.fast_json import dumps as _json_bytes
-    from config.fast_json import loads as _json_loads
+try:  # orjson where it is installed (the benchmarks' partner must not eat the machine); else the stdlib alone
+    import orjson
 except ImportError:
-    _json_loads = json.loads
+    orjson = None
 
-    def _json_bytes(value: Any) -> bytes:
-        return json.dumps(value).encode("utf-8")
+
+def _json_loads(raw: bytes) -> Any:
+    """json.loads, in C where orjson is installed (the json module reads what orjson refuses, e.g. NaN)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+def _json_bytes(value: Any) -> bytes:
+    if orjson is not None:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # a big integer, a key that is not a string: the json module writes those
+            pass
+    return json.dumps(value).encode("utf-8")
 
 
 API_PREFIX = "/3.0"
